@@ -1,0 +1,1 @@
+"""Prompt templates shipped with salmonn (installed as ``salmonn.prompt_data``)."""
