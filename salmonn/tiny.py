@@ -198,7 +198,10 @@ _WORDS = (
 
 
 def tokenizer_corpus() -> list[str]:
-    """Deterministic English text with every SALMONN prompt word (spec §6.2, §10.1), one line per sentence."""
+    """Deterministic English text with every SALMONN prompt word (spec §6.2, §10.1), one line per sentence.
+
+    No line holds a newline, so that ``"\\n"`` becomes the byte-fallback piece ``<0x0A>`` as in LLaMA.
+    """
     lines = [
         "USER: <Speech><SpeechHere></Speech> Describe the audio.\nASSISTANT: A dog barks twice.",
         "USER: <Speech>", "</Speech> Describe the audio.\nASSISTANT:",
@@ -210,7 +213,7 @@ def tokenizer_corpus() -> list[str]:
     for i in range(400):  # filler sentences: a fixed walk through the word list, with digits
         words = [_WORDS[(i * 7 + j * (i % 11 + 3)) % n] for j in range(6 + i % 9)]
         lines.append(" ".join(words).capitalize() + (". " if i % 3 else "? ") + f"{i * 37 % 1000}")
-    return lines
+    return [part for line in lines for part in line.split("\n")]
 
 
 def _write_tokenizer(folder: Path, vocab_size: int) -> int:
