@@ -1,0 +1,269 @@
+"""salmonn.generation: 4.28-style greedy / beam / sampling over inputs_embeds, exact per batch item.
+
+The beam and greedy references below are written independently and slowly: a full forward with no KV
+cache at every step, plain Python lists for the beams. They check the cache handling, the beam
+reordering and the scorer logic of the real implementation.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from salmonn.config import GenerationOptions
+from salmonn.errors import ConfigError
+from salmonn.generation import generate_ids
+
+BOS, EOS, PAD = 1, 2, 0
+VOCAB, HIDDEN = 300, 64
+PROMPT_LENGTHS = (3, 5, 7, 9, 11, 4)
+
+
+def _tiny_lm(seed: int, eos_boost: float) -> LlamaForCausalLM:
+    """Tiny LLaMA with large random weights (peaky, prompt-dependent outputs); EOS row scaled up."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+    )
+    lm = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        lm.model.embed_tokens.weight.normal_(0, 0.3)
+        for layer in lm.model.layers:
+            attn = layer.self_attn
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
+                proj.weight.normal_(0, 0.3)
+        lm.lm_head.weight.normal_(0, 0.3)
+        lm.lm_head.weight[EOS] *= eos_boost
+    return lm
+
+
+@pytest.fixture(scope="module")
+def lm() -> LlamaForCausalLM:
+    return _tiny_lm(0, eos_boost=2.0)  # some answers end early, some run to the limit
+
+
+@pytest.fixture(scope="module")
+def eos_lm() -> LlamaForCausalLM:
+    return _tiny_lm(0, eos_boost=3.0)  # most answers end early
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(n, HIDDEN, generator=gen) for n in PROMPT_LENGTHS]
+
+
+def _run(lm, prompts: list[torch.Tensor], **option_fields) -> list[list[int]]:
+    """generate_ids over a left-padded batch of prompts [L_i, D]."""
+    longest = max(p.shape[0] for p in prompts)
+    embeds = torch.zeros(len(prompts), longest, HIDDEN)
+    mask = torch.zeros(len(prompts), longest, dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        embeds[i, longest - prompt.shape[0]:] = prompt
+        mask[i, longest - prompt.shape[0]:] = 1
+    options = GenerationOptions(**option_fields)
+    return generate_ids(lm, embeds, mask, options, eos_token_id=EOS, pad_token_id=PAD,
+                        embed_tokens=lm.get_input_embeddings())
+
+
+def _alone(lm, prompts, **option_fields) -> list[list[int]]:
+    return [_run(lm, [p], **option_fields)[0] for p in prompts]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Slow, independent references (no cache, one item)
+
+
+@torch.no_grad()
+def _next_logprobs(lm, prompt: torch.Tensor, histories: list[list[int]], log: bool) -> torch.Tensor:
+    """Full forward of prompt + generated tokens (dummy BOS not fed) for each history -> [n, V] f32."""
+    table = lm.get_input_embeddings()
+    rows = [torch.cat([prompt, table(torch.tensor(h[1:], dtype=torch.long))]) for h in histories]
+    logits = lm(inputs_embeds=torch.stack(rows), use_cache=False).logits[:, -1].float()
+    return torch.log_softmax(logits, dim=-1) if log else logits
+
+
+def _penalise(scores: torch.Tensor, histories: list[list[int]], penalty: float) -> torch.Tensor:
+    scores = scores.clone()
+    for r, history in enumerate(histories):
+        for token in set(history):
+            value = scores[r, token]
+            scores[r, token] = value * penalty if value < 0 else value / penalty
+    return scores
+
+
+def _slow_greedy(lm, prompt, max_new: int, penalty: float = 1.0) -> list[int]:
+    ids = [BOS]
+    while len(ids) < max_new + 1:
+        scores = _penalise(_next_logprobs(lm, prompt, [ids], log=False), [ids], penalty)
+        ids.append(int(scores[0].argmax()))
+        if ids[-1] == EOS:
+            break
+    return ids[1:]
+
+
+def _slow_beam(lm, prompt, max_new: int, beams: int = 4, length_penalty: float = 1.0,
+               penalty: float = 1.0) -> list[int]:
+    max_len = max_new + 1
+    running = [([BOS], 0.0)] + [([BOS], -1e9)] * (beams - 1)
+    finished: list[tuple[float, list[int]]] = []  # (normalised score, ids without EOS)
+
+    def keep(ids: list[int], total: float) -> None:
+        score = total / len(ids) ** length_penalty
+        if len(finished) < beams or score > min(s for s, _ in finished):
+            finished.append((score, ids))
+            if len(finished) > beams:
+                finished.remove(min(finished, key=lambda f: f[0]))
+
+    while True:
+        histories = [ids for ids, _ in running]
+        scores = _penalise(_next_logprobs(lm, prompt, histories, log=True), histories, penalty)
+        scores = scores + torch.tensor([s for _, s in running])[:, None]
+        flat = scores.flatten()
+        order = torch.argsort(flat, descending=True)[: 2 * beams].tolist()
+        nxt = []
+        for rank, index in enumerate(order):
+            beam, token = divmod(index, VOCAB)
+            if token == EOS:
+                if rank < beams:
+                    keep(running[beam][0], flat[index].item())
+            else:
+                nxt.append((running[beam][0] + [token], flat[index].item()))
+            if len(nxt) == beams:
+                break
+        cur_len = len(running[0][0])
+        best_possible = flat[order[0]].item() / (cur_len + 1) ** length_penalty
+        if len(finished) == beams and min(s for s, _ in finished) >= best_possible:
+            break
+        running = nxt
+        if len(running[0][0]) >= max_len:
+            for ids, total in running:
+                keep(ids, total)
+            break
+    best = sorted(finished, key=lambda f: f[0])[-1][1]
+    return best[1:] + [EOS] if len(best) < max_len else best[1:]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Greedy
+
+
+def test_greedy_matches_transformers_generate(lm, prompts):
+    ours = _alone(lm, prompts, num_beams=1, max_new_tokens=12)
+    for prompt, mine in zip(prompts, ours):
+        theirs = lm.generate(inputs_embeds=prompt[None], attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, num_beams=1, max_new_tokens=12, eos_token_id=EOS,
+                             pad_token_id=PAD, bos_token_id=BOS)
+        assert mine == theirs[0].tolist()
+    assert any(o[-1] == EOS for o in ours) and any(o[-1] != EOS for o in ours)
+
+
+@pytest.mark.parametrize("which", ["lm", "eos_lm"])
+def test_greedy_batched_equals_alone(which, request, prompts):
+    model = request.getfixturevalue(which)
+    alone = _alone(model, prompts, num_beams=1, max_new_tokens=12)
+    assert _run(model, prompts, num_beams=1, max_new_tokens=12) == alone
+    assert alone == [_slow_greedy(model, p, 12) for p in prompts]
+
+
+def test_greedy_repetition_penalty(lm, prompts):
+    plain = _alone(lm, prompts, num_beams=1, max_new_tokens=12)
+    penalised = _run(lm, prompts, num_beams=1, max_new_tokens=12, repetition_penalty=1.8)
+    assert penalised != plain
+    assert penalised == [_slow_greedy(lm, p, 12, penalty=1.8) for p in prompts]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Beam search
+
+
+@pytest.mark.parametrize("which", ["lm", "eos_lm"])
+def test_beam_matches_slow_reference_alone_and_batched(which, request, prompts):
+    model = request.getfixturevalue(which)
+    expected = [_slow_beam(model, p, 12) for p in prompts]
+    assert _alone(model, prompts, max_new_tokens=12) == expected
+    assert _run(model, prompts, max_new_tokens=12) == expected
+    assert any(e[-1] == EOS for e in expected)
+
+
+def test_beam_length_and_repetition_penalty(lm, prompts):
+    for fields in ({"length_penalty": 0.5}, {"repetition_penalty": 1.8}):
+        expected = [_slow_beam(lm, p, 10, length_penalty=fields.get("length_penalty", 1.0),
+                               penalty=fields.get("repetition_penalty", 1.0)) for p in prompts]
+        assert _run(lm, prompts, max_new_tokens=10, **fields) == expected
+    assert _run(lm, prompts, max_new_tokens=10, repetition_penalty=1.8) != _run(lm, prompts, max_new_tokens=10)
+
+
+def test_beam_width_two_and_six(eos_lm, prompts):
+    for beams in (2, 6):
+        expected = [_slow_beam(eos_lm, p, 8, beams=beams) for p in prompts[:3]]
+        assert _run(eos_lm, prompts[:3], max_new_tokens=8, num_beams=beams) == expected
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_max_new_tokens_and_eos_placement(eos_lm, lm, prompts, beams):
+    for model in (lm, eos_lm):
+        for max_new in (1, 2, 5):
+            for ids in _run(model, prompts, num_beams=beams, max_new_tokens=max_new):
+                assert 1 <= len(ids) <= max_new
+                assert EOS not in ids[:-1]
+                if ids[-1] != EOS:
+                    assert len(ids) == max_new  # no EOS only when the limit was reached
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_sampling_is_seeded(lm, prompts, beams):
+    fields = dict(do_sample=True, num_beams=beams, max_new_tokens=10, temperature=1.5, top_p=0.95)
+    first = _run(lm, prompts, seed=7, **fields)
+    assert _run(lm, prompts, seed=7, **fields) == first
+    others = [_run(lm, prompts, seed=s, **fields) for s in (8, 9)]
+    assert any(o != first for o in others)
+    for ids in first:
+        assert 1 <= len(ids) <= 10 and EOS not in ids[:-1]
+
+
+def test_top_k_one_sampling_is_greedy(lm, prompts):
+    greedy = _run(lm, prompts, num_beams=1, max_new_tokens=10)
+    assert _run(lm, prompts, num_beams=1, max_new_tokens=10, do_sample=True, top_k=1, seed=3) == greedy
+
+
+# ---------------------------------------------------------------------------------------------------------
+# peft and input checks
+
+
+def test_through_peft_lora(lm, prompts):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, lora_alpha=32, lora_dropout=0.0,
+                        target_modules=["q_proj", "v_proj"])
+    wrapped = get_peft_model(copy.deepcopy(lm), config).eval()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    few = prompts[:4]
+    ours = _run(wrapped, few, max_new_tokens=10)
+    assert ours == [_slow_beam(wrapped, p, 10) for p in few]
+    assert ours != _run(lm, few, max_new_tokens=10)  # the adapters matter
+    assert _run(wrapped, few, num_beams=1, max_new_tokens=10) == [_slow_greedy(wrapped, p, 10) for p in few]
+
+
+def test_rejects_bad_inputs(lm):
+    options = GenerationOptions(max_new_tokens=2)
+    table = lm.get_input_embeddings()
+    with pytest.raises(ConfigError, match="left-padded"):
+        generate_ids(lm, torch.randn(1, 3, HIDDEN), torch.tensor([[1, 1, 0]]), options,
+                     eos_token_id=EOS, embed_tokens=table)
+    with pytest.raises(ConfigError, match="attention_mask"):
+        generate_ids(lm, torch.randn(1, 3, HIDDEN), torch.ones(1, 4, dtype=torch.long), options,
+                     eos_token_id=EOS, embed_tokens=table)
