@@ -1,0 +1,245 @@
+"""Output writers: a name -> class registry over text, json, jsonl, srt, vtt and tsv.
+
+Each writer wraps a text stream the caller owns: ``write(record)`` for every record, then ``close()``
+(which ends the document, flushes, and leaves the stream open). ``multi=True`` tells the writer that several
+records go to this one stream (json writes an array, tsv adds a path column, text and vtt name each file).
+Failed records (``error`` set) appear in json/jsonl only; the other formats skip them. Writers write
+nothing but the format itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import ClassVar, TextIO
+
+from .errors import ConfigError
+from .records import Record, Segment
+
+
+class Writer:
+    """Base class. Subclasses set ``extension`` and implement :meth:`_write`.
+
+    Attributes:
+        extension: file suffix for ``-o DIR/`` outputs (``".txt"``, ...).
+        one_record_per_file: True when the format is meant for one input per file (subtitles); the CLI
+            may prefer ``-o DIR/`` for several inputs.
+    """
+
+    extension: ClassVar[str] = ""
+    one_record_per_file: ClassVar[bool] = False
+
+    def __init__(self, stream: TextIO, *, multi: bool = False) -> None:
+        self.stream = stream
+        self.multi = multi
+        self.count = 0  # records written (failed ones skipped by the format not counted)
+        self._closed = False
+
+    def write(self, record: Record) -> None:
+        if self._closed:
+            raise ConfigError(f"{type(self).__name__} is closed")
+        if record.error is not None and not self._writes_errors():
+            return
+        self._write(record)
+        self.count += 1
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the document (closing bracket, header of an empty file) and flush; the stream stays open."""
+        if not self._closed:
+            self._closed = True
+            self._finish()
+            self.stream.flush()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _writes_errors(self) -> bool:
+        return False
+
+    def _write(self, record: Record) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        pass
+
+
+class JsonlWriter(Writer):
+    """One JSON object per line (``Record.to_json``), flushed after each line."""
+
+    extension = ".jsonl"
+
+    def _writes_errors(self) -> bool:
+        return True
+
+    def _write(self, record: Record) -> None:
+        self.stream.write(record.to_json() + "\n")
+
+
+class JsonWriter(Writer):
+    """One indented JSON object, or with ``multi`` an array written incrementally ("[" ... "]" at close)."""
+
+    extension = ".json"
+
+    def _writes_errors(self) -> bool:
+        return True
+
+    def _write(self, record: Record) -> None:
+        text = json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False, indent=2)
+        if not self.multi:
+            if self.count:
+                raise ConfigError("the json writer holds one record; create it with multi=True")
+            self.stream.write(text + "\n")
+            return
+        self.stream.write("[\n" if self.count == 0 else ",\n")
+        self.stream.write(_indent(text, "  "))
+
+    def _finish(self) -> None:
+        if self.multi:
+            self.stream.write("[]\n" if self.count == 0 else "\n]\n")
+
+
+class TextWriter(Writer):
+    """The record's text. With ``multi`` each record starts with ``==> path <==`` and a blank line follows."""
+
+    extension = ".txt"
+
+    def _write(self, record: Record) -> None:
+        text = (record.text or "").strip("\n")
+        if self.multi:
+            self.stream.write(("\n" if self.count else "") + f"==> {record.path} <==\n")
+        self.stream.write(text + "\n")
+
+
+class SrtWriter(Writer):
+    """SubRip cues from the segments, numbered continuously over all records of the stream."""
+
+    extension = ".srt"
+    one_record_per_file = True
+
+    def __init__(self, stream: TextIO, *, multi: bool = False) -> None:
+        super().__init__(stream, multi=multi)
+        self.cues = 0
+
+    def _write(self, record: Record) -> None:
+        for seg in cue_segments(record):
+            self.cues += 1
+            times = f"{srt_time(seg.start)} --> {srt_time(seg.end)}"
+            self.stream.write(f"{self.cues}\n{times}\n{_cue_text(seg.text)}\n\n")
+
+
+class VttWriter(Writer):
+    """WebVTT cues from the segments; with ``multi`` a ``NOTE`` line names each record's file."""
+
+    extension = ".vtt"
+    one_record_per_file = True
+
+    def __init__(self, stream: TextIO, *, multi: bool = False) -> None:
+        super().__init__(stream, multi=multi)
+        self.cues = 0
+
+    def _write(self, record: Record) -> None:
+        if self.count == 0:
+            self.stream.write("WEBVTT\n\n")
+        if self.multi:
+            self.stream.write(f"NOTE {_cue_text(record.path).replace(chr(10), ' ')}\n\n")
+        for seg in cue_segments(record):
+            self.cues += 1
+            times = f"{vtt_time(seg.start)} --> {vtt_time(seg.end)}"
+            self.stream.write(f"{self.cues}\n{times}\n{_vtt_escape(_cue_text(seg.text))}\n\n")
+
+    def _finish(self) -> None:
+        if self.count == 0:
+            self.stream.write("WEBVTT\n\n")
+
+
+class TsvWriter(Writer):
+    """``start<TAB>end<TAB>text`` rows in integer milliseconds under a header; ``multi`` adds a path column."""
+
+    extension = ".tsv"
+
+    def _header(self) -> str:
+        return ("path\t" if self.multi else "") + "start\tend\ttext\n"
+
+    def _write(self, record: Record) -> None:
+        if self.count == 0:
+            self.stream.write(self._header())
+        prefix = _tsv_field(record.path) + "\t" if self.multi else ""
+        for seg in cue_segments(record):
+            start, end = _ms(seg.start), _ms(seg.end)
+            self.stream.write(f"{prefix}{start}\t{end}\t{_tsv_field(seg.text)}\n")
+
+    def _finish(self) -> None:
+        if self.count == 0:
+            self.stream.write(self._header())
+
+
+WRITERS: dict[str, type[Writer]] = {
+    "text": TextWriter,
+    "json": JsonWriter,
+    "jsonl": JsonlWriter,
+    "srt": SrtWriter,
+    "vtt": VttWriter,
+    "tsv": TsvWriter,
+}
+
+
+def get_writer(fmt: str) -> type[Writer]:
+    """The writer class of format ``fmt``; an unknown name raises :class:`ConfigError` listing the formats."""
+    try:
+        return WRITERS[fmt]
+    except KeyError:
+        raise ConfigError(f"unknown output format {fmt!r}; choose from {', '.join(WRITERS)}") from None
+
+
+def cue_segments(record: Record) -> list[Segment]:
+    """The timed pieces a subtitle/tsv writer shows: segments with non-blank text, in order.
+
+    A record with a text but no segments gives one piece over ``[0, duration]`` when the duration is known.
+    """
+    segments = record.segments
+    if not segments and record.text and record.duration is not None:
+        segments = [Segment(0.0, record.duration, record.text)]
+    return [s for s in segments if s.text.strip()]
+
+
+def srt_time(seconds: float) -> str:
+    """``HH:MM:SS,mmm`` (hours grow past 99 as needed)."""
+    return _clock(seconds, ",")
+
+
+def vtt_time(seconds: float) -> str:
+    """``HH:MM:SS.mmm``."""
+    return _clock(seconds, ".")
+
+
+def _clock(seconds: float, mark: str) -> str:
+    hours, rest = divmod(_ms(seconds), 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{mark}{millis:03d}"
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def _cue_text(text: str) -> str:
+    # a blank line would end the cue and "-->" would read as a timing line
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines).replace("-->", "->")
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _tsv_field(text: str) -> str:
+    return re.sub(r"[\t\r\n]+", " ", text).strip()
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
