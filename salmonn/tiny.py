@@ -22,9 +22,10 @@ import io
 import json
 import math
 import re
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -467,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
     paths = write_tiny_model(args.out_dir, seed=args.seed)
-    print(json.dumps(paths.__dict__, indent=2))  # a dev command's output, not library logging
+    # A command's own output (the entry point of `salmonn dev tiny-model`), not library logging.
+    sys.stdout.write(json.dumps(asdict(paths), indent=2) + "\n")
     return 0
 
 
