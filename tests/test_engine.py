@@ -1,0 +1,183 @@
+"""The batching engine with a fake model and a fake chunk source (real Prefetcher in the last tests)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from salmonn.config import ChunkingOptions, GenerationOptions
+from salmonn.engine import ProgressEvent, TaskSpec, process, resume_key, select_shard
+from salmonn.errors import AudioDecodeError, ConfigError
+from salmonn.records import Record
+
+BAD = -1.0  # a chunk whose samples are all BAD makes the fake model raise
+
+
+class FakeModel:
+    """Answers ``"<prompt-tag>:<marker>"`` for a wave filled with ``marker``; logs every call."""
+
+    identity = {"preset": "fake", "device": "cpu", "dtype": "float32"}
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+        self.text_prompts: list[str] = []
+
+    def generate(self, waves, prompts, options):
+        markers = [float(w[0]) for w in waves]
+        self.batches.append(markers)
+        assert len(prompts) == len(waves) and isinstance(options, GenerationOptions)
+        if BAD in markers:
+            raise RuntimeError("CUDA error: device-side assert\nsecond line")
+        return [SimpleNamespace(text=f"m{m:g}", token_ids=[]) for m in markers]
+
+    def generate_text(self, prompts, options):
+        self.text_prompts.extend(prompts)
+        return [SimpleNamespace(text=f"summary of {p.count(chr(10)) + 1} parts") for p in prompts]
+
+
+class FakeSource:
+    """Plays FileChunks for ``plan``: path -> list of (marker, seconds) or an error after some chunks."""
+
+    def __init__(self, plan: dict[str, list]) -> None:
+        self.plan, self.produced, self.closed = plan, 0, False
+
+    def __call__(self, paths, chunking, max_chunks):
+        self.paths = list(paths)
+        return self._iter(paths)
+
+    def _iter(self, paths):
+        try:
+            for i, path in enumerate(paths):
+                t = 0.0
+                steps = self.plan[path]
+                for j, step in enumerate(steps):
+                    last = j == len(steps) - 1
+                    self.produced += 1
+                    if step == "error":
+                        yield SimpleNamespace(file_index=i, source=path, chunk=None, last=True,
+                                              error=AudioDecodeError(path, "Invalid data found"))
+                        break
+                    marker, seconds = step
+                    chunk = SimpleNamespace(index=j, start=t, end=t + seconds, source=path,
+                                            samples=np.full(160, marker, np.float32), padded=False)
+                    t += seconds
+                    yield SimpleNamespace(file_index=i, source=path, chunk=chunk, error=None, last=last)
+        finally:
+            self.closed = True
+
+
+def items(*paths):
+    return [SimpleNamespace(path=p, root=".", relpath=p) for p in paths]
+
+
+def summary_spec(**kw):
+    return TaskSpec("caption", "<Speech><SpeechHere></Speech> Describe.", join="summary",
+                    summary_prompt=lambda segs: "\n".join(f"{s.start}-{s.end} {s.text}" for s in segs), **kw)
+
+
+CONCAT = TaskSpec("transcribe", "<Speech><SpeechHere></Speech> Transcribe.")
+
+
+def test_batches_span_files_and_records_come_in_input_order():
+    model = FakeModel()
+    source = FakeSource({"a": [(1, 30.0)], "b": [(2, 30.0), (3, 30.0), (4, 15.0)], "c": [(5, 10.0), (6, 2.0)]})
+    records = list(process(model, items("a", "b", "c"), CONCAT, batch_size=4, chunk_source=source))
+    assert model.batches == [[1, 2, 3, 4], [5, 6]]
+    assert [r.path for r in records] == ["a", "b", "c"]
+    b = records[1]
+    assert b.text == "m2 m3 m4" and b.error is None and b.duration == 75.0
+    assert [(s.start, s.end, s.text) for s in b.segments] == [(0, 30, "m2"), (30, 60, "m3"), (60, 75, "m4")]
+    assert records[2].task == "transcribe" and records[2].model["preset"] == "fake"
+    assert records[2].options["generation"]["num_beams"] == GenerationOptions().num_beams
+    assert set(records[0].timings) >= {"model_s", "total_s"}
+    assert source.closed
+
+
+def test_summary_pass_for_long_files_only_and_per_chunk():
+    model = FakeModel()
+    plan = {"long": [(1, 30.0), (2, 30.0), (3, 15.0)], "short": [(4, 5.0)]}
+    records = list(process(model, items("long", "short"), summary_spec(), batch_size=8,
+                           chunk_source=FakeSource(plan)))
+    assert model.text_prompts == ["0.0-30.0 m1\n30.0-60.0 m2\n60.0-75.0 m3"]
+    assert records[0].text == "summary of 3 parts" and len(records[0].segments) == 3
+    assert records[1].text == "m4" and records[1].segments[0].text == "m4"
+
+    model = FakeModel()
+    records = list(process(model, items("long"), summary_spec(per_chunk=True), chunk_source=FakeSource(plan)))
+    assert model.text_prompts == []
+    assert records[0].text.splitlines() == ["[00:00-00:30] m1", "[00:30-01:00] m2", "[01:00-01:15] m3"]
+    assert records[0].options["per_chunk"] is True
+
+
+def test_decode_error_gives_an_error_record_and_drops_partial_chunks():
+    model = FakeModel()
+    plan = {"a": [(1, 3.0)], "bad": [(7, 30.0), "error"], "c": [(2, 3.0)]}
+    records = list(process(model, items("a", "bad", "c"), CONCAT, batch_size=8, chunk_source=FakeSource(plan)))
+    assert [r.path for r in records] == ["a", "bad", "c"]
+    assert records[1].error == "Invalid data found" and records[1].text is None and records[1].segments == []
+    assert all(7 not in batch for batch in model.batches)  # the failed file's chunk never reached the model
+    assert records[0].text == "m1" and records[2].text == "m2"
+
+
+def test_model_failure_is_retried_one_by_one():
+    model = FakeModel()
+    plan = {"a": [(1, 3.0)], "b": [(BAD, 3.0)], "c": [(3, 3.0), (4, 3.0)]}
+    records = list(process(model, items("a", "b", "c"), CONCAT, batch_size=8, chunk_source=FakeSource(plan)))
+    assert model.batches[0] == [1, BAD, 3, 4] and sorted(map(len, model.batches[1:])) == [1, 1, 1, 1]
+    assert records[0].text == "m1" and records[2].text == "m3 m4"
+    assert records[1].error == "RuntimeError: second line"
+
+
+def test_records_are_yielded_as_soon_as_a_file_is_done():
+    source = FakeSource({"a": [(1, 3.0)], "b": [(2, 3.0)], "c": [(3, 3.0)]})
+    gen = process(FakeModel(), items("a", "b", "c"), CONCAT, batch_size=1, chunk_source=source)
+    first = next(gen)
+    assert first.path == "a" and source.produced == 1
+    gen.close()  # --fail-fast: closing stops the source
+    assert source.closed
+
+
+def test_resume_keys_skip_inputs_and_progress_events():
+    model = FakeModel()
+    plan = {"a": [(1, 3.0)], "b": [(2, 3.0), (3, 3.0)]}
+    done = {resume_key(model, items("a")[0], CONCAT)}
+    events: list[ProgressEvent] = []
+    records = list(process(model, items("a", "b"), CONCAT, batch_size=1, resume_keys=done,
+                           on_progress=events.append, chunk_source=FakeSource(plan)))
+    assert [r.path for r in records] == ["b"]
+    assert records[0].resume_key() not in done
+    assert events[0].kind == "start" and events[0].files_total == 1 and events[0].files_skipped == 1
+    last = events[-1]
+    assert last.kind == "record" and last.files_done == 1 and last.chunks_done == 2
+    assert last.audio_seconds == 6.0 and last.record is records[0]
+    # a key read back from JSON equals the key computed before the run
+    assert Record.from_json(records[0].to_json()).resume_key() == resume_key(model, items("b")[0], CONCAT)
+
+
+def test_resume_key_depends_on_settings():
+    model, item = FakeModel(), items("a")[0]
+    base = resume_key(model, item, CONCAT)
+    assert resume_key(model, item, CONCAT, generation=GenerationOptions(num_beams=1)) != base
+    assert resume_key(model, item, CONCAT, chunking=ChunkingOptions(max_seconds=10)) != base
+    assert resume_key(model, item, TaskSpec("transcribe", "other")) != base
+
+
+def test_select_shard_partitions_deterministically():
+    xs = list(range(10))
+    shards = [select_shard(xs, k, 3) for k in (1, 2, 3)]
+    assert shards[0] == [0, 3, 6, 9] and shards[1] == [1, 4, 7]
+    assert sorted(sum(shards, [])) == xs
+    for bad in ((0, 3), (4, 3), (1, 0)):
+        with pytest.raises(ConfigError):
+            select_shard(xs, *bad)
+
+
+def test_spec_and_batch_size_validation():
+    with pytest.raises(ConfigError):
+        TaskSpec("caption", "x", join="summary")
+    with pytest.raises(ConfigError):
+        TaskSpec("x", "x", join="bogus")
+    with pytest.raises(ConfigError):
+        list(process(FakeModel(), items("a"), CONCAT, batch_size=0, chunk_source=FakeSource({})))
