@@ -120,7 +120,9 @@ def _ffmpeg_cause(stderr: str) -> str:
     useful = [line for line in lines if not _NOISE_RE.search(line)]
     if not useful:
         return "ffmpeg failed without a message"
-    cause = useful[-1]
+    # "Error opening input: Invalid data ..." is generic; an earlier line ("moov atom not found") says why.
+    specific = [line for line in useful if not line.startswith("Error opening input")]
+    cause = specific[-1] if specific else useful[-1]
     for prefix in ("Error opening input files: ", "Error opening input: "):
         cause = cause.removeprefix(prefix)
     return cause
