@@ -172,8 +172,9 @@ def one_line(message: str) -> str:
     return " | ".join(parts) if parts else str(message).strip()
 
 
-def _round_time(value: float) -> float:
-    return round(float(value), _TIME_DECIMALS)
+def _round_time(value: float) -> float | None:
+    value = float(value)
+    return round(value, _TIME_DECIMALS) if math.isfinite(value) else None
 
 
 def _round_timing(value: Any) -> Any:
