@@ -1,0 +1,309 @@
+"""``SalmonnModel``: Whisper + BEATs -> window-level Q-Former -> projector -> Vicuna + LoRA (spec §0).
+
+Attribute names equal the official checkpoint's top-level names (``ln_speech``, ``ln_audio``,
+``speech_query_tokens``, ``speech_Qformer``, ``speech_llama_proj``, ``llama_model``; the frozen encoders are
+``speech_encoder`` and ``beats``), so ``model.named_parameters()`` and the checkpoint keys line up.
+
+Precision (spec Appendix A): the encoders, Q-Former, projector and LoRA adapters hold float32 weights; the
+LLM holds ``dtype`` weights. With ``dtype`` other than float32 every forward runs under
+``torch.autocast(device.type, dtype)``, which reproduces the reference's CUDA float16 regime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import GenerationOptions
+from .constants import MIN_SAMPLES, SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS
+from .errors import ConfigError
+from .llm import PromptTokenizer, split_prompt, text_prompt
+from .qformer import QFormer, QFormerConfig, split_windows
+
+ENCODER_LN_EPS = 1e-5  # ln_speech / ln_audio (torch default, spec §2 and §3.7)
+
+Wave = np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One answer. ``token_ids``: generated ids after the dummy BOS, ending with EOS when one was produced;
+    ``text``: those ids up to the first EOS, special tokens skipped (spec §8.3)."""
+
+    text: str
+    token_ids: list[int]
+
+
+@dataclass
+class AudioStages:
+    """Intermediate tensors of :meth:`SalmonnModel.encode_audio_stages` (for comparisons with the reference).
+
+    Shapes for B clips (official sizes in brackets): ``mel`` [B, 80, 3000]; ``whisper`` [B, 1500, 1280]
+    (encoder output, before ln_speech); ``beats`` list of [N_i, 768] (before ln_audio); ``speech``
+    [B, 1500, 1280] (after ln_speech); ``audio`` [B, 1500, 768] (after ln_audio, zero rows from N_i on);
+    ``fused`` [B, 1500, 2048]; ``windows`` [B*88, 17, 2048]; ``qformer`` [B*88, 1, 768];
+    ``projected`` [B, 88, d_llm].
+    """
+
+    mel: torch.Tensor | None = None
+    whisper: torch.Tensor | None = None
+    beats: list[torch.Tensor] = field(default_factory=list)
+    speech: torch.Tensor | None = None
+    audio: torch.Tensor | None = None
+    fused: torch.Tensor | None = None
+    windows: torch.Tensor | None = None
+    qformer: torch.Tensor | None = None
+    projected: torch.Tensor | None = None
+
+
+def _as_list(values: Any, count: int, what: str) -> list[Any]:
+    if isinstance(values, str):
+        return [values] * count
+    values = list(values)
+    if len(values) == 1 and count > 1:
+        return values * count
+    if len(values) != count:
+        raise ConfigError(f"got {len(values)} {what} for {count} audio clips; give one or one per clip")
+    return values
+
+
+def _prepare_wave(wave: Wave, index: int) -> np.ndarray:
+    """One clip as a float64 1-D array, zero-padded to 1 s (spec §1.1); longer than 30 s is an error."""
+    if isinstance(wave, torch.Tensor):
+        wave = wave.detach().to("cpu", torch.float64).numpy()
+    array = np.asarray(wave, dtype=np.float64)
+    if array.ndim == 2 and 1 in array.shape:
+        array = array.reshape(-1)
+    if array.ndim != 1:
+        raise ConfigError(f"clip {index}: expected mono samples [n], got shape {tuple(array.shape)}")
+    if array.size == 0:
+        raise ConfigError(f"clip {index}: no samples")
+    if array.size > WINDOW_SAMPLES:
+        raise ConfigError(
+            f"clip {index} is {array.size / SAMPLE_RATE:.2f} s long; the model takes at most "
+            f"{WINDOW_SECONDS} s at {SAMPLE_RATE} Hz: cut it into chunks first (salmonn.iter_chunks)"
+        )
+    if array.size < MIN_SAMPLES:
+        array = np.concatenate([array, np.zeros(MIN_SAMPLES - array.size, dtype=np.float64)])
+    return array
+
+
+class SalmonnModel(nn.Module):
+    """The assembled model; build it with :func:`salmonn.load_model`.
+
+    Args:
+        speech_encoder: Whisper encoder (``[B, 80, 3000]`` -> ``last_hidden_state`` ``[B, 1500, Dw]``).
+        beats: BEATs module with ``extract_features(list of float64 waves) -> list of [N_i, Db]``.
+        qformer_config: Q-Former sizes (from the checkpoint).
+        llama_model: the peft-wrapped LLM; tokenizer: its :class:`PromptTokenizer`.
+        identity: what was loaded (preset, component paths, lora_scaling ...), reported by ``identity``.
+    """
+
+    def __init__(self, speech_encoder: nn.Module, beats: nn.Module, qformer_config: QFormerConfig,
+                 llama_model: nn.Module, tokenizer: PromptTokenizer, *, device: torch.device,
+                 dtype: torch.dtype, identity: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        whisper_width = int(speech_encoder.config.d_model)
+        beats_width = int(beats.state_dict()["encoder.layer_norm.weight"].shape[0])
+        d_llm = int(llama_model.get_input_embeddings().weight.shape[1])
+        cfg = qformer_config
+        self.speech_encoder = speech_encoder
+        self.beats = beats
+        f32 = {"device": device, "dtype": torch.float32}
+        self.ln_speech = nn.LayerNorm(whisper_width, eps=ENCODER_LN_EPS, **f32)
+        self.ln_audio = nn.LayerNorm(beats_width, eps=ENCODER_LN_EPS, **f32)
+        self.speech_query_tokens = nn.Parameter(
+            torch.zeros(1, cfg.num_query_tokens, cfg.hidden_size, **f32)
+        )
+        self.speech_Qformer = QFormer(cfg).to(**f32)
+        self.speech_llama_proj = nn.Linear(cfg.hidden_size, d_llm, **f32)
+        self.llama_model = llama_model
+        self.tokenizer = tokenizer
+        self._device = torch.device(device)
+        self._dtype = dtype
+        self._identity = dict(identity or {})
+        self.requires_grad_(False)
+        self.eval()
+
+    # ---- properties -------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Device of every component."""
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Weight dtype of the LLM and autocast dtype of every forward (float32: no autocast)."""
+        return self._dtype
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Preset, component paths, dtype, device and LoRA scaling of this model (a copy)."""
+        return {**self._identity, "dtype": str(self._dtype).removeprefix("torch."),
+                "device": str(self._device), "lora_scaling": self.lora_scaling}
+
+    def _lora_layers(self) -> Iterator[nn.Module]:
+        for module in self.llama_model.modules():
+            if isinstance(getattr(module, "scaling", None), dict) and hasattr(module, "lora_A"):
+                yield module
+
+    @property
+    def lora_scaling(self) -> float:
+        """LoRA alpha / r applied at inference (4.0 official; 0 disables the adapters)."""
+        return float(next(iter(self._lora_layers())).scaling["default"])
+
+    @lora_scaling.setter
+    def lora_scaling(self, value: float) -> None:
+        for module in self._lora_layers():
+            module.scaling["default"] = float(value)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device.type, dtype=self._dtype)
+
+    # ---- audio ------------------------------------------------------------------------------------
+    def encode_audio(self, waves: Sequence[Wave]) -> torch.Tensor:
+        """Audio vectors for the LLM.
+
+        Args:
+            waves: 16 kHz mono clips (float32 arrays or tensors), each at most 30 s.
+        Returns:
+            ``[B, 88, d_llm]`` (float16 under the default CUDA precision, float32 on CPU).
+        """
+        with torch.inference_mode(), self._autocast():
+            return self._encode(self._waves(waves), None)
+
+    def encode_audio_stages(self, waves: Sequence[Wave]) -> AudioStages:
+        """Like :meth:`encode_audio`, also returning every intermediate tensor (see :class:`AudioStages`)."""
+        stages = AudioStages()
+        with torch.inference_mode(), self._autocast():
+            stages.projected = self._encode(self._waves(waves), stages)
+        return stages
+
+    @staticmethod
+    def _waves(waves: Sequence[Wave] | Wave) -> list[np.ndarray]:
+        if isinstance(waves, (np.ndarray, torch.Tensor)) and waves.ndim == 1:
+            waves = [waves]
+        prepared = [_prepare_wave(w, i) for i, w in enumerate(waves)]
+        if not prepared:
+            raise ConfigError("no audio clips given")
+        return prepared
+
+    def _encode(self, waves: list[np.ndarray], stages: AudioStages | None) -> torch.Tensor:
+        from .features import whisper_log_mel
+
+        mel = whisper_log_mel([w.astype(np.float32) for w in waves]).to(self._device)  # [B, 80, 3000]
+        whisper = self.speech_encoder(mel).last_hidden_state  # [B, 1500, Dw]
+        beats = self.beats.extract_features(
+            [torch.from_numpy(w).to(self._device) for w in waves]
+        )  # list of [N_i, Db], from the float64 waves
+        speech = self.ln_speech(whisper)
+        frames = speech.shape[1]
+        rows = []
+        for item in beats:
+            if item.shape[0] > frames:
+                raise ConfigError(f"BEATs gave {item.shape[0]} frames for a clip, Whisper {frames}")
+            normed = self.ln_audio(item)  # zero rows are added after the LayerNorm (spec §4)
+            rows.append(torch.cat([normed, normed.new_zeros(frames - normed.shape[0], normed.shape[1])]))
+        audio = torch.stack(rows)  # [B, 1500, Db]
+        fused = torch.cat([speech, audio], dim=-1)  # [B, 1500, Dw + Db], Whisper channels first
+        windows = split_windows(fused)  # [B*88, 17, Dw + Db]
+        query = self.speech_query_tokens.expand(windows.shape[0], -1, -1)  # [B*88, Q, H]
+        qformer = self.speech_Qformer(query, windows)  # [B*88, Q, H]
+        projected = self.speech_llama_proj(qformer)  # [B*88, Q, d_llm]
+        projected = projected.reshape(len(waves), -1, projected.shape[-1])  # [B, 88*Q, d_llm]
+        if stages is not None:
+            stages.mel, stages.whisper, stages.beats, stages.speech = mel, whisper, beats, speech
+            stages.audio, stages.fused, stages.windows, stages.qformer = audio, fused, windows, qformer
+        return projected
+
+    # ---- LLM inputs -------------------------------------------------------------------------------
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """LLM input embeddings of token ids ``[...]`` -> ``[..., d_llm]`` (the resized table)."""
+        return self.llama_model.get_input_embeddings()(ids)
+
+    def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids of the text before and after the audio (no BOS; each piece encoded alone, §6.3)."""
+        before, after = split_prompt(prompt)
+        return self.tokenizer.encode(before), self.tokenizer.encode(after)
+
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        return self.embed_tokens(torch.tensor(ids, dtype=torch.long, device=self._device))
+
+    def build_inputs(self, audio: torch.Tensor,
+                     prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """LLM inputs ``[BOS] + p_before + audio + p_after`` per clip (spec §6.4), left-padded.
+
+        Args:
+            audio: ``[B, 88, d_llm]`` from :meth:`encode_audio`; prompts: one user prompt per clip.
+        Returns:
+            ``(inputs_embeds [B, L, d_llm], attention_mask [B, L])``; padding (zero vectors, mask 0) sits
+            before BOS, so no item sees another's length.
+        """
+        rows = []
+        for b, prompt in enumerate(prompts):
+            before, after = self.prompt_ids(prompt)
+            head = self._embed([self.tokenizer.bos_id, *before])
+            rows.append(torch.cat([head, audio[b].to(head.dtype), self._embed(after)]))
+        return self._left_pad(rows)
+
+    @staticmethod
+    def _left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(r.shape[0] for r in rows)
+        embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
+        for b, row in enumerate(rows):
+            embeds[b, length - row.shape[0]:] = row
+            mask[b, length - row.shape[0]:] = 1
+        return embeds, mask
+
+    # ---- generation -------------------------------------------------------------------------------
+    def generate(self, waves: Sequence[Wave], prompts: str | Sequence[str],
+                 options: GenerationOptions | None = None, **overrides: Any) -> list[GenerationResult]:
+        """Answer one prompt per clip (or one prompt for all clips).
+
+        Args:
+            waves: 16 kHz mono clips, each at most 30 s (see :meth:`encode_audio`).
+            prompts: user text; ``"<Speech><SpeechHere></Speech> "`` is prepended unless it already
+                contains ``<SpeechHere>``.
+            options: decoding settings (default: the original's 4-beam search, 200 new tokens);
+                ``overrides`` replace single fields, e.g. ``num_beams=1``.
+        Returns:
+            One :class:`GenerationResult` per clip; each equals what the clip alone would give.
+        """
+        options = (options or GenerationOptions()).with_overrides(**overrides)
+        clips = self._waves(waves)
+        texts = _as_list(prompts, len(clips), "prompts")
+        with torch.inference_mode(), self._autocast():
+            audio = self._encode(clips, None)
+            embeds, mask = self.build_inputs(audio, texts)
+            return self._generate(embeds, mask, options)
+
+    def generate_text(self, prompts: str | Sequence[str], options: GenerationOptions | None = None,
+                      **overrides: Any) -> list[GenerationResult]:
+        """The same LLM without audio: ``[BOS] + tok("USER: {text}\\nASSISTANT:")`` per prompt."""
+        options = (options or GenerationOptions()).with_overrides(**overrides)
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not texts:
+            raise ConfigError("no prompts given")
+        with torch.inference_mode(), self._autocast():
+            rows = [self._embed([self.tokenizer.bos_id, *self.tokenizer.encode(text_prompt(t))])
+                    for t in texts]
+            embeds, mask = self._left_pad(rows)
+            return self._generate(embeds, mask, options)
+
+    def _generate(self, embeds: torch.Tensor, mask: torch.Tensor,
+                  options: GenerationOptions) -> list[GenerationResult]:
+        from .generation import generate_ids
+
+        ids = generate_ids(self.llama_model, embeds, mask, options,
+                           eos_token_id=self.tokenizer.eos_id, pad_token_id=0,
+                           embed_tokens=self.embed_tokens)
+        return [GenerationResult(self.tokenizer.decode(list(x)), [int(i) for i in x]) for x in ids]
