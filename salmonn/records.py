@@ -6,8 +6,9 @@ The JSON form is what ``--format jsonl`` writes, one object per line::
      "duration": ..., "error": ..., "model": {...}, "options": {...}, "timings": {...},
      "schema_version": 1}
 
-Top-level keys always appear, in that order. Keys inside ``model``, ``options`` and ``timings`` are sorted.
-Times (segment bounds, ``duration``, every ``timings`` value) are seconds rounded to the millisecond.
+Top-level keys always appear, in that order. Keys inside ``model``, ``options`` and ``timings``
+are sorted. Times (segment bounds, ``duration``, every ``timings`` value) are seconds rounded to the
+millisecond.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _TIME_DECIMALS = 3  # seconds rounded to the millisecond
 
 @dataclass
 class Segment:
-    """One timed piece of an answer: ``start``/``end`` in seconds of the source, ``text`` the chunk's output."""
+    """One timed piece of an answer: ``start``/``end`` in seconds of the source."""
 
     start: float
     end: float
@@ -53,7 +54,7 @@ class Record:
     Attributes:
         path: the input as given (relative or absolute, as the CLI expanded it).
         task: the task or template name (``transcribe``, ``ask``, ``eval.keywords``, ...).
-        prompt: the rendered instruction given to the model (for long audio: the per-chunk instruction).
+        prompt: the rendered instruction given to the model (long audio: the per-chunk instruction).
         text: the answer for the whole file; ``None`` when the file failed.
         segments: per-chunk answers with their times, in order (empty when the file failed).
         duration: seconds of audio, ``None`` when unknown.
@@ -82,7 +83,7 @@ class Record:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form: fixed top-level key order, sorted nested keys, times rounded to ms."""
+        """JSON-ready form: fixed top-level key order, sorted nested keys, times rounded to ms."""
         return {
             "path": str(self.path),
             "task": self.task,
@@ -106,7 +107,9 @@ class Record:
         """Build a record from its JSON form. Unknown keys are ignored (later v1 additions)."""
         version = d.get("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
-            raise ConfigError(f"unsupported record schema_version {version!r} (this salmonn reads 1)")
+            raise ConfigError(
+                f"unsupported record schema_version {version!r} (this salmonn reads 1)"
+            )
         missing = [k for k in ("path", "task", "prompt") if k not in d]
         if missing:
             raise ConfigError(f"record lacks {', '.join(missing)}")
@@ -129,7 +132,7 @@ class Record:
         return cls.from_dict(json.loads(line))
 
     def resume_key(self) -> str:
-        """Stable hash of (path, task, prompt, options); ``--resume`` skips inputs whose key is done."""
+        """Stable hash of (path, task, prompt, options); ``--resume`` skips inputs already done."""
         return resume_key(self.path, self.task, self.prompt, self.options)
 
 
@@ -147,8 +150,8 @@ def resume_key(path: str | PurePath, task: str, prompt: str, options: dict) -> s
 def iter_jsonl(lines: Iterable[str]) -> Iterator[Record]:
     """Records of a JSONL stream, for ``--resume``.
 
-    Blank lines are skipped. A line that is not valid JSON is skipped only when it is the last one (a run
-    killed mid-write); elsewhere it raises :class:`ConfigError` with its line number.
+    Blank lines are skipped. A line that is not valid JSON is skipped only when it is the last one
+    (a run killed mid-write); elsewhere it raises :class:`ConfigError` with its line number.
     """
     pending: tuple[int, str] | None = None
     for number, line in enumerate(lines, 1):
@@ -184,7 +187,7 @@ def _round_timing(value: Any) -> Any:
 
 
 def _jsonable(value: Any) -> Any:
-    """A copy of ``value`` that ``json.dumps`` accepts: dataclasses and paths converted, dict keys sorted."""
+    """``value`` made ``json.dumps``-safe: dataclasses and paths converted, keys sorted."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if isinstance(value, dict):

@@ -1,16 +1,17 @@
-"""Prompt templates as data: ``prompts/*.json`` (installed as ``salmonn.prompt_data``) plus a user folder.
+"""Prompt templates as data: ``prompts/*.json`` (package ``salmonn.prompt_data``) and a user folder.
 
 A template file is::
 
     {"task": "caption",
-     "templates": {"caption.audio": {"text": "<Speech><SpeechHere></Speech> Please describe the audio.",
-                                     "description": "...", "summary": "summary.caption"}}}
+     "templates": {
+       "caption.audio": {"text": "<Speech><SpeechHere></Speech> Please describe the audio.",
+                         "description": "...", "summary": "summary.caption"}}}
 
-Template keys: ``text`` (required), ``description``, ``kind`` (``"audio"``, the default, or ``"text"``) and
-``summary`` (the text template that merges the per-chunk answers of long audio). Every name is the file's
-``task`` or starts with ``task + "."``. Placeholders are ``{identifier}``; ``{{`` and ``}}`` are literal
-braces; anything else inside braces is an error. Audio templates hold exactly one ``<SpeechHere>``, text
-templates none.
+Template keys: ``text`` (required), ``description``, ``kind`` (``"audio"``, the default, or
+``"text"``) and ``summary`` (the text template that merges the per-chunk answers of long audio).
+Every name is the file's ``task`` or starts with ``task + "."``. Placeholders are ``{identifier}``;
+``{{`` and ``}}`` are literal braces; anything else inside braces is an error. Audio templates hold
+exactly one ``<SpeechHere>``, text templates none.
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ class PromptTemplate:
     Attributes:
         name: dotted name, e.g. ``"transcribe.en"``.
         text: the template text.
-        kind: ``"audio"`` (exactly one ``<SpeechHere>``) or ``"text"`` (none; the long-audio summary pass).
+        kind: ``"audio"`` (exactly one ``<SpeechHere>``) or ``"text"`` (none; the long-audio
+            summary pass).
         description: one line for ``salmonn prompts``.
         variables: names of the ``{placeholders}`` in order of first appearance.
         source: the file it came from.
-        summary: name of the text template that merges per-chunk answers of long audio; ``None`` means the
-            chunk answers are the output, in order (transcription, translation).
+        summary: name of the text template that merges the per-chunk answers of long audio;
+            ``None`` means the chunk answers are the output, in order (transcription, translation).
     """
 
     name: str
@@ -72,10 +74,16 @@ def parse_template(
     source: str = "<string>",
     summary: str | None = None,
 ) -> PromptTemplate:
-    """Validate ``text`` and build a :class:`PromptTemplate`; raises :class:`PromptError` naming the template."""
+    """Validate ``text`` and build a :class:`PromptTemplate`.
+
+    Raises:
+        PromptError: naming the template and what is wrong with it.
+    """
     where = f"template {name!r} ({source})"
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise PromptError(f"{where}: bad name; use letters, digits, '_' or '-', parts joined by '.'")
+        raise PromptError(
+            f"{where}: bad name; use letters, digits, '_' or '-', parts joined by '.'"
+        )
     if not isinstance(text, str) or not text.strip():
         raise PromptError(f"{where}: 'text' must be a non-empty string")
     if kind not in KINDS:
@@ -103,8 +111,8 @@ def render(template: PromptTemplate, **variables: str) -> str:
     """The template text with each ``{name}`` replaced by its value, inserted verbatim.
 
     Raises:
-        PromptError: a variable is missing or unknown, a value is not a string, or a value of an audio
-            template contains ``<SpeechHere>``.
+        PromptError: a variable is missing or unknown, a value is not a string, or a value of an
+            audio template contains ``<SpeechHere>``.
     """
     missing = [v for v in template.variables if v not in variables]
     extra = sorted(set(variables) - set(template.variables))
@@ -121,7 +129,8 @@ def render(template: PromptTemplate, **variables: str) -> str:
             raise PromptError(f"template {template.name!r}: value of {key} must be a string")
         if template.kind == "audio" and SPEECH_PLACEHOLDER in value:
             raise PromptError(
-                f"template {template.name!r}: the value of {key} must not contain {SPEECH_PLACEHOLDER}"
+                f"template {template.name!r}: the value of {key} "
+                f"must not contain {SPEECH_PLACEHOLDER}"
             )
     parts = _parse(template.text, f"template {template.name!r}")
     return "".join(variables[value] if is_var else value for is_var, value in parts)
@@ -130,9 +139,9 @@ def render(template: PromptTemplate, **variables: str) -> str:
 def load_templates(user_dir: str | Path | None = None) -> dict[str, PromptTemplate]:
     """Built-in templates, extended or overridden by the ``*.json`` files of the user folder.
 
-    ``user_dir`` ``None`` means :func:`user_prompt_dir` (which may be none). A user template with a
-    built-in's name replaces it and must keep its kind and variables (the CLI fills them). The result is
-    sorted by name.
+    ``user_dir`` ``None`` means :func:`user_prompt_dir` (which may be none). A user template with
+    a built-in's name replaces it and must keep its kind and variables (the CLI fills them). The
+    result is sorted by name.
     """
     templates = dict(builtin_templates())
     folder = user_prompt_dir() if user_dir is None else Path(user_dir)
@@ -160,20 +169,27 @@ def builtin_templates() -> dict[str, PromptTemplate]:
         key=lambda f: f.name,
     )
     if not files:
-        raise PromptError(f"no prompt files found in the package {BUILTIN_PACKAGE} (broken install?)")
+        raise PromptError(
+            f"no prompt files found in the package {BUILTIN_PACKAGE} (broken install?)"
+        )
     for entry in files:
-        _add_all(templates, _parse_file(entry.read_text(encoding="utf-8"), f"{BUILTIN_PACKAGE}/{entry.name}"))
+        _add_all(
+            templates,
+            _parse_file(entry.read_text(encoding="utf-8"), f"{BUILTIN_PACKAGE}/{entry.name}"),
+        )
     _check_summaries(templates)
     return templates
 
 
 def get_template(name: str, user_dir: str | Path | None = None) -> PromptTemplate:
-    """The template called ``name``; an unknown name raises :class:`PromptError` listing close names."""
+    """The template called ``name``; unknown: :class:`PromptError` naming close ones."""
     templates = load_templates(user_dir)
     if name in templates:
         return templates[name]
     close = [n for n in templates if n.startswith(name + ".")]
-    close += [n for n in difflib.get_close_matches(name, templates, n=5, cutoff=0.6) if n not in close]
+    close += [
+        n for n in difflib.get_close_matches(name, templates, n=5, cutoff=0.6) if n not in close
+    ]
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(templates)}"
     raise PromptError(f"unknown prompt template {name!r}{hint}")
 
@@ -198,7 +214,7 @@ def format_time(seconds: float) -> str:
 
 
 def format_segments(segments: Iterable[Segment]) -> str:
-    """The ``{segments}`` value of the summary templates: one ``[mm:ss-mm:ss] text`` line per segment.
+    """The ``{segments}`` value of the summary templates: a ``[mm:ss-mm:ss] text`` line a segment.
 
     Line breaks inside a text become spaces; segments with empty text are left out.
     """
@@ -211,7 +227,7 @@ def format_segments(segments: Iterable[Segment]) -> str:
 
 
 def instruction_text(prompt: str) -> str:
-    """A rendered audio prompt without the ``<Speech><SpeechHere></Speech>`` part (for ``{task_prompt}``)."""
+    """A rendered audio prompt without ``<Speech><SpeechHere></Speech>`` (for ``{task_prompt}``)."""
     return prompt.replace(SPEECH_PREFIX.strip(), " ").replace(SPEECH_PLACEHOLDER, " ").strip()
 
 
@@ -224,8 +240,8 @@ def render_summary(
         summary: the text template named by the audio template's ``summary``.
         segments: the per-chunk answers with their times; they fill ``{segments}``.
         prompt: the rendered per-chunk prompt; it fills ``{task_prompt}`` (without the speech tags).
-        variables: the audio template's variables (``question``, ...); those the summary does not take
-            are dropped.
+        variables: the audio template's variables (``question``, ...); those the summary does not
+            take are dropped.
     """
     available = {
         **variables,
@@ -236,7 +252,7 @@ def render_summary(
 
 
 def _parse(text: str, where: str) -> list[tuple[bool, str]]:
-    """Split ``text`` into (is_variable, value) parts; literal parts have ``{{``/``}}`` already undone."""
+    """Split ``text`` into (is_variable, value) parts; ``{{``/``}}`` in literal parts are undone."""
     parts: list[tuple[bool, str]] = []
     pos = 0
     for match in _TOKEN_RE.finditer(text):
@@ -273,7 +289,9 @@ def _parse_file(content: str, source: str) -> list[PromptTemplate]:
     for name, entry in entries.items():
         where = f"{source}: template {name!r}"
         if name != task and not name.startswith(task + "."):
-            raise PromptError(f"{where}: names in this file must be {task!r} or start with {task + '.'!r}")
+            raise PromptError(
+                f"{where}: names in this file must be {task!r} or start with {task + '.'!r}"
+            )
         _check_keys(entry, _TEMPLATE_KEYS, {"text"}, where)
         result.append(
             parse_template(
@@ -293,7 +311,9 @@ def _check_keys(obj: Any, allowed: set[str], required: set[str], where: str) -> 
         raise PromptError(f"{where}: expected a JSON object")
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise PromptError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+        raise PromptError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
     missing = sorted(required - set(obj))
     if missing:
         raise PromptError(f"{where}: missing key(s) {', '.join(missing)}")
@@ -311,7 +331,9 @@ def _no_duplicates(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
 def _add_all(into: dict[str, PromptTemplate], templates: Iterable[PromptTemplate]) -> None:
     for tpl in templates:
         if tpl.name in into:
-            raise PromptError(f"template {tpl.name!r} is defined twice: {into[tpl.name].source} and {tpl.source}")
+            raise PromptError(
+                f"template {tpl.name!r} is defined twice: {into[tpl.name].source} and {tpl.source}"
+            )
         into[tpl.name] = tpl
 
 
@@ -330,9 +352,14 @@ def _check_summaries(templates: dict[str, PromptTemplate]) -> None:
             continue
         target = templates.get(tpl.summary)
         if target is None or target.kind != "text":
-            raise PromptError(f"template {tpl.name!r} ({tpl.source}): summary {tpl.summary!r} is not a text template")
+            raise PromptError(
+                f"template {tpl.name!r} ({tpl.source}): "
+                f"summary {tpl.summary!r} is not a text template"
+            )
         if "segments" not in target.variables:
-            raise PromptError(f"summary template {target.name!r} ({target.source}) lacks {{segments}}")
+            raise PromptError(
+                f"summary template {target.name!r} ({target.source}) lacks {{segments}}"
+            )
         unknown = set(target.variables) - {"segments", "task_prompt", *tpl.variables}
         if unknown:
             raise PromptError(

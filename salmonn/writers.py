@@ -1,10 +1,10 @@
 """Output writers: a name -> class registry over text, json, jsonl, srt, vtt and tsv.
 
-Each writer wraps a text stream the caller owns: ``write(record)`` for every record, then ``close()``
-(which ends the document, flushes, and leaves the stream open). ``multi=True`` tells the writer that several
-records go to this one stream (json writes an array, tsv adds a path column, text and vtt name each file).
-Failed records (``error`` set) appear in json/jsonl only; the other formats skip them. Writers write
-nothing but the format itself.
+Each writer wraps a text stream the caller owns: ``write(record)`` for every record, then
+``close()`` (which ends the document, flushes, and leaves the stream open). ``multi=True`` tells the
+writer that several records go to this one stream (json writes an array, tsv adds a path column,
+text and vtt name each file). Failed records (``error`` set) appear in json/jsonl only; the other
+formats skip them. Writers write nothing but the format itself.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ class Writer:
 
     Attributes:
         extension: file suffix for ``-o DIR/`` outputs (``".txt"``, ...).
-        one_record_per_file: True when the format is meant for one input per file (subtitles); the CLI
-            may prefer ``-o DIR/`` for several inputs.
+        one_record_per_file: True when the format is meant for one input per file (subtitles);
+            the CLI may prefer ``-o DIR/`` for several inputs.
     """
 
     extension: ClassVar[str] = ""
@@ -45,7 +45,7 @@ class Writer:
         self.stream.flush()
 
     def close(self) -> None:
-        """End the document (closing bracket, header of an empty file) and flush; the stream stays open."""
+        """End the document (closing bracket, empty-file header), flush; stream stays open."""
         if not self._closed:
             self._closed = True
             self._finish()
@@ -80,7 +80,7 @@ class JsonlWriter(Writer):
 
 
 class JsonWriter(Writer):
-    """One indented JSON object, or with ``multi`` an array written incrementally ("[" ... "]" at close)."""
+    """One indented JSON object, or with ``multi`` an array written incrementally ("]" at close)."""
 
     extension = ".json"
 
@@ -103,7 +103,7 @@ class JsonWriter(Writer):
 
 
 class TextWriter(Writer):
-    """The record's text. With ``multi`` each record starts with ``==> path <==`` and a blank line follows."""
+    """The record's text. With ``multi``: a ``==> path <==`` line before each."""
 
     extension = ".txt"
 
@@ -157,7 +157,7 @@ class VttWriter(Writer):
 
 
 class TsvWriter(Writer):
-    """``start<TAB>end<TAB>text`` rows in integer milliseconds under a header; ``multi`` adds a path column."""
+    """``start<TAB>end<TAB>text`` rows (integer ms) under a header; ``multi`` adds path."""
 
     extension = ".tsv"
 
@@ -188,17 +188,20 @@ WRITERS: dict[str, type[Writer]] = {
 
 
 def get_writer(fmt: str) -> type[Writer]:
-    """The writer class of format ``fmt``; an unknown name raises :class:`ConfigError` listing the formats."""
+    """The writer class of ``fmt``; an unknown name raises :class:`ConfigError` listing formats."""
     try:
         return WRITERS[fmt]
     except KeyError:
-        raise ConfigError(f"unknown output format {fmt!r}; choose from {', '.join(WRITERS)}") from None
+        raise ConfigError(
+            f"unknown output format {fmt!r}; choose from {', '.join(WRITERS)}"
+        ) from None
 
 
 def cue_segments(record: Record) -> list[Segment]:
     """The timed pieces a subtitle/tsv writer shows: segments with non-blank text, in order.
 
-    A record with a text but no segments gives one piece over ``[0, duration]`` when the duration is known.
+    A record with a text but no segments gives one piece over ``[0, duration]`` when the duration
+    is known.
     """
     segments = record.segments
     if not segments and record.text and record.duration is not None:

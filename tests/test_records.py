@@ -66,8 +66,17 @@ def test_golden_round_trip(index):
 def test_top_level_keys_and_types():
     d = json.loads(_transcript().to_json())
     assert list(d) == [
-        "path", "task", "prompt", "text", "segments", "duration", "error",
-        "model", "options", "timings", "schema_version",
+        "path",
+        "task",
+        "prompt",
+        "text",
+        "segments",
+        "duration",
+        "error",
+        "model",
+        "options",
+        "timings",
+        "schema_version",
     ]
     assert d["segments"][1] == {"start": 29.875, "end": 41.2, "text": "你好。"}
     assert "你好" in _transcript().to_json()  # ensure_ascii=False
@@ -103,8 +112,12 @@ def test_resume_key():
     b.timings, b.text, b.segments = {"total_s": 9.0}, "other", []
     assert a.resume_key() == b.resume_key() == resume_key(a.path, a.task, a.prompt, a.options)
     assert len(a.resume_key()) == 16 and int(a.resume_key(), 16) >= 0
-    for change in ({"path": "x.wav"}, {"task": "translate"}, {"prompt": ASR + " "},
-                   {"options": {**a.options, "num_beams": 1}}):
+    for change in (
+        {"path": "x.wav"},
+        {"task": "translate"},
+        {"prompt": ASR + " "},
+        {"options": {**a.options, "num_beams": 1}},
+    ):
         c = _transcript()
         for key, value in change.items():
             setattr(c, key, value)

@@ -1,4 +1,4 @@
-"""Prompt templates: validation table, built-ins (spec §10.1 wording), user folder, rendering, packaging."""
+"""Prompt templates: validation table, built-ins (spec §10.1 wording), user folder, packaging."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ TEMPLATE_TABLE = [
     (S + "Please describe the audio.", "audio", ()),
     (S + "{question}", "audio", ("question",)),
     (S + "{a} and {b} then {a} again", "audio", ("a", "b")),
-    (S + "JSON like {{\"k\": 1}} is literal", "audio", ()),
+    (S + 'JSON like {{"k": 1}} is literal', "audio", ()),
     ("Question: {question}\n{segments}", "text", ("question", "segments")),
     ("Please describe the audio.", "audio", "exactly one <SpeechHere>, found 0"),
     (S + S + "twice", "audio", "exactly one <SpeechHere>, found 2"),
@@ -88,7 +88,9 @@ def test_render_errors_name_template_and_variables(variables, message):
 def test_render_is_verbatim_and_braces_are_literal():
     tpl = parse_template("t", S + "{{literal}} {q} {{{q}}}")
     # a value holding braces or attribute syntax is inserted as is, never expanded again
-    assert render(tpl, q="{q.__class__} {0}") == S + "{literal} {q.__class__} {0} {{q.__class__} {0}}"
+    assert (
+        render(tpl, q="{q.__class__} {0}") == S + "{literal} {q.__class__} {0} {{q.__class__} {0}}"
+    )
 
 
 # spec §10.1, typed out here from the spec table (not read from prompts/)
@@ -98,7 +100,8 @@ SPEC_10_1 = {
     "audiocaption_v2": "Please write down what your hear in the audio.",
     "music_description": "Listen to this music clip and describe the music.",
     "audio_story_telling": (
-        "Based on the audio, write a story in detail. Your story should be highly related to the audio."
+        "Based on the audio, write a story in detail. "
+        "Your story should be highly related to the audio."
     ),
     "speech_audio_coreasoning": (
         "Use your strong reasoning skills to answer the speaker's question in detail based on the "
@@ -179,7 +182,9 @@ def test_render_summary_fills_segments_question_and_task_prompt():
     segs = [Segment(0, 30, "a dog\nbarks"), Segment(30, 61.4, " "), Segment(61.4, 3725, "rain")]
     lines = format_segments(segs)
     assert lines == "[00:00-00:30] a dog barks\n[01:01-1:02:05] rain"
-    ask = render_summary(templates["summary.ask"], segs, S + "Is it raining?", question="Is it raining?")
+    ask = render_summary(
+        templates["summary.ask"], segs, S + "Is it raining?", question="Is it raining?"
+    )
     assert ask.startswith("Question: Is it raining?\n") and lines in ask and "<Speech" not in ask
     generic = render_summary(templates["summary.prompt"], segs, render(templates["eval.keywords"]))
     assert "Instruction: Give me only three keywords of the text.\n" in generic
@@ -195,10 +200,20 @@ def _write(folder: Path, name: str, data: object) -> Path:
 
 def test_user_dir_overrides_and_extends(tmp_path):
     user = tmp_path / "mine"
-    _write(user, "caption.json", {"task": "caption", "templates": {
-        "caption.audio": {"text": S + "Describe the sounds briefly.", "description": "short"},
-        "caption.birds": {"text": S + "Which birds sing?", "summary": "summary.caption"},
-    }})
+    _write(
+        user,
+        "caption.json",
+        {
+            "task": "caption",
+            "templates": {
+                "caption.audio": {
+                    "text": S + "Describe the sounds briefly.",
+                    "description": "short",
+                },
+                "caption.birds": {"text": S + "Which birds sing?", "summary": "summary.caption"},
+            },
+        },
+    )
     templates = load_templates(user)
     assert templates["caption.audio"].text == S + "Describe the sounds briefly."
     assert templates["caption.audio"].source == str(user / "caption.json")
@@ -233,10 +248,18 @@ BAD_FILES = [
     ({"task": "t", "templates": {}}, "non-empty object"),
     ({"task": "t", "templates": {"t": {"text": "no speech"}}}, "exactly one <SpeechHere>"),
     ({"task": "t", "templates": {"t": {"text": S + "{a.b}"}}}, "bad placeholder"),
-    ({"task": "t", "templates": {"t": {"text": S + "x", "summary": "nope"}}}, "'nope' is not a text"),
     (
-        {"task": "t", "templates": {"t": {"text": S + "x", "summary": "t.s"},
-                                    "t.s": {"text": "{segments} {other}", "kind": "text"}}},
+        {"task": "t", "templates": {"t": {"text": S + "x", "summary": "nope"}}},
+        "'nope' is not a text",
+    ),
+    (
+        {
+            "task": "t",
+            "templates": {
+                "t": {"text": S + "x", "summary": "t.s"},
+                "t.s": {"text": "{segments} {other}", "kind": "text"},
+            },
+        },
         "takes other",
     ),
     (
@@ -283,19 +306,34 @@ def test_unknown_name_lists_close_names():
 
 
 def test_wheel_ships_prompt_files(tmp_path):
-    """A non-editable install finds the templates: build a wheel, unpack it, load from another folder."""
+    """A non-editable install finds the templates: build a wheel, unpack it, load from elsewhere."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     for package in ("salmonn", "prompts", "salmonn_cli"):
         if (REPO / package).is_dir():
-            shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__")
+            )
         else:  # a package another engineer has not written yet
             (src / package).mkdir()
             (src / package / "__init__.py").write_text("")
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", "."]
-    subprocess.run(cmd, cwd=src, check=True, capture_output=True, env={**os.environ, "PIP_NO_INDEX": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        "dist",
+        ".",
+    ]
+    subprocess.run(
+        cmd, cwd=src, check=True, capture_output=True, env={**os.environ, "PIP_NO_INDEX": "1"}
+    )
     (wheel,) = (src / "dist").glob("salmonn-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         shipped = {n for n in zf.namelist() if n.startswith("salmonn/prompt_data/")}
@@ -306,10 +344,19 @@ def test_wheel_ships_prompt_files(tmp_path):
         "import salmonn, salmonn.templates as t; "
         "print(salmonn.__file__); print(len(t.load_templates(None)))"
     )
-    env = {"PYTHONPATH": str(tmp_path / "site"), "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "PATH": os.environ["PATH"]}
+    env = {
+        "PYTHONPATH": str(tmp_path / "site"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+        "PATH": os.environ["PATH"],
+    }
     # -S: no site-packages, so the editable install of this checkout cannot answer the import
     out = subprocess.run(
-        [sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-S", "-c", code],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     assert out[0].startswith(str(tmp_path / "site"))
     assert int(out[1]) == len(load_templates())

@@ -22,7 +22,9 @@ def _record(path="a/one.wav", segments=None, error=None) -> Record:
             Segment(30.0, 3725.0625, "Second\n\npart --> with <b> & tab\there."),
         ]
     text = None if error else " ".join(s.text for s in segments)
-    return Record(path, "transcribe", "p", text, [] if error else segments, 3725.0625, error, {}, {}, {})
+    return Record(
+        path, "transcribe", "p", text, [] if error else segments, 3725.0625, error, {}, {}, {}
+    )
 
 
 def _run(fmt: str, records: list[Record], multi: bool = False) -> str:
@@ -106,7 +108,12 @@ def test_srt_structure_numbering_and_skips():
     out = _run("srt", [_record(), _record("bad.wav", error="boom"), _record("b.wav")])
     cues = _cues(SRT_CUE, out)
     assert out == "".join(m.group(0) for m in SRT_CUE.finditer(out))  # nothing but cues
-    assert [c[0] for c in cues] == ["1", "2", "3", "4"]  # continuous over records, empty cue skipped
+    assert [c[0] for c in cues] == [
+        "1",
+        "2",
+        "3",
+        "4",
+    ]  # continuous over records, empty cue skipped
     assert cues[0][1:] == ("00:00:00,000", "00:00:29,500", "First part.\n")
     assert cues[1][1:3] == ("00:00:30,000", "01:02:05,062")
     assert cues[1][3] == "Second\npart -> with <b> & tab\there.\n"
