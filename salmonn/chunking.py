@@ -171,7 +171,7 @@ def quietest_offset(region: np.ndarray) -> int:
 
     Energy is measured on 10 ms frames, summed over 100 ms; among places within ``QUIET_TOLERANCE`` of the
     quietest (or near digital silence) the latest wins.
-    A region shorter than one frame gives ``len(region)``.
+    A region shorter than one frame, or whose last 100 ms are among the quietest, gives ``len(region)``.
     """
     n_frames = len(region) // FRAME_SAMPLES
     if n_frames == 0:
@@ -182,4 +182,6 @@ def quietest_offset(region: np.ndarray) -> int:
     summed = np.convolve(energy, np.ones(width), mode="valid")  # (F - width + 1,)
     quiet = summed <= summed.min() * QUIET_TOLERANCE + 1e-9  # near-equal places count as equal
     best = len(summed) - 1 - int(np.argmax(quiet[::-1]))  # the latest of them
+    if best == len(summed) - 1:
+        return len(region)  # the region ends quiet: cutting at the limit is cutting in the quiet
     return (best + width // 2) * FRAME_SAMPLES
