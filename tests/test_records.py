@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,14 @@ def test_iter_jsonl_tolerates_a_cut_last_line():
         list(iter_jsonl(io.StringIO(f"{ok[:20]}\n{ok}\n")))
     with pytest.raises(ConfigError, match="line 1: not a JSON object"):
         list(iter_jsonl(io.StringIO("[1, 2]\n")))
+
+
+def test_documented_example_is_a_v1_record():
+    doc = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    if not doc.is_file():
+        pytest.skip("docs/cli.md not present")
+    text = doc.read_text(encoding="utf-8")
+    block = re.search(r"Example \(one line.*?```json\n(.*?)```", text, re.S)
+    assert block, "the JSONL example is missing from docs/cli.md"
+    line = block.group(1).replace("\n ", " ").strip()
+    assert Record.from_json(line).to_json() == line
