@@ -160,9 +160,13 @@ def load_templates(user_dir: str | Path | None = None) -> dict[str, PromptTempla
     return dict(sorted(templates.items()))
 
 
-@lru_cache(maxsize=1)
 def builtin_templates() -> dict[str, PromptTemplate]:
     """The templates shipped in ``salmonn.prompt_data`` (read with importlib.resources), by name."""
+    return dict(_builtin_templates())
+
+
+@lru_cache(maxsize=1)
+def _builtin_templates() -> dict[str, PromptTemplate]:
     templates: dict[str, PromptTemplate] = {}
     files = sorted(
         (f for f in resources.files(BUILTIN_PACKAGE).iterdir() if f.name.endswith(".json")),
