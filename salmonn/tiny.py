@@ -1,17 +1,17 @@
 """Write a complete tiny random SALMONN in the official on-disk formats (spec §3.1, §9, Appendix C).
 
-The files are written from the spec alone, without the rest of ``salmonn``, so that they cross-check our
-loaders independently:
+The files are written from the spec alone, without the rest of ``salmonn``, so that they
+cross-check our loaders independently:
 
-* ``whisper/``: a Hugging Face ``WhisperForConditionalGeneration`` folder (keys ``model.encoder.*``) and a
-  ``preprocessor_config.json``;
-* ``llm/``: a LLaMA folder (sharded safetensors with an index, ``generation_config.json``) and a LLaMA-like
-  SentencePiece ``tokenizer.model`` trained on the fly;
+* ``whisper/``: a Hugging Face ``WhisperForConditionalGeneration`` folder (keys ``model.encoder.*``)
+  and a ``preprocessor_config.json``;
+* ``llm/``: a LLaMA folder (sharded safetensors with an index, ``generation_config.json``) and a
+  LLaMA-like SentencePiece ``tokenizer.model`` trained on the fly;
 * ``beats.pt``: ``{"cfg", "model", "label_dict"}`` with the official BEATs key names (spec §9.2);
-* ``salmonn.pth``: a raw training checkpoint ``{"model", "optimizer", "config", "scaler", "epoch"}`` whose
-  ``model`` holds exactly the spec §9.1 keys plus the non-trainable copies of Appendix C.2.
+* ``salmonn.pth``: a raw training checkpoint ``{"model", "optimizer", "config", "scaler", "epoch"}``
+  whose ``model`` holds exactly the spec §9.1 keys plus the non-trainable copies of Appendix C.2.
 
-Weights are drawn from a seeded generator, wide enough that nothing is a silent no-op (Appendix C.7).
+Weights come from a seeded generator, wide enough that nothing is a silent no-op (Appendix C.7).
 Run ``python -m salmonn.tiny OUT_DIR [--seed N]``.
 """
 
@@ -74,14 +74,19 @@ EVAL_PROMPTS: tuple[str, ...] = tuple(
         "Do you only hear the same person talking? Answer yes or no.",
         "Describe the background audio and the speech in a fluent sentence.",
         "Please write down what you hear each person says.",
-        "Based on the audio, write a story in detail. Your story should be highly related to the audio.",
+        (
+            "Based on the audio, write a story in detail. "
+            "Your story should be highly related to the audio."
+        ),
         "Please answer the speaker's question in detail based on the background sound.",
         "According to the speech, what is the {}?",
         "Listen to this music clip and describe the music.",
         "Listen to the speech and translate it into Japanese.",
         "Listen to the speech and translate it into German.",
-        "Use your strong reasoning skills to answer the speaker's question in detail based on the "
-        "background sound.",
+        (
+            "Use your strong reasoning skills to answer the speaker's question in detail based on "
+            "the background sound."
+        ),
         "Give me only three keywords of the text.",
         "Please recognize each speaker and transcribe their speech content.",
     )
@@ -99,17 +104,19 @@ class TinyModelPaths:
     checkpoint: str  # SALMONN .pth file
 
 
-# --------------------------------------------------------------------------------------------- weights
+# ------------------------------------------------------------------------------------------ weights
 
 
 _NORM_WEIGHT = re.compile(r"(norm|ln_speech|ln_audio)\.weight$", re.IGNORECASE)
 
 
-def _draw(gen: torch.Generator, name: str, shape: Sequence[int], std: float | None = None) -> torch.Tensor:
+def _draw(
+    gen: torch.Generator, name: str, shape: Sequence[int], std: float | None = None
+) -> torch.Tensor:
     """A random float32 tensor for parameter ``name``, chosen so that it is never a no-op.
 
-    Norm weights (and BEATs' ``grep_a`` gates and weight-norm gains) are ``1 ± 0.3``; biases ``N(0, 0.1²)``;
-    matrices ``N(0, std²)`` with ``std`` defaulting to ``fan_in ** -0.5``.
+    Norm weights (and BEATs' ``grep_a`` gates and weight-norm gains) are ``1 ± 0.3``; biases
+    ``N(0, 0.1²)``; matrices ``N(0, std²)`` with ``std`` defaulting to ``fan_in ** -0.5``.
     """
     shape = tuple(shape)
     if _NORM_WEIGHT.search(name) or name.endswith(("grep_a", "weight_g")):
@@ -121,8 +128,10 @@ def _draw(gen: torch.Generator, name: str, shape: Sequence[int], std: float | No
     return std * torch.randn(shape, generator=gen)
 
 
-def _randomise(model: torch.nn.Module, gen: torch.Generator, stds: dict[str, float], skip: str = "") -> None:
-    """Overwrite every parameter of ``model`` in place; ``stds`` maps a name regex to a matrix std."""
+def _randomise(
+    model: torch.nn.Module, gen: torch.Generator, stds: dict[str, float], skip: str = ""
+) -> None:
+    """Overwrite every parameter of ``model`` in place; ``stds`` maps name regexes to stds."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if skip and re.search(skip, name):
@@ -148,64 +157,82 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-# --------------------------------------------------------------------------------------------- whisper
+# ------------------------------------------------------------------------------------------ whisper
 
 
 def _write_whisper(folder: Path, gen: torch.Generator, d_model: int) -> None:
-    """An HF Whisper folder: encoder of 2 layers × 2 heads, a 1-layer decoder over a 100-token vocab."""
+    """An HF Whisper folder: encoder of 2 layers × 2 heads, 1-layer decoder, 100-token vocab."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     # Small vocab: every special id must lie inside it, or the embedding's padding_idx check fails.
     config = WhisperConfig(
-        vocab_size=100, num_mel_bins=WHISPER_N_MELS, d_model=d_model, encoder_layers=2,
-        encoder_attention_heads=2, encoder_ffn_dim=2 * d_model, decoder_layers=1,
-        decoder_attention_heads=2, decoder_ffn_dim=2 * d_model,
-        max_source_positions=WHISPER_ENCODER_FRAMES, max_target_positions=32, pad_token_id=3,
-        bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, begin_suppress_tokens=None,
+        vocab_size=100,
+        num_mel_bins=WHISPER_N_MELS,
+        d_model=d_model,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=2 * d_model,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=2 * d_model,
+        max_source_positions=WHISPER_ENCODER_FRAMES,
+        max_target_positions=32,
+        pad_token_id=3,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        begin_suppress_tokens=None,
         suppress_tokens=None,
     )
     model = WhisperForConditionalGeneration(config).eval()
     # embed_positions keeps its sinusoidal table, as in the released checkpoints.
     _randomise(model, gen, {}, skip=r"embed_positions")
     _save_quietly(model, folder)
-    _write_json(folder / "preprocessor_config.json", {
-        "chunk_length": WINDOW_SECONDS,
-        "feature_extractor_type": "WhisperFeatureExtractor",
-        "feature_size": WHISPER_N_MELS,
-        "hop_length": WHISPER_HOP,
-        "n_fft": WHISPER_N_FFT,
-        "n_samples": WINDOW_SAMPLES,
-        "nb_max_frames": WHISPER_MEL_FRAMES,
-        "padding_side": "right",
-        "padding_value": 0.0,
-        "processor_class": "WhisperProcessor",
-        "return_attention_mask": False,
-        "sampling_rate": SAMPLE_RATE,
-    })
+    _write_json(
+        folder / "preprocessor_config.json",
+        {
+            "chunk_length": WINDOW_SECONDS,
+            "feature_extractor_type": "WhisperFeatureExtractor",
+            "feature_size": WHISPER_N_MELS,
+            "hop_length": WHISPER_HOP,
+            "n_fft": WHISPER_N_FFT,
+            "n_samples": WINDOW_SAMPLES,
+            "nb_max_frames": WHISPER_MEL_FRAMES,
+            "padding_side": "right",
+            "padding_value": 0.0,
+            "processor_class": "WhisperProcessor",
+            "return_attention_mask": False,
+            "sampling_rate": SAMPLE_RATE,
+        },
+    )
 
 
-# ------------------------------------------------------------------------------------------ tokenizer
+# ---------------------------------------------------------------------------------------- tokenizer
 
-_WORDS = (
-    "the a an audio speech sound music song voice speaker person people man woman child dog bird car "
-    "rain wind water door bell phone noise background clip story question answer word text language "
-    "is are was were be has have had can could should would will do does did not no yes only very "
-    "loud quiet soft fast slow happy sad angry calm clear short long first then after before while "
-    "hear listen say says talk talking sing play describe write read give tell recognize transcribe "
-    "translate answer think know see make go come take find explain summarize in on at of to for with "
-    "from by about into over under between and or but because so if when where what who which how why "
-    "this that these those it he she they we you I my your their his her our one two three four five"
+_WORDS = (  # noqa: SIM905 - a word list reads better as text
+    "the a an audio speech sound music song voice speaker person people man woman child dog bird "
+    "car rain wind water door bell phone noise background clip story question answer word text "
+    "language is are was were be has have had can could should would will do does did not no yes "
+    "only very loud quiet soft fast slow happy sad angry calm clear short long first then after "
+    "before while hear listen say says talk talking sing play describe write read give tell "
+    "recognize transcribe translate answer think know see make go come take find explain "
+    "summarize in on at of to for with from by about into over under between and or but because "
+    "so if when where what who which how why this that these those it he she they we you I my "
+    "your their his her our one two three four five"
 ).split()
 
 
 def tokenizer_corpus() -> list[str]:
-    """Deterministic English text with every SALMONN prompt word (spec §6.2, §10.1), one line per sentence.
+    """Deterministic English text with every SALMONN prompt word (spec §6.2, §10.1), one sentence
+    per line.
 
-    No line holds a newline, so that ``"\\n"`` becomes the byte-fallback piece ``<0x0A>`` as in LLaMA.
+    No line holds a newline, so that ``"\\n"`` becomes the byte-fallback piece ``<0x0A>`` as in
+    LLaMA.
     """
     lines = [
         "USER: <Speech><SpeechHere></Speech> Describe the audio.\nASSISTANT: A dog barks twice.",
-        "USER: <Speech>", "</Speech> Describe the audio.\nASSISTANT:",
+        "USER: <Speech>",
+        "</Speech> Describe the audio.\nASSISTANT:",
         "</Speech> Please describe the audio.\nASSISTANT:",
     ]
     lines += [f"USER: {prompt}\nASSISTANT:" for prompt in EVAL_PROMPTS]
@@ -218,49 +245,85 @@ def tokenizer_corpus() -> list[str]:
 
 
 def _write_tokenizer(folder: Path, vocab_size: int) -> int:
-    """Train a LLaMA-like BPE SentencePiece model (ENVIRONMENT §2.3) and write the tokenizer files."""
+    """Train a LLaMA-like BPE SentencePiece model and write the LLaMA tokenizer files."""
     import sentencepiece as spm
 
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tokenizer_corpus()), model_writer=buffer, vocab_size=vocab_size,
-        model_type="bpe", unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1, byte_fallback=True,
-        character_coverage=1.0, normalization_rule_name="identity", add_dummy_prefix=True,
-        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
-        num_threads=1, minloglevel=2,
+        sentence_iterator=iter(tokenizer_corpus()),
+        model_writer=buffer,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=-1,
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        num_threads=1,
+        minloglevel=2,
     )
     (folder / "tokenizer.model").write_bytes(buffer.getvalue())
-    _write_json(folder / "tokenizer_config.json", {
-        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-        "legacy": False, "clean_up_tokenization_spaces": False, "bos_token": "<s>",
-        "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None, "model_max_length": 2048,
-        "padding_side": "right",
-    })
-    _write_json(folder / "special_tokens_map.json",
-                {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    _write_json(
+        folder / "tokenizer_config.json",
+        {
+            "tokenizer_class": "LlamaTokenizer",
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "legacy": False,
+            "clean_up_tokenization_spaces": False,
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": None,
+            "model_max_length": 2048,
+            "padding_side": "right",
+        },
+    )
+    _write_json(
+        folder / "special_tokens_map.json",
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+    )
     return spm.SentencePieceProcessor(model_proto=buffer.getvalue()).get_piece_size()
 
 
-# ------------------------------------------------------------------------------------------------- llm
+# ---------------------------------------------------------------------------------------------- llm
 
 
-def _write_llm(folder: Path, gen: torch.Generator, hidden: int, layers: int, vocab_size: int) -> Any:
+def _write_llm(
+    folder: Path, gen: torch.Generator, hidden: int, layers: int, vocab_size: int
+) -> Any:
     """A LLaMA folder (4 heads, FFN 2×hidden, eps 1e-6) in shards; returns its ``LlamaConfig``."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = _write_tokenizer(folder, vocab_size)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
-        rms_norm_eps=1e-6, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config).eval()
     _randomise(model, gen, {r"embed_tokens|lm_head|self_attn\.[qkvo]_proj": 0.3})
     with torch.no_grad():
         model.lm_head.weight[EOS_ID] *= EOS_ROW_GAIN
-    model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    model.generation_config = GenerationConfig(
+        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID
+    )
     # Several shards and an index, like the released Vicuna folders.
     size_kb = math.ceil(sum(p.numel() for p in model.parameters()) * 4 / 1024 / 3)
     _save_quietly(model, folder, max_shard_size=f"{size_kb}KB")
@@ -274,21 +337,37 @@ def rotary_inv_freq(config: Any) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
 
 
-# ----------------------------------------------------------------------------------------------- beats
+# -------------------------------------------------------------------------------------------- beats
 
 
 def beats_cfg(d_model: int, layers: int = 2) -> dict[str, Any]:
     """The full official BEATs ``cfg`` (spec §3.1) with tiny widths; head dim stays 64."""
     return {
-        "input_patch_size": BEATS_PATCH, "embed_dim": 32, "conv_bias": False,
-        "encoder_layers": layers, "encoder_embed_dim": d_model, "encoder_ffn_embed_dim": 2 * d_model,
-        "encoder_attention_heads": d_model // 64, "activation_fn": "gelu",
-        "layer_wise_gradient_decay_ratio": 0.6, "layer_norm_first": False, "deep_norm": True,
-        "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "encoder_layerdrop": 0.05,
-        "dropout_input": 0.0, "conv_pos": 128, "conv_pos_groups": 16,
-        "relative_position_embedding": True, "num_buckets": BEATS_BUCKETS,
-        "max_distance": BEATS_MAX_DISTANCE, "gru_rel_pos": True, "finetuned_model": True,
-        "predictor_dropout": 0.0, "predictor_class": AUDIOSET_CLASSES,
+        "input_patch_size": BEATS_PATCH,
+        "embed_dim": 32,
+        "conv_bias": False,
+        "encoder_layers": layers,
+        "encoder_embed_dim": d_model,
+        "encoder_ffn_embed_dim": 2 * d_model,
+        "encoder_attention_heads": d_model // 64,
+        "activation_fn": "gelu",
+        "layer_wise_gradient_decay_ratio": 0.6,
+        "layer_norm_first": False,
+        "deep_norm": True,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "encoder_layerdrop": 0.05,
+        "dropout_input": 0.0,
+        "conv_pos": 128,
+        "conv_pos_groups": 16,
+        "relative_position_embedding": True,
+        "num_buckets": BEATS_BUCKETS,
+        "max_distance": BEATS_MAX_DISTANCE,
+        "gru_rel_pos": True,
+        "finetuned_model": True,
+        "predictor_dropout": 0.0,
+        "predictor_class": AUDIOSET_CLASSES,
     }
 
 
@@ -297,28 +376,42 @@ def beats_shapes(cfg: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
     e, d, f = cfg["embed_dim"], cfg["encoder_embed_dim"], cfg["encoder_ffn_embed_dim"]
     heads, p, k = cfg["encoder_attention_heads"], cfg["input_patch_size"], cfg["conv_pos"]
     shapes = [
-        ("post_extract_proj.weight", (d, e)), ("post_extract_proj.bias", (d,)),
+        ("post_extract_proj.weight", (d, e)),
+        ("post_extract_proj.bias", (d,)),
         ("patch_embedding.weight", (e, 1, p, p)),
-        ("layer_norm.weight", (e,)), ("layer_norm.bias", (e,)),
-        ("encoder.pos_conv.0.bias", (d,)), ("encoder.pos_conv.0.weight_g", (1, 1, k)),
+        ("layer_norm.weight", (e,)),
+        ("layer_norm.bias", (e,)),
+        ("encoder.pos_conv.0.bias", (d,)),
+        ("encoder.pos_conv.0.weight_g", (1, 1, k)),
         ("encoder.pos_conv.0.weight_v", (d, d // cfg["conv_pos_groups"], k)),
     ]
     for i in range(cfg["encoder_layers"]):
         pre = f"encoder.layers.{i}."
         for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            shapes += [(f"{pre}self_attn.{proj}.weight", (d, d)), (f"{pre}self_attn.{proj}.bias", (d,))]
+            shapes += [
+                (f"{pre}self_attn.{proj}.weight", (d, d)),
+                (f"{pre}self_attn.{proj}.bias", (d,)),
+            ]
         shapes += [
             (f"{pre}self_attn.grep_a", (1, heads, 1, 1)),
             (f"{pre}self_attn.grep_linear.weight", (8, d // heads)),
             (f"{pre}self_attn.grep_linear.bias", (8,)),
             (f"{pre}self_attn.relative_attention_bias.weight", (cfg["num_buckets"], heads)),
-            (f"{pre}self_attn_layer_norm.weight", (d,)), (f"{pre}self_attn_layer_norm.bias", (d,)),
-            (f"{pre}fc1.weight", (f, d)), (f"{pre}fc1.bias", (f,)),
-            (f"{pre}fc2.weight", (d, f)), (f"{pre}fc2.bias", (d,)),
-            (f"{pre}final_layer_norm.weight", (d,)), (f"{pre}final_layer_norm.bias", (d,)),
+            (f"{pre}self_attn_layer_norm.weight", (d,)),
+            (f"{pre}self_attn_layer_norm.bias", (d,)),
+            (f"{pre}fc1.weight", (f, d)),
+            (f"{pre}fc1.bias", (f,)),
+            (f"{pre}fc2.weight", (d, f)),
+            (f"{pre}fc2.bias", (d,)),
+            (f"{pre}final_layer_norm.weight", (d,)),
+            (f"{pre}final_layer_norm.bias", (d,)),
         ]
-    shapes += [("encoder.layer_norm.weight", (d,)), ("encoder.layer_norm.bias", (d,)),
-               ("predictor.weight", (cfg["predictor_class"], d)), ("predictor.bias", (cfg["predictor_class"],))]
+    shapes += [
+        ("encoder.layer_norm.weight", (d,)),
+        ("encoder.layer_norm.bias", (d,)),
+        ("predictor.weight", (cfg["predictor_class"], d)),
+        ("predictor.bias", (cfg["predictor_class"],)),
+    ]
     return shapes
 
 
@@ -335,89 +428,144 @@ def _beats_state(gen: torch.Generator, cfg: dict[str, Any]) -> OrderedDict[str, 
     return state
 
 
-# ------------------------------------------------------------------------------------------- salmonn
+# ------------------------------------------------------------------------------------------ salmonn
 
 
 def salmonn_shapes(
     whisper_d: int, beats_d: int, hidden: int, llm_hidden: int, llm_layers: int
 ) -> list[tuple[str, tuple[int, ...]]]:
-    """Trainable SALMONN keys and shapes of spec §9.1 (Q-Former with ``hidden`` width, 2 layers, LoRA)."""
+    """Trainable SALMONN keys and shapes of spec §9.1 (Q-Former of width ``hidden``, 2 layers)."""
     h, enc, ffn = hidden, whisper_d + beats_d, 4 * hidden
     shapes: list[tuple[str, tuple[int, ...]]] = [
         ("speech_query_tokens", (1, 1, h)),
-        ("ln_speech.weight", (whisper_d,)), ("ln_speech.bias", (whisper_d,)),
-        ("ln_audio.weight", (beats_d,)), ("ln_audio.bias", (beats_d,)),
+        ("ln_speech.weight", (whisper_d,)),
+        ("ln_speech.bias", (whisper_d,)),
+        ("ln_audio.weight", (beats_d,)),
+        ("ln_audio.bias", (beats_d,)),
         ("speech_Qformer.bert.embeddings.LayerNorm.weight", (h,)),
         ("speech_Qformer.bert.embeddings.LayerNorm.bias", (h,)),
     ]
     for i in range(2):
         pre = f"speech_Qformer.bert.encoder.layer.{i}."
         blocks = [
-            ("attention.self.query", (h, h)), ("attention.self.key", (h, h)),
-            ("attention.self.value", (h, h)), ("attention.output.dense", (h, h)),
+            ("attention.self.query", (h, h)),
+            ("attention.self.key", (h, h)),
+            ("attention.self.value", (h, h)),
+            ("attention.output.dense", (h, h)),
             ("attention.output.LayerNorm", (h,)),
-            ("crossattention.self.query", (h, h)), ("crossattention.self.key", (h, enc)),
-            ("crossattention.self.value", (h, enc)), ("crossattention.output.dense", (h, h)),
+            ("crossattention.self.query", (h, h)),
+            ("crossattention.self.key", (h, enc)),
+            ("crossattention.self.value", (h, enc)),
+            ("crossattention.output.dense", (h, h)),
             ("crossattention.output.LayerNorm", (h,)),
-            ("intermediate_query.dense", (ffn, h)), ("output_query.dense", (h, ffn)),
+            ("intermediate_query.dense", (ffn, h)),
+            ("output_query.dense", (h, ffn)),
             ("output_query.LayerNorm", (h,)),
         ]
         for module, shape in blocks:
             shapes += [(f"{pre}{module}.weight", shape), (f"{pre}{module}.bias", (shape[0],))]
-    shapes += [("speech_llama_proj.weight", (llm_hidden, h)), ("speech_llama_proj.bias", (llm_hidden,))]
+    shapes += [
+        ("speech_llama_proj.weight", (llm_hidden, h)),
+        ("speech_llama_proj.bias", (llm_hidden,)),
+    ]
     for i in range(llm_layers):
         pre = f"llama_model.base_model.model.model.layers.{i}.self_attn."
         for proj in ("q_proj", "v_proj"):
-            shapes += [(f"{pre}{proj}.lora_A.default.weight", (LORA_RANK, llm_hidden)),
-                       (f"{pre}{proj}.lora_B.default.weight", (llm_hidden, LORA_RANK))]
+            shapes += [
+                (f"{pre}{proj}.lora_A.default.weight", (LORA_RANK, llm_hidden)),
+                (f"{pre}{proj}.lora_B.default.weight", (llm_hidden, LORA_RANK)),
+            ]
     return shapes
 
 
 def _salmonn_state(
-    gen: torch.Generator, shapes: Iterable[tuple[str, tuple[int, ...]]], llm_config: Any,
-    beats_state: dict[str, torch.Tensor], beats_layers: int,
+    gen: torch.Generator,
+    shapes: Iterable[tuple[str, tuple[int, ...]]],
+    llm_config: Any,
+    beats_state: dict[str, torch.Tensor],
+    beats_layers: int,
 ) -> OrderedDict[str, torch.Tensor]:
-    """The checkpoint's ``model`` dict: trainable tensors plus the buffers and copies of Appendix C.2."""
+    """The checkpoint's ``model`` dict: trainable tensors, plus buffers and copies of App. C.2."""
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
     for name, shape in shapes:
         std = 1.0 if name == "speech_query_tokens" else 0.1 if "lora_B" in name else None
         state[name] = _draw(gen, name, shape, std)
-    state["speech_Qformer.bert.embeddings.position_ids"] = torch.arange(QFORMER_POSITIONS).unsqueeze(0)
+    state["speech_Qformer.bert.embeddings.position_ids"] = torch.arange(
+        QFORMER_POSITIONS
+    ).unsqueeze(0)
     inv_freq = rotary_inv_freq(llm_config)
     for i in range(llm_config.num_hidden_layers):
-        state[f"llama_model.base_model.model.model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
-    for i in range(1, beats_layers):  # layers >= 1 share layer 0's frozen table; state_dict repeats it
+        state[f"llama_model.base_model.model.model.layers.{i}.self_attn.rotary_emb.inv_freq"] = (
+            inv_freq.clone()
+        )
+    for i in range(
+        1, beats_layers
+    ):  # layers >= 1 share layer 0's frozen table; state_dict repeats it
         key = f"encoder.layers.{i}.self_attn.relative_attention_bias.weight"
         state[f"beats.{key}"] = beats_state[key].clone()
     return state
 
 
 def _training_extras(model_state: dict[str, torch.Tensor], n_trainable: int) -> dict[str, Any]:
-    """Fake ``optimizer`` (AdamW state per trainable tensor), ``config``, ``scaler`` and ``epoch``."""
+    """Fake ``optimizer`` (AdamW state per trainable tensor), ``config``, ``scaler``, ``epoch``."""
     tensors = list(model_state.values())[:n_trainable]
     optimizer = {
-        "state": {i: {"step": torch.tensor(1.0), "exp_avg": 0.1 * t, "exp_avg_sq": 0.01 * t * t}
-                  for i, t in enumerate(tensors)},
-        "param_groups": [{"lr": 3e-5, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05,
-                          "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
-                          "differentiable": False, "fused": None, "params": list(range(len(tensors)))}],
+        "state": {
+            i: {"step": torch.tensor(1.0), "exp_avg": 0.1 * t, "exp_avg_sq": 0.01 * t * t}
+            for i, t in enumerate(tensors)
+        },
+        "param_groups": [
+            {
+                "lr": 3e-5,
+                "betas": (0.9, 0.999),
+                "eps": 1e-8,
+                "weight_decay": 0.05,
+                "amsgrad": False,
+                "maximize": False,
+                "foreach": None,
+                "capturable": False,
+                "differentiable": False,
+                "fused": None,
+                "params": list(range(len(tensors))),
+            }
+        ],
     }
     config = {
-        "model": {"llama_path": "llm", "whisper_path": "whisper", "beats_path": "beats.pt", "ckpt": "",
-                  "freeze_whisper": True, "freeze_beats": True, "use_speech_Qformer": True,
-                  "num_speech_query_token": 1, "freeze_speech_QFormer": False,
-                  "window_level_Qformer": True, "second_per_window": 0.333333,
-                  "second_stride": 0.333333, "lora": True, "lora_rank": LORA_RANK,
-                  "lora_alpha": LORA_ALPHA, "lora_dropout": 0.1, "multi_prompt": True,
-                  "prompt_template": "USER: {}\nASSISTANT:", "max_txt_len": 300, "end_sym": "</s>"},
+        "model": {
+            "llama_path": "llm",
+            "whisper_path": "whisper",
+            "beats_path": "beats.pt",
+            "ckpt": "",
+            "freeze_whisper": True,
+            "freeze_beats": True,
+            "use_speech_Qformer": True,
+            "num_speech_query_token": 1,
+            "freeze_speech_QFormer": False,
+            "window_level_Qformer": True,
+            "second_per_window": 0.333333,
+            "second_stride": 0.333333,
+            "lora": True,
+            "lora_rank": LORA_RANK,
+            "lora_alpha": LORA_ALPHA,
+            "lora_dropout": 0.1,
+            "multi_prompt": True,
+            "prompt_template": "USER: {}\nASSISTANT:",
+            "max_txt_len": 300,
+            "end_sym": "</s>",
+        },
         "run": {"seed": 42, "max_epoch": 30, "amp": True, "device": "cuda"},
     }
-    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
-              "_growth_tracker": 0}
+    scaler = {
+        "scale": 65536.0,
+        "growth_factor": 2.0,
+        "backoff_factor": 0.5,
+        "growth_interval": 2000,
+        "_growth_tracker": 0,
+    }
     return {"optimizer": optimizer, "config": config, "scaler": scaler, "epoch": 1}
 
 
-# ----------------------------------------------------------------------------------------------- entry
+# -------------------------------------------------------------------------------------------- entry
 
 
 def write_tiny_model(
@@ -431,21 +579,32 @@ def write_tiny_model(
     llm_layers: int = 2,
     vocab_size: int = 600,
 ) -> TinyModelPaths:
-    """Write a complete tiny random SALMONN under ``out_dir`` (created if needed); deterministic in ``seed``.
+    """Write a complete tiny random SALMONN under ``out_dir`` (created if needed).
+
+    The result is deterministic in ``seed`` (for a given transformers / sentencepiece version).
 
     Widths: Whisper ``whisper_d`` (2 layers, 2 heads), BEATs ``beats_d`` (2 layers, heads of 64),
-    Q-Former ``qformer_hidden`` (2 layers, heads of 64, encoder width ``whisper_d + beats_d``), LLaMA
-    ``llm_hidden`` (``llm_layers`` layers, 4 heads) with a SentencePiece vocab of ``vocab_size`` pieces.
+    Q-Former ``qformer_hidden`` (2 layers, heads of 64, encoder width ``whisper_d + beats_d``),
+    LLaMA ``llm_hidden`` (``llm_layers`` layers, 4 heads), SentencePiece vocab of ``vocab_size``.
     """
     for name, width in (("beats_d", beats_d), ("qformer_hidden", qformer_hidden)):
         if width <= 0 or width % QFORMER_HEAD_DIM:
-            raise ConfigError(f"{name} must be a positive multiple of {QFORMER_HEAD_DIM}, got {width}")
+            raise ConfigError(
+                f"{name} must be a positive multiple of {QFORMER_HEAD_DIM}, got {width}"
+            )
     if llm_hidden <= 0 or llm_hidden % 8 or whisper_d <= 0 or whisper_d % 2:
-        raise ConfigError(f"llm_hidden must be a multiple of 8 and whisper_d even, got {llm_hidden}, {whisper_d}")
+        raise ConfigError(
+            f"llm_hidden must be a multiple of 8 and whisper_d even, got {llm_hidden}, {whisper_d}"
+        )
     root = Path(out_dir).expanduser().absolute()
     root.mkdir(parents=True, exist_ok=True)
-    paths = TinyModelPaths(root=str(root), whisper=str(root / "whisper"), beats=str(root / "beats.pt"),
-                           llm=str(root / "llm"), checkpoint=str(root / "salmonn.pth"))
+    paths = TinyModelPaths(
+        root=str(root),
+        whisper=str(root / "whisper"),
+        beats=str(root / "beats.pt"),
+        llm=str(root / "llm"),
+        checkpoint=str(root / "salmonn.pth"),
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # module constructors draw from the global RNG
         torch.manual_seed(seed)
@@ -457,12 +616,14 @@ def write_tiny_model(
     torch.save({"cfg": cfg, "model": beats_state, "label_dict": labels}, paths.beats)
     shapes = salmonn_shapes(whisper_d, beats_d, qformer_hidden, llm_hidden, llm_layers)
     model_state = _salmonn_state(gen, shapes, llm_config, beats_state, cfg["encoder_layers"])
-    torch.save({"model": model_state, **_training_extras(model_state, len(shapes))}, paths.checkpoint)
+    torch.save(
+        {"model": model_state, **_training_extras(model_state, len(shapes))}, paths.checkpoint
+    )
     return paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m salmonn.tiny OUT_DIR [--seed N]``: write the tiny model and print its paths as JSON."""
+    """``python -m salmonn.tiny OUT_DIR [--seed N]``: write the tiny model, print paths."""
     parser = argparse.ArgumentParser(prog="python -m salmonn.tiny", description=main.__doc__)
     parser.add_argument("out_dir", help="folder to write (created if needed)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

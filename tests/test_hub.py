@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import salmonn.hub as hub
+from salmonn import hub
 from salmonn.errors import CheckpointError, ConfigError
 from salmonn.hub import PRESETS, HubSource, parse_source, resolve_components, verify_beats_file
 
@@ -54,7 +54,9 @@ def filled_cache(cache, tiny_paths) -> Path:
     """The salmonn-7b preset's four sources, filled with the tiny model's files."""
     put_in_cache(cache, "model", "openai/whisper-large-v2", folder_files(tiny_paths.whisper))
     put_in_cache(cache, "model", "lmsys/vicuna-7b-v1.5", folder_files(tiny_paths.llm))
-    put_in_cache(cache, "model", "tsinghua-ee/SALMONN-7B", {"salmonn_7b_v0.pth": Path(tiny_paths.checkpoint)})
+    put_in_cache(
+        cache, "model", "tsinghua-ee/SALMONN-7B", {"salmonn_7b_v0.pth": Path(tiny_paths.checkpoint)}
+    )
     return cache
 
 
@@ -74,9 +76,13 @@ def test_presets():
     big, small = PRESETS["salmonn-13b"], PRESETS["salmonn-7b"]
     assert big.checkpoint == HubSource("tsinghua-ee/SALMONN", "salmonn_v1.pth")
     assert small.checkpoint == HubSource("tsinghua-ee/SALMONN-7B", "salmonn_7b_v0.pth")
-    assert big.llm.repo_id == "lmsys/vicuna-13b-v1.1" and small.llm.repo_id == "lmsys/vicuna-7b-v1.5"
+    assert (
+        big.llm.repo_id == "lmsys/vicuna-13b-v1.1" and small.llm.repo_id == "lmsys/vicuna-7b-v1.5"
+    )
     assert big.whisper == small.whisper == HubSource("openai/whisper-large-v2")
-    assert big.beats == small.beats == HubSource("tsinghua-ee/SALMONN-7B-gradio", BEATS_FILE, "space")
+    assert (
+        big.beats == small.beats == HubSource("tsinghua-ee/SALMONN-7B-gradio", BEATS_FILE, "space")
+    )
     assert (big.llm_hidden, small.llm_hidden) == (5120, 4096)
     assert big.lora_scaling == small.lora_scaling == 4.0 and small.demo_lora_scaling == 3.0
 
@@ -84,8 +90,10 @@ def test_presets():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (f"hf://spaces/tsinghua-ee/SALMONN-7B-gradio/{BEATS_FILE}",
-         HubSource("tsinghua-ee/SALMONN-7B-gradio", BEATS_FILE, "space")),
+        (
+            f"hf://spaces/tsinghua-ee/SALMONN-7B-gradio/{BEATS_FILE}",
+            HubSource("tsinghua-ee/SALMONN-7B-gradio", BEATS_FILE, "space"),
+        ),
         ("hf://org/name", HubSource("org/name")),
         ("hf://models/org/name@v2/sub/w.bin", HubSource("org/name", "sub/w.bin", "model", "v2")),
         ("hf://datasets/org/data/x.pt", HubSource("org/data", "x.pt", "dataset")),
@@ -108,13 +116,21 @@ def test_existing_local_path_wins_over_repo_syntax(tmp_path, monkeypatch):
 
 
 def test_local_paths_never_touch_the_hub(tiny_paths, no_hub):
-    explicit = {"whisper": tiny_paths.whisper, "beats": tiny_paths.beats, "llm": Path(tiny_paths.llm),
-                "checkpoint": tiny_paths.checkpoint}
+    explicit = {
+        "whisper": tiny_paths.whisper,
+        "beats": tiny_paths.beats,
+        "llm": Path(tiny_paths.llm),
+        "checkpoint": tiny_paths.checkpoint,
+    }
     for preset in (None, "salmonn-13b"):
         got = resolve_components(preset, **explicit)
         assert got == hub.ResolvedComponents(
-            Path(tiny_paths.whisper), Path(tiny_paths.beats), Path(tiny_paths.llm),
-            Path(tiny_paths.checkpoint), preset)
+            Path(tiny_paths.whisper),
+            Path(tiny_paths.beats),
+            Path(tiny_paths.llm),
+            Path(tiny_paths.checkpoint),
+            preset,
+        )
 
 
 def test_local_path_errors(tiny_paths, tmp_path, no_hub):
@@ -133,15 +149,19 @@ def test_local_path_errors(tiny_paths, tmp_path, no_hub):
 
 
 def test_offline_resolution_from_cache(filled_cache, tiny_paths):
-    put_in_cache(filled_cache, "space", "tsinghua-ee/SALMONN-7B-gradio", {BEATS_FILE: Path(tiny_paths.beats)})
+    put_in_cache(
+        filled_cache, "space", "tsinghua-ee/SALMONN-7B-gradio", {BEATS_FILE: Path(tiny_paths.beats)}
+    )
     got = resolve_components("salmonn-7b")
-    snapshot = lambda repo: filled_cache / repo / "snapshots" / COMMIT  # noqa: E731
+    snapshot = lambda repo: filled_cache / repo / "snapshots" / COMMIT
     assert got.preset == "salmonn-7b"
     assert got.whisper == snapshot("models--openai--whisper-large-v2")
     assert got.llm == snapshot("models--lmsys--vicuna-7b-v1.5")
     assert got.checkpoint == snapshot("models--tsinghua-ee--SALMONN-7B") / "salmonn_7b_v0.pth"
     assert got.beats == snapshot("spaces--tsinghua-ee--SALMONN-7B-gradio") / BEATS_FILE
-    assert (got.llm / "tokenizer.model").read_bytes() == (Path(tiny_paths.llm) / "tokenizer.model").read_bytes()
+    assert (got.llm / "tokenizer.model").read_bytes() == (
+        Path(tiny_paths.llm) / "tokenizer.model"
+    ).read_bytes()
     assert verify_beats_file(got.beats).encoder_layers == 2
     status = {s.component: s for s in hub.cached_status("salmonn-7b")}
     assert all(s.cached for s in status.values())
@@ -149,7 +169,7 @@ def test_offline_resolution_from_cache(filled_cache, tiny_paths):
 
 
 def test_explicit_argument_wins_over_preset(filled_cache, tiny_paths):
-    # The BEATs space is not cached: the explicit path must be used and the rest come from the cache.
+    # The BEATs space is not cached: the explicit path is used, the rest comes from the cache.
     got = resolve_components("salmonn-7b", beats=tiny_paths.beats)
     assert got.beats == Path(tiny_paths.beats)
     assert got.llm.parent.parent.name == "models--lmsys--vicuna-7b-v1.5"
@@ -190,8 +210,17 @@ def test_download_asks_only_for_needed_files(tiny_paths, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     calls = []
     repo_files = {
-        "openai/whisper-large-v2": ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5"],
-        "lmsys/vicuna-7b-v1.5": ["config.json", "pytorch_model-00001-of-00002.bin", "tokenizer.model"],
+        "openai/whisper-large-v2": [
+            "config.json",
+            "model.safetensors",
+            "pytorch_model.bin",
+            "tf_model.h5",
+        ],
+        "lmsys/vicuna-7b-v1.5": [
+            "config.json",
+            "pytorch_model-00001-of-00002.bin",
+            "tokenizer.model",
+        ],
     }
 
     class FakeApi:
@@ -212,7 +241,10 @@ def test_download_asks_only_for_needed_files(tiny_paths, tmp_path, monkeypatch):
     got = hub.download("salmonn-7b", cache_dir=tmp_path / "c")
     assert got.beats == Path(tiny_paths.beats) and got.llm == Path(tiny_paths.llm)
     by_repo = {repo: kwargs for _, repo, kwargs in calls}
-    assert all(k["local_files_only"] is False and k["cache_dir"] == str(tmp_path / "c") for k in by_repo.values())
+    assert all(
+        k["local_files_only"] is False and k["cache_dir"] == str(tmp_path / "c")
+        for k in by_repo.values()
+    )
     whisper = by_repo["openai/whisper-large-v2"]["allow_patterns"]
     assert "*.safetensors" in whisper and not any(p.endswith(".bin") for p in whisper)
     assert "preprocessor_config.json" in whisper
@@ -224,11 +256,24 @@ def test_download_asks_only_for_needed_files(tiny_paths, tmp_path, monkeypatch):
 
 def test_verify_beats_file(tiny_paths, tmp_path):
     info = verify_beats_file(tiny_paths.beats)
-    assert not info.official and (info.encoder_layers, info.encoder_embed_dim, info.max_distance) == (2, 128, 800)
-    cfg = {"input_patch_size": 16, "embed_dim": 512, "encoder_layers": 12, "encoder_embed_dim": 768,
-           "encoder_attention_heads": 12, "max_distance": 800}
-    state = {"patch_embedding.weight": torch.zeros(512, 1, 16, 16), "encoder.pos_conv.0.weight_v": torch.zeros(1),
-             "encoder.layers.11.self_attn.q_proj.weight": torch.zeros(768, 768)}
+    assert not info.official and (
+        info.encoder_layers,
+        info.encoder_embed_dim,
+        info.max_distance,
+    ) == (2, 128, 800)
+    cfg = {
+        "input_patch_size": 16,
+        "embed_dim": 512,
+        "encoder_layers": 12,
+        "encoder_embed_dim": 768,
+        "encoder_attention_heads": 12,
+        "max_distance": 800,
+    }
+    state = {
+        "patch_embedding.weight": torch.zeros(512, 1, 16, 16),
+        "encoder.pos_conv.0.weight_v": torch.zeros(1),
+        "encoder.layers.11.self_attn.q_proj.weight": torch.zeros(768, 768),
+    }
     torch.save({"cfg": cfg, "model": state, "label_dict": {}}, tmp_path / "official.pt")
     assert verify_beats_file(tmp_path / "official.pt").official
 

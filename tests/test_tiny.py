@@ -1,4 +1,4 @@
-"""The tiny random SALMONN: official formats (spec §3.1, §9.1, §9.2, App. C), loadable by the plain libraries."""
+"""The tiny random SALMONN: official formats (spec §3.1, §9, App. C), loadable by plain libs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from salmonn.tiny import EVAL_PROMPTS, main, write_tiny_model
 WHISPER_D, BEATS_D, QF, LLM_D, LLM_LAYERS = 64, 128, 128, 64, 2  # write_tiny_model defaults
 BEATS_HEADS, BEATS_EMBED, BEATS_FFN = 2, 32, 256
 
-# ---------------------------------------------------------------- expected layouts, typed from the spec
+# ------------------------------------------------------------ expected layouts, typed from the spec
 
 
 def expected_beats_keys() -> dict[str, tuple[int, ...]]:
@@ -23,13 +23,17 @@ def expected_beats_keys() -> dict[str, tuple[int, ...]]:
     d, e = BEATS_D, BEATS_EMBED
     keys = {
         "patch_embedding.weight": (e, 1, 16, 16),
-        "layer_norm.weight": (e,), "layer_norm.bias": (e,),
-        "post_extract_proj.weight": (d, e), "post_extract_proj.bias": (d,),
+        "layer_norm.weight": (e,),
+        "layer_norm.bias": (e,),
+        "post_extract_proj.weight": (d, e),
+        "post_extract_proj.bias": (d,),
         "encoder.pos_conv.0.weight_g": (1, 1, 128),
         "encoder.pos_conv.0.weight_v": (d, d // 16, 128),
         "encoder.pos_conv.0.bias": (d,),
-        "encoder.layer_norm.weight": (d,), "encoder.layer_norm.bias": (d,),
-        "predictor.weight": (527, d), "predictor.bias": (527,),
+        "encoder.layer_norm.weight": (d,),
+        "encoder.layer_norm.bias": (d,),
+        "predictor.weight": (527, d),
+        "predictor.bias": (527,),
     }
     for layer in range(2):
         p = f"encoder.layers.{layer}."
@@ -53,25 +57,37 @@ def expected_salmonn_keys() -> dict[str, tuple[int, ...]]:
     h, enc = QF, WHISPER_D + BEATS_D
     keys = {
         "speech_query_tokens": (1, 1, h),
-        "ln_speech.weight": (WHISPER_D,), "ln_speech.bias": (WHISPER_D,),
-        "ln_audio.weight": (BEATS_D,), "ln_audio.bias": (BEATS_D,),
+        "ln_speech.weight": (WHISPER_D,),
+        "ln_speech.bias": (WHISPER_D,),
+        "ln_audio.weight": (BEATS_D,),
+        "ln_audio.bias": (BEATS_D,),
         "speech_Qformer.bert.embeddings.LayerNorm.weight": (h,),
         "speech_Qformer.bert.embeddings.LayerNorm.bias": (h,),
         "speech_Qformer.bert.embeddings.position_ids": (1, 512),
-        "speech_llama_proj.weight": (LLM_D, h), "speech_llama_proj.bias": (LLM_D,),
+        "speech_llama_proj.weight": (LLM_D, h),
+        "speech_llama_proj.bias": (LLM_D,),
     }
     for layer in range(2):
         p = f"speech_Qformer.bert.encoder.layer.{layer}."
         linears = {
-            "attention.self.query": (h, h), "attention.self.key": (h, h), "attention.self.value": (h, h),
+            "attention.self.query": (h, h),
+            "attention.self.key": (h, h),
+            "attention.self.value": (h, h),
             "attention.output.dense": (h, h),
-            "crossattention.self.query": (h, h), "crossattention.self.key": (h, enc),
-            "crossattention.self.value": (h, enc), "crossattention.output.dense": (h, h),
-            "intermediate_query.dense": (4 * h, h), "output_query.dense": (h, 4 * h),
+            "crossattention.self.query": (h, h),
+            "crossattention.self.key": (h, enc),
+            "crossattention.self.value": (h, enc),
+            "crossattention.output.dense": (h, h),
+            "intermediate_query.dense": (4 * h, h),
+            "output_query.dense": (h, 4 * h),
         }
         for name, shape in linears.items():
             keys[f"{p}{name}.weight"], keys[f"{p}{name}.bias"] = shape, (shape[0],)
-        for norm in ("attention.output.LayerNorm", "crossattention.output.LayerNorm", "output_query.LayerNorm"):
+        for norm in (
+            "attention.output.LayerNorm",
+            "crossattention.output.LayerNorm",
+            "output_query.LayerNorm",
+        ):
             keys[f"{p}{norm}.weight"], keys[f"{p}{norm}.bias"] = (h,), (h,)
     for layer in range(LLM_LAYERS):
         p = f"llama_model.base_model.model.model.layers.{layer}.self_attn."
@@ -83,7 +99,7 @@ def expected_salmonn_keys() -> dict[str, tuple[int, ...]]:
     return keys
 
 
-# ----------------------------------------------------------------------------------------------- tests
+# -------------------------------------------------------------------------------------------- tests
 
 
 def test_files_exist_and_are_small(tiny_paths):
@@ -123,7 +139,12 @@ def test_llm_folder_loads_and_matches_sentencepiece(tiny_paths):
     model = LlamaForCausalLM.from_pretrained(tiny_paths.llm)
     cfg = model.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (LLM_D, 2, 4)
-    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id, cfg.rms_norm_eps) == (1, 2, 0, 1e-6)
+    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id, cfg.rms_norm_eps) == (
+        1,
+        2,
+        0,
+        1e-6,
+    )
     assert cfg.vocab_size == sp.get_piece_size() == model.get_input_embeddings().weight.shape[0]
     assert 500 <= sp.get_piece_size() <= 700
     assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
@@ -147,17 +168,44 @@ def test_beats_file_has_official_format(tiny_paths):
     assert set(ck) == {"cfg", "model", "label_dict"}
     cfg = ck["cfg"]
     official_cfg_keys = {
-        "input_patch_size", "embed_dim", "conv_bias", "encoder_layers", "encoder_embed_dim",
-        "encoder_ffn_embed_dim", "encoder_attention_heads", "activation_fn", "layer_norm_first",
-        "deep_norm", "conv_pos", "conv_pos_groups", "relative_position_embedding", "num_buckets",
-        "max_distance", "gru_rel_pos", "finetuned_model", "predictor_class",
-        "layer_wise_gradient_decay_ratio", "dropout", "attention_dropout", "activation_dropout",
-        "dropout_input", "predictor_dropout", "encoder_layerdrop",
+        "input_patch_size",
+        "embed_dim",
+        "conv_bias",
+        "encoder_layers",
+        "encoder_embed_dim",
+        "encoder_ffn_embed_dim",
+        "encoder_attention_heads",
+        "activation_fn",
+        "layer_norm_first",
+        "deep_norm",
+        "conv_pos",
+        "conv_pos_groups",
+        "relative_position_embedding",
+        "num_buckets",
+        "max_distance",
+        "gru_rel_pos",
+        "finetuned_model",
+        "predictor_class",
+        "layer_wise_gradient_decay_ratio",
+        "dropout",
+        "attention_dropout",
+        "activation_dropout",
+        "dropout_input",
+        "predictor_dropout",
+        "encoder_layerdrop",
     }
     assert official_cfg_keys <= set(cfg)
     assert cfg["max_distance"] == 800 and cfg["num_buckets"] == 320 and cfg["deep_norm"] is True
-    assert cfg["conv_bias"] is False and cfg["layer_norm_first"] is False and cfg["gru_rel_pos"] is True
-    assert (cfg["encoder_embed_dim"], cfg["encoder_attention_heads"], cfg["encoder_layers"]) == (BEATS_D, 2, 2)
+    assert (
+        cfg["conv_bias"] is False
+        and cfg["layer_norm_first"] is False
+        and cfg["gru_rel_pos"] is True
+    )
+    assert (cfg["encoder_embed_dim"], cfg["encoder_attention_heads"], cfg["encoder_layers"]) == (
+        BEATS_D,
+        2,
+        2,
+    )
     state = ck["model"]
     assert {k: tuple(v.shape) for k, v in state.items()} == expected_beats_keys()
     assert all(v.dtype == torch.float32 for v in state.values())
@@ -190,7 +238,7 @@ def _all_tensors(paths) -> dict[str, torch.Tensor]:
     for folder in (paths.whisper, paths.llm):
         for file in sorted(Path(folder).glob("*.safetensors")):
             with safe_open(str(file), "pt") as f:
-                out.update({f"{Path(folder).name}/{k}": f.get_tensor(k) for k in f.keys()})
+                out.update({f"{Path(folder).name}/{k}": f.get_tensor(k) for k in f.keys()})  # noqa: SIM118
     for name in ("beats", "checkpoint"):
         state = torch.load(getattr(paths, name), map_location="cpu", weights_only=True)["model"]
         out.update({f"{name}/{k}": v for k, v in state.items()})
@@ -203,17 +251,24 @@ def test_deterministic_in_seed(tiny_paths, tmp_path):
     assert first.keys() == again.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert (Path(tiny_paths.llm) / "tokenizer.model").read_bytes() == (
-        tmp_path / "same" / "llm" / "tokenizer.model").read_bytes()
+        tmp_path / "same" / "llm" / "tokenizer.model"
+    ).read_bytes()
     other = _all_tensors(write_tiny_model(tmp_path / "other", seed=1))
     changed = [k for k in first if not torch.equal(first[k], other[k])]
     assert "checkpoint/speech_llama_proj.weight" in changed and "beats/predictor.weight" in changed
-    assert "llm/model.embed_tokens.weight" in changed and "whisper/model.encoder.conv1.weight" in changed
+    assert (
+        "llm/model.embed_tokens.weight" in changed
+        and "whisper/model.encoder.conv1.weight" in changed
+    )
 
 
 def test_weights_are_not_no_ops(tiny_paths):
     tensors = _all_tensors(tiny_paths)
-    norms = [k for k in tensors if k.endswith(("norm.weight", "LayerNorm.weight", "ln_speech.weight",
-                                               "ln_audio.weight"))]
+    norms = [
+        k
+        for k in tensors
+        if k.endswith(("norm.weight", "LayerNorm.weight", "ln_speech.weight", "ln_audio.weight"))
+    ]
     assert len(norms) >= 29  # whisper 9, beats 6, llm 5, checkpoint 9
     for key in norms:
         assert not torch.allclose(tensors[key], torch.ones_like(tensors[key])), key
