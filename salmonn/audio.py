@@ -1,9 +1,10 @@
 """ffmpeg lookup, probing without ffprobe, and decoding of any input to 16 kHz mono float32.
 
-Every ffmpeg call is an argument list (never a shell) with ``-nostdin``. Decoding is streamed: ffmpeg writes
-a float32 WAV stream to a pipe that is read window by window, so memory does not grow with the file's length.
-The WAV header tells how many channels ffmpeg delivers; the default down-mix is their exact mean, done here
-(ffmpeg's ``-ac 1`` is a mean only for some layouts: it drops LFE and weights centre channels).
+Every ffmpeg call is an argument list (never a shell) with ``-nostdin``. Decoding is streamed:
+ffmpeg writes a float32 WAV stream to a pipe that is read window by window, so memory does not grow
+with the file's length. The WAV header tells how many channels ffmpeg delivers; the default down-mix
+is their exact mean, done here (ffmpeg's ``-ac 1`` is a mean only for some layouts: it drops LFE and
+weights centre channels).
 """
 
 from __future__ import annotations
@@ -34,16 +35,16 @@ STDIN = "-"  # the source name that means "audio bytes on standard input"
 FFMPEG_ENV = "SALMONN_FFMPEG"
 PROBE_TIMEOUT_S = 60.0
 _FIX = (
-    "install ffmpeg on PATH, run `pip install imageio-ffmpeg`, "
-    f"or set {FFMPEG_ENV}=/path/to/ffmpeg"
+    f"install ffmpeg on PATH, run `pip install imageio-ffmpeg`, or set {FFMPEG_ENV}=/path/to/ffmpeg"
 )
 
 
 def find_ffmpeg(override: str | None = None) -> str:
     """Return the ffmpeg executable to use.
 
-    Order: ``override`` (a config value), env ``SALMONN_FFMPEG``, ``ffmpeg`` on PATH, then the binary shipped
-    by the ``imageio-ffmpeg`` wheel. Raises :class:`FFmpegNotFoundError` (one line with the fix) otherwise.
+    Order: ``override`` (a config value), env ``SALMONN_FFMPEG``, ``ffmpeg`` on PATH, then the
+    binary shipped by the ``imageio-ffmpeg`` wheel. Otherwise raises :class:`FFmpegNotFoundError`
+    (one line with the fix).
     """
     explicit = override or os.environ.get(FFMPEG_ENV)
     if explicit:
@@ -101,7 +102,7 @@ _NOISE_RE = re.compile(
 
 
 def channels_from_layout(layout: str) -> int | None:
-    """Channel count of an ffmpeg layout name: ``"mono"`` 1, ``"5.1(side)"`` 6, ``"6 channels"`` 6."""
+    """Channel count of an ffmpeg layout name: ``"mono"`` 1, ``"5.1(side)"`` 6, ``"6 channels"``."""
     layout = layout.strip()
     match = re.match(r"(\d+) channels", layout)
     if match:
@@ -120,7 +121,8 @@ def _ffmpeg_cause(stderr: str) -> str:
     useful = [line for line in lines if not _NOISE_RE.search(line)]
     if not useful:
         return "ffmpeg failed without a message"
-    # "Error opening input: Invalid data ..." is generic; an earlier line ("moov atom not found") says why.
+    # "Error opening input: Invalid data ..." is generic; an earlier line ("moov atom not found")
+    # says why.
     specific = [line for line in useful if not line.startswith("Error opening input")]
     cause = specific[-1] if specific else useful[-1]
     for prefix in ("Error opening input files: ", "Error opening input: "):
@@ -129,7 +131,7 @@ def _ffmpeg_cause(stderr: str) -> str:
 
 
 def _ffmpeg_url(source: str) -> str:
-    # "file:" keeps names that start with "-" or contain ":" from being read as options or protocols.
+    # "file:" stops names that start with "-" or hold ":" being read as options or protocols.
     return "pipe:0" if source == STDIN else "file:" + source
 
 
@@ -152,11 +154,11 @@ def _check_source(source: str) -> None:
 
 
 def probe(path: str | os.PathLike[str]) -> AudioInfo:
-    """Duration, sample rate, channels and presence of audio, parsed from ``ffmpeg -i`` (no ffprobe).
+    """Duration, sample rate, channels, presence of audio, parsed from ``ffmpeg -i`` (no ffprobe).
 
-    Raises :class:`AudioError` for a missing path or a directory, :class:`AudioDecodeError` when ffmpeg cannot
-    open the file. A file without audio gives ``has_audio=False`` (decoding it raises). Standard input
-    (``"-"``) cannot be probed without consuming it: that raises :class:`AudioError`.
+    Raises :class:`AudioError` for a missing path or a directory, :class:`AudioDecodeError` when
+    ffmpeg cannot open the file. A file without audio gives ``has_audio=False`` (decoding it
+    raises). Standard input (``"-"``) cannot be probed without consuming it: :class:`AudioError`.
     """
     source = os.fspath(path)
     if source == STDIN:
@@ -166,7 +168,9 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise AudioDecodeError(source, f"ffmpeg did not answer within {PROBE_TIMEOUT_S:.0f} s") from exc
+        raise AudioDecodeError(
+            source, f"ffmpeg did not answer within {PROBE_TIMEOUT_S:.0f} s"
+        ) from exc
     except OSError as exc:
         raise FFmpegNotFoundError(f"cannot run {cmd[0]}: {exc.strerror or exc}; {_FIX}") from exc
     stderr = done.stderr.decode("utf-8", "replace")
@@ -194,8 +198,9 @@ def _parse_probe(stderr: str) -> AudioInfo:
 
 
 def decode_command(source: str, ffmpeg_exe: str | None = None) -> list[str]:
-    """The ffmpeg argument list that decodes ``source``'s first audio stream to a 16 kHz float32 WAV on
-    stdout, every channel kept (interleaved). ``-xerror`` makes corrupt data an error instead of a gap."""
+    """The ffmpeg argument list that decodes ``source``'s first audio stream to a 16 kHz float32 WAV
+    on stdout, every channel kept (interleaved). ``-xerror`` makes corrupt data an error, not a gap.
+    """
     stream = ffmpeg.input(_ffmpeg_url(source))["a:0"]
     out = stream.output("pipe:1", format="wav", acodec="pcm_f32le", ar=SAMPLE_RATE)
     out = out.global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-xerror")
@@ -203,7 +208,7 @@ def decode_command(source: str, ffmpeg_exe: str | None = None) -> list[str]:
 
 
 def _stdin_source() -> tuple[int | BinaryIO | None, BinaryIO | None]:
-    """(what Popen gets as stdin, a stream to copy into ffmpeg's stdin when there is no real descriptor)."""
+    """(Popen's stdin, a stream to copy into ffmpeg's stdin when there is no real descriptor)."""
     stdin = sys.stdin
     if stdin is None:
         raise AudioError(STDIN, "standard input is closed")
@@ -215,7 +220,7 @@ def _stdin_source() -> tuple[int | BinaryIO | None, BinaryIO | None]:
 
 
 class _FFmpegStream:
-    """One running ffmpeg decode: stderr drained in a thread (last lines kept), stdout read by the caller."""
+    """One running ffmpeg decode: stderr drained in a thread (last lines kept), stdout read here."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -229,7 +234,9 @@ class _FFmpegStream:
                 cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
             )
         except OSError as exc:
-            raise FFmpegNotFoundError(f"cannot run {cmd[0]}: {exc.strerror or exc}; {_FIX}") from exc
+            raise FFmpegNotFoundError(
+                f"cannot run {cmd[0]}: {exc.strerror or exc}; {_FIX}"
+            ) from exc
         self._stderr: deque[str] = deque(maxlen=40)
         self._threads = [threading.Thread(target=self._drain, daemon=True)]
         if self._feed_from is not None:
@@ -311,7 +318,9 @@ def _read_wav_header(stream: _FFmpegStream) -> int:
     while True:
         head = stream.read_exact(8)
         if len(head) < 8:
-            raise stream.failure() or AudioDecodeError(stream.source, "no audio samples (0 s of audio)")
+            raise stream.failure() or AudioDecodeError(
+                stream.source, "no audio samples (0 s of audio)"
+            )
         tag, size = head[:4], struct.unpack("<I", head[4:])[0]
         if tag == b"data":
             break
@@ -330,11 +339,11 @@ def stream_audio(
 ) -> Iterator[np.ndarray]:
     """Decode ``source`` (a path, or ``"-"`` for standard input) as a stream of mono 16 kHz blocks.
 
-    Yields float32 arrays of shape ``(n,)``, ``n = block_seconds * 16000`` except for the last block.
-    ``channel=None`` averages all channels; an integer keeps that channel (0-based). Memory stays at one
-    block whatever the length. Raises :class:`AudioError` / :class:`AudioDecodeError` with the path and a
-    one-line cause, possibly after some blocks were yielded (corrupt data mid-file). Closing the generator
-    early stops ffmpeg.
+    Yields float32 arrays of shape ``(n,)``, ``n = block_seconds * 16000`` except for the last
+    block. ``channel=None`` averages all channels; an integer keeps that channel (0-based). Memory
+    stays at one block whatever the length. Raises :class:`AudioError` / :class:`AudioDecodeError`
+    with the path and a one-line cause, possibly after some blocks were yielded (corrupt data
+    mid-file). Closing the generator early stops ffmpeg.
     """
     src = os.fspath(source)
     _check_source(src)
@@ -371,7 +380,9 @@ def stream_audio(
 
 
 def load_audio(path: str | os.PathLike[str], channel: int | None = None) -> np.ndarray:
-    """Decode a whole input to float32 16 kHz mono, shape ``(n,)``. For short clips; stream long ones
-    with :func:`stream_audio` or :func:`salmonn.chunking.iter_chunks`."""
+    """Decode a whole input to float32 16 kHz mono, shape ``(n,)``.
+
+    For short clips: stream long ones with :func:`stream_audio` or :func:`~salmonn.iter_chunks`.
+    """
     blocks = list(stream_audio(path, channel=channel, block_seconds=10.0))
     return np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)

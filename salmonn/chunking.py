@@ -1,10 +1,11 @@
 """Cut a decoded stream into model windows of at most 30 s, with timestamps, losing nothing.
 
-The planner holds at most ``max + min_seconds`` of audio plus one decode block, so memory does not depend on
-the input's length. Cut points: ``"quiet"`` takes the quietest 100 ms of the last ``search_seconds`` before
-the limit (latest among equals, so chunks stay long); ``"fixed"`` cuts at the limit. Consecutive chunks
-share ``overlap_seconds``. A final piece shorter than ``min_seconds`` is avoided by moving the last quiet cut
-earlier (``short_tail="merge"``) or, when it cannot be avoided, zero-padded as the original does (spec §1.1).
+The planner holds at most ``max + min_seconds`` of audio plus one decode block, so memory does not
+depend on the input's length. Cut points: ``"quiet"`` takes the quietest 100 ms of the last
+``search_seconds`` before the limit (latest among equals, so chunks stay long); ``"fixed"`` cuts at
+the limit. Consecutive chunks share ``overlap_seconds``. A final piece shorter than ``min_seconds``
+is avoided by moving the last quiet cut earlier (``short_tail="merge"``) or, when it cannot be
+avoided, zero-padded as the original does (spec §1.1).
 """
 
 from __future__ import annotations
@@ -62,17 +63,19 @@ def iter_chunks(
     """Decode ``source`` (a path or ``"-"`` for standard input) and yield its chunks in order.
 
     ``overrides`` replace fields of ``options`` (see :class:`ChunkingOptions`), e.g.
-    ``iter_chunks("talk.mp3", max_seconds=20, strategy="fixed")``. The chunks cover the whole input: the
-    first starts at 0, each next one starts where the previous ended (minus the overlap), the last ends at
-    the input's end. Raises :class:`~salmonn.errors.AudioError` (possibly after some chunks: corrupt data
-    mid-file) and :class:`~salmonn.errors.ConfigError` for bad options.
+    ``iter_chunks("talk.mp3", max_seconds=20, strategy="fixed")``. The chunks cover the whole input:
+    the first starts at 0, each next one starts where the previous ended (minus the overlap), the
+    last ends at the input's end. Raises :class:`~salmonn.errors.AudioError` (possibly after some
+    chunks: corrupt data mid-file) and :class:`~salmonn.errors.ConfigError` for bad options.
     """
     opts = (options or ChunkingOptions()).with_overrides(**overrides)
     name = os.fspath(source)
     yield from chunk_stream(stream_audio(name, channel=opts.channel), opts, name)
 
 
-def chunk_stream(blocks: Iterable[np.ndarray], options: ChunkingOptions, source: str) -> Iterator[Chunk]:
+def chunk_stream(
+    blocks: Iterable[np.ndarray], options: ChunkingOptions, source: str
+) -> Iterator[Chunk]:
     """Cut a stream of float32 16 kHz mono blocks (any sizes) into :class:`Chunk` objects."""
     planner = _Planner(options, source)
     blocks_iter = iter(blocks)
@@ -93,7 +96,7 @@ def chunk_stream(blocks: Iterable[np.ndarray], options: ChunkingOptions, source:
 
 
 class _Buffer:
-    """Growable float32 window over the stream: ``data[:n]`` holds absolute samples ``[start, start+n)``."""
+    """Growable float32 window over the stream: ``data[:n]`` holds samples ``[start, start+n)``."""
 
     def __init__(self) -> None:
         self.data = np.zeros(0, np.float32)
@@ -138,13 +141,13 @@ class _Planner:
         self.overlap_n = round(options.overlap_seconds * SAMPLE_RATE)
 
     def choose_cut(self, buf: _Buffer, cur: int, end: int | None) -> int:
-        """Absolute sample where the chunk starting at ``cur`` ends; ``end`` is the stream's end if known."""
+        """Sample where the chunk starting at ``cur`` ends; ``end``: the stream's end if known."""
         hi = cur + self.max_n
         lo = min(hi, max(hi - self.search_n, cur + self.overlap_n + 1))  # always move forward
         if self.opts.strategy == "fixed" or lo >= hi:
             return hi
         if end is not None and self.opts.short_tail == "merge":
-            # The last piece will be [cut - overlap, end): keep it at least min_seconds long if we can.
+            # The last piece will be [cut - overlap, end): keep it >= min_seconds if we can.
             tail_safe = end + self.overlap_n - self.min_n
             if lo <= tail_safe < hi:
                 logger.info(
@@ -169,9 +172,10 @@ class _Planner:
 def quietest_offset(region: np.ndarray) -> int:
     """Offset in ``region`` (float32 samples, shape ``(n,)``) of the middle of its quietest 100 ms.
 
-    Energy is measured on 10 ms frames, summed over 100 ms; among places within ``QUIET_TOLERANCE`` of the
-    quietest (or near digital silence) the latest wins.
-    A region shorter than one frame, or whose last 100 ms are among the quietest, gives ``len(region)``.
+    Energy is measured on 10 ms frames, summed over 100 ms; among places within ``QUIET_TOLERANCE``
+    of the quietest (or near digital silence) the latest wins.
+    A region shorter than one frame, or whose last 100 ms are among the quietest, gives
+    ``len(region)``.
     """
     n_frames = len(region) // FRAME_SAMPLES
     if n_frames == 0:

@@ -1,9 +1,10 @@
-"""Turn command-line inputs (files, directories, glob patterns, list files, ``-``) into an ordered list.
+"""Turn command-line inputs (files, directories, globs, list files, ``-``) into an ordered list.
 
-Order is deterministic: arguments in the order given; inside a directory or a glob, paths sorted by their
-components (a tree order independent of the file system). A file reached twice (the same real path) is kept
-once, at its first place. Explicitly named files are taken whatever their extension; files found inside
-directories must have an audio/video extension and are skipped when hidden (a name starting with ``.``).
+Order is deterministic: arguments in the order given; inside a directory or a glob, paths sorted by
+their components (a tree order independent of the file system). A file reached twice (the same real
+path) is kept once, at its first place. Explicitly named files are taken whatever their extension;
+files found inside directories must have an audio/video extension and are skipped when hidden (a
+name starting with ``.``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ logger = logging.getLogger("salmonn.audio")
 STDIN = "-"
 
 AUDIO_EXTENSIONS = frozenset(
-    ".wav .wave .mp3 .mp2 .flac .ogg .oga .opus .m4a .m4b .aac .wma .aif .aiff .aifc .amr .ape .au .snd "
-    ".caf .mka .ac3 .eac3 .dts .spx .wv .w64 .tta .ra .gsm .voc .mpc .dff .dsf".split()
+    ".wav .wave .mp3 .mp2 .flac .ogg .oga .opus .m4a .m4b .aac .wma .aif .aiff .aifc .amr .ape "
+    ".au .snd .caf .mka .ac3 .eac3 .dts .spx .wv .w64 .tta .ra .gsm .voc .mpc .dff .dsf".split()
 )
 VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .wmv .flv .3gp .3g2 .mpg .mpeg .ts .mts .m2ts .ogv .vob .asf".split()
+    ".mp4 .m4v .mov .mkv .webm .avi .wmv .flv .3gp .3g2 .mpg .mpeg .ts .mts .m2ts .ogv .vob "
+    ".asf".split()
 )
 DEFAULT_EXTENSIONS = AUDIO_EXTENSIONS | VIDEO_EXTENSIONS
 
@@ -39,10 +41,10 @@ class InputItem:
 
     Attributes:
         path: what to open (as given or joined from the argument; ``"-"`` for standard input).
-        root: the argument's base: the directory given, the fixed leading part of a glob, or the file's
-            own directory.
-        relpath: ``path`` relative to ``root``: mirror it to lay out output files. A plain file gives its
-            basename, ``"-"`` stays ``"-"``.
+        root: the argument's base: the directory given, the fixed leading part of a glob, or the
+            file's own directory.
+        relpath: ``path`` relative to ``root``: mirror it to lay out output files. A plain file
+            gives its basename, ``"-"`` stays ``"-"``.
     """
 
     path: str
@@ -59,21 +61,21 @@ def expand_inputs(
     list_file: str | os.PathLike[str] | None = None,
     on_error: OnError | None = None,
 ) -> list[InputItem]:
-    """Expand files, directories, glob patterns and a list file into ordered :class:`InputItem` objects.
+    """Expand files, directories, glob patterns and a list file into a list of :class:`InputItem`.
 
     Args:
-        paths: files, directories, glob patterns (``*``, ``?``, ``[...]``, ``**``), or ``"-"`` (audio on
-            standard input).
+        paths: files, directories, glob patterns (``*``, ``?``, ``[...]``, ``**``), or ``"-"``
+            (audio on standard input).
         recursive: descend into sub-directories (symbolic links followed, loops cut).
         include_hidden: also take hidden files and directories found while walking.
         extensions: accepted suffixes inside directories (``"mp3"`` or ``".mp3"``, any case);
             default :data:`DEFAULT_EXTENSIONS`.
-        list_file: a text file with one path (or pattern) per line, ``"-"`` for standard input; blank lines
-            and lines starting with ``#`` are ignored; relative paths are relative to the working directory.
-            Its entries come after ``paths``.
+        list_file: a text file with one path (or pattern) per line, ``"-"`` for standard input;
+            blank lines and lines starting with ``#`` are ignored; relative paths are relative to
+            the working directory. Its entries come after ``paths``.
         on_error: called with an :class:`AudioError` (path + one-line cause) for each missing path,
-            unmatched pattern, unreadable directory or broken link, and expansion goes on. Without it the
-            first such problem is raised.
+            unmatched pattern, unreadable directory or broken link, and expansion goes on. Without
+            it the first such problem is raised.
 
     Raises:
         AudioError: see ``on_error``. ConfigError: ``"-"`` used both as audio and as the list file.
@@ -113,7 +115,11 @@ def _read_list(list_file: str, on_error: OnError | None) -> list[str]:
             with open(list_file, encoding="utf-8") as handle:
                 text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
-        _report(on_error, list_file, f"cannot read the list file: {getattr(exc, 'strerror', None) or exc}")
+        _report(
+            on_error,
+            list_file,
+            f"cannot read the list file: {getattr(exc, 'strerror', None) or exc}",
+        )
         return []
     lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
@@ -164,7 +170,9 @@ class _Walker:
         hidden = {"include_hidden": self.include_hidden} if sys.version_info >= (3, 11) else {}
         matches = glob.glob(pattern, recursive=True, **hidden)
         if not matches:
-            _report(self.on_error, pattern, "no such file or directory (the pattern matched nothing)")
+            _report(
+                self.on_error, pattern, "no such file or directory (the pattern matched nothing)"
+            )
             return
         for match in sorted(matches, key=lambda m: _sort_key(os.path.relpath(m, root))):
             if os.path.isdir(match):
@@ -181,13 +189,17 @@ class _Walker:
         def walk_error(exc: OSError) -> None:
             _report(self.on_error, exc.filename or directory, exc.strerror or str(exc))
 
-        for dirpath, dirnames, filenames in os.walk(directory, onerror=walk_error, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(
+            directory, onerror=walk_error, followlinks=True
+        ):
             stat = os.stat(dirpath)
             if (stat.st_dev, stat.st_ino) in visited:  # a symlink loop or a second link to a folder
                 dirnames[:] = []
                 continue
             visited.add((stat.st_dev, stat.st_ino))
-            dirnames[:] = sorted(d for d in dirnames if self._wanted_name(d)) if self.recursive else []
+            dirnames[:] = (
+                sorted(d for d in dirnames if self._wanted_name(d)) if self.recursive else []
+            )
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
                 if self._wanted_name(name) and os.path.splitext(name)[1].lower() in self.exts:

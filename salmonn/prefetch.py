@@ -1,8 +1,8 @@
 """Decode the next inputs in a background thread, ahead of the model, through a bounded queue.
 
-The queue holds at most ``max_chunks`` chunks (each at most 30 s = 1.9 MB of float32), so memory stays
-bounded whatever the inputs. ffmpeg runs in its own process, so the decoding thread leaves the GIL to the
-model while it waits on the pipe.
+The queue holds at most ``max_chunks`` chunks (each at most 30 s = 1.9 MB of float32), so memory
+stays bounded whatever the inputs. ffmpeg runs in its own process, so the decoding thread leaves the
+GIL to the model while it waits on the pipe.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class FileChunk:
         file_index: position of the input in ``sources``.
         source: the input's path, as given.
         chunk: the decoded chunk, ``None`` when ``error`` is set.
-        error: why the input failed; sent once, with ``last=True``, possibly after some chunks of the
-            same input (the consumer should drop that input's partial results).
+        error: why the input failed; sent once, with ``last=True``, possibly after some chunks of
+            the same input (the consumer should drop that input's partial results).
         last: no more items for this input follow.
     """
 
@@ -57,11 +57,12 @@ class _Fatal:
 class Prefetcher:
     """Iterate over the chunks of several inputs, decoded in a background thread.
 
-    ``Prefetcher(["a.mp3", "b.wav"], options, max_chunks=16)`` yields :class:`FileChunk` items in input
-    order: each input's chunks in order (``last=True`` on its final one) or, when it fails, one item with
-    ``error`` set and ``last=True``. A bad input never stops the others; a missing ffmpeg (or an unexpected
-    bug) is raised from the iteration. Decoding starts at construction, so it can overlap model loading.
-    Use as a context manager, or call :meth:`close`, to stop the thread and ffmpeg early.
+    ``Prefetcher(["a.mp3", "b.wav"], options, max_chunks=16)`` yields :class:`FileChunk` items in
+    input order: each input's chunks in order (``last=True`` on its final one) or, when it fails,
+    one item with ``error`` set and ``last=True``. A bad input never stops the others; a missing
+    ffmpeg (or an unexpected bug) is raised from the iteration. Decoding starts at construction, so
+    it can overlap model loading. Use as a context manager, or call :meth:`close`, to stop the
+    thread and ffmpeg early.
 
     ``waited_s`` counts the seconds the consumer spent waiting for decoded audio.
     """
@@ -140,7 +141,8 @@ class Prefetcher:
         """Stop decoding (ffmpeg included) and wait for the thread; safe to call twice."""
         self._finished = True
         self._stop.set()
-        deadline = time.monotonic() + _CLOSE_TIMEOUT_S  # a read blocked on a silent stdin never ends
+        # a read blocked on a silent stdin never ends: give up after a while (a daemon thread)
+        deadline = time.monotonic() + _CLOSE_TIMEOUT_S
         while self._thread.is_alive() and time.monotonic() < deadline:
             try:
                 while True:

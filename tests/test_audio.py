@@ -1,4 +1,4 @@
-"""salmonn.audio against the real ffmpeg on files generated here (numpy/soundfile and ffmpeg lavfi)."""
+"""salmonn.audio against the real ffmpeg on files generated here (soundfile and ffmpeg lavfi)."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_stereo_default_is_mean_and_channel_picks_one(tmp_path):
 
 
 def test_96khz_six_channels_mean_weights_every_channel_equally(tmp_path):
-    # ffmpeg's own 5.1 -> mono down-mix drops LFE and weights the centre: it would not give this mean.
+    # ffmpeg's own 5.1 -> mono down-mix drops LFE and weights the centre: not this mean.
     gains = np.array([0.1, 0.2, 0.3, 0.4, -0.5, 0.6], np.float32)
     x = sine(440, 1.0, 96000, amp=1.0)
     path = tmp_path / "surround.wav"
@@ -269,4 +269,3 @@ def test_bad_input_gives_typed_error(bad, kind):
     assert info.value.path == str(path)
     assert cause in info.value.reason and "\n" not in str(info.value)
     assert str(info.value) == f"{path}: {info.value.reason}"
-

@@ -1,4 +1,4 @@
-"""Chunk planning: pure stream tests (many lengths and block sizes) and real files through ffmpeg."""
+"""Chunk planning: pure stream tests (many lengths, block sizes) and real files through ffmpeg."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 import salmonn
-from salmonn.audio import find_ffmpeg, load_audio
+from salmonn.audio import load_audio
 from salmonn.chunking import Chunk, chunk_stream, iter_chunks, quietest_offset
 from salmonn.config import ChunkingOptions
 from salmonn.errors import AudioDecodeError, ConfigError
@@ -29,7 +29,7 @@ def check_cover(chunks: list[Chunk], x: np.ndarray, opts: ChunkingOptions) -> No
     assert chunks[0].start == 0 and chunks[-1].end == pytest.approx(len(x) / SR)
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert [c.last for c in chunks] == [False] * (len(chunks) - 1) + [True]
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in zip(chunks, chunks[1:], strict=False):
         assert b.start == pytest.approx(a.end - opts.overlap_seconds)
         assert b.start > a.start
     for c in chunks:
@@ -48,10 +48,14 @@ def check_cover(chunks: list[Chunk], x: np.ndarray, opts: ChunkingOptions) -> No
 @pytest.mark.parametrize("overlap", [0.0, 2.0])
 def test_chunks_cover_everything(seconds, strategy, overlap):
     rng = np.random.default_rng(int(seconds * 10))
-    x = (rng.standard_normal(round(seconds * SR)) * rng.uniform(0.01, 0.5, round(seconds * SR)))
+    x = rng.standard_normal(round(seconds * SR)) * rng.uniform(0.01, 0.5, round(seconds * SR))
     x = x.astype(np.float32)
     opts = ChunkingOptions(strategy=strategy, overlap_seconds=overlap)
-    for block in (SR, 7_777, 100_000):  # the plan must not depend on how the decoder cuts its blocks
+    for block in (
+        SR,
+        7_777,
+        100_000,
+    ):  # the plan must not depend on how the decoder cuts its blocks
         chunks = list(chunk_stream(blocks_of(x, block), opts, "mem"))
         check_cover(chunks, x, opts)
     if seconds <= 30:

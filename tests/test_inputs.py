@@ -36,7 +36,14 @@ def rels(items: list[InputItem]) -> list[str]:
 
 def test_directory_sorted_recursive_filtered(tree):
     items = expand_inputs([str(tree)])
-    assert rels(items) == ["B.MP4", "a-b/f.opus", "a.wav", "b.mp3", "sub/c.FLAC", "sub/deeper/d.m4a"]
+    assert rels(items) == [
+        "B.MP4",
+        "a-b/f.opus",
+        "a.wav",
+        "b.mp3",
+        "sub/c.FLAC",
+        "sub/deeper/d.m4a",
+    ]
     assert all(i.root == str(tree) and i.path == os.path.join(str(tree), i.relpath) for i in items)
     assert salmonn.expand_inputs([str(tree)]) == items  # public name, deterministic
 
@@ -74,7 +81,14 @@ def test_symlink_loop_and_broken_link(tree):
     (tree / "dangling.wav").symlink_to(tree / "nowhere.wav")
     errors: list[AudioError] = []
     items = expand_inputs([str(tree)], on_error=errors.append)
-    assert rels(items) == ["B.MP4", "a-b/f.opus", "a.wav", "b.mp3", "sub/c.FLAC", "sub/deeper/d.m4a"]
+    assert rels(items) == [
+        "B.MP4",
+        "a-b/f.opus",
+        "a.wav",
+        "b.mp3",
+        "sub/c.FLAC",
+        "sub/deeper/d.m4a",
+    ]
     assert [(e.path, e.reason) for e in errors] == [
         (str(tree / "dangling.wav"), "broken symbolic link or not a regular file")
     ]

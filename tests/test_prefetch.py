@@ -1,4 +1,4 @@
-"""Prefetcher: order, per-file errors, bounded queue, clean shutdown; real ffmpeg on generated files."""
+"""Prefetcher: order, per-file errors, bounded queue, clean shutdown; real ffmpeg.."""
 
 from __future__ import annotations
 
@@ -35,7 +35,11 @@ def summary(items: list[FileChunk]) -> list[tuple]:
 
 
 def test_order_and_one_error_item_per_bad_file(files):
-    sources = [str(files / "a.wav"), str(files / "bad.wav"), InputItem(str(files / "c.flac"), "", "")]
+    sources = [
+        str(files / "a.wav"),
+        str(files / "bad.wav"),
+        InputItem(str(files / "c.flac"), "", ""),
+    ]
     with Prefetcher(sources, max_seconds=2, search_seconds=0) as prefetcher:
         items = list(prefetcher)
     assert summary(items) == [
@@ -43,9 +47,11 @@ def test_order_and_one_error_item_per_bad_file(files):
         (1, None, "AudioDecodeError", True),
         (2, 0, None, False), (2, 1, None, True),
     ]  # fmt: skip
-    assert items[3].error.path == str(files / "bad.wav") and items[3].source == str(files / "bad.wav")
+    assert items[3].error.path == str(files / "bad.wav") and items[3].source == str(
+        files / "bad.wav"
+    )
     expected = list(iter_chunks(files / "a.wav", max_seconds=2, search_seconds=0))
-    for got, want in zip(items[:3], expected):
+    for got, want in zip(items[:3], expected, strict=True):
         assert (got.chunk.start, got.chunk.end) == (want.start, want.end)
         np.testing.assert_array_equal(got.chunk.samples, want.samples)
 
@@ -78,7 +84,9 @@ def test_close_stops_thread_and_ffmpeg(files):
     psutil = pytest.importorskip("psutil")
     me = psutil.Process()
     before = {p.pid for p in me.children()}
-    with Prefetcher([files / "long.wav"] * 3, max_chunks=1, max_seconds=1, search_seconds=0.5) as prefetcher:
+    with Prefetcher(
+        [files / "long.wav"] * 3, max_chunks=1, max_seconds=1, search_seconds=0.5
+    ) as prefetcher:
         first = next(prefetcher)
         assert first.chunk is not None
     assert not prefetcher._thread.is_alive()
@@ -97,7 +105,10 @@ def test_missing_ffmpeg_is_fatal_not_per_file(files, monkeypatch):
 def test_missing_file_is_a_per_file_error(files):
     with Prefetcher([files / "nope.wav", files / "c.flac"]) as prefetcher:
         items = list(prefetcher)
-    assert isinstance(items[0].error, AudioError) and items[0].error.reason == "no such file or directory"
+    assert (
+        isinstance(items[0].error, AudioError)
+        and items[0].error.reason == "no such file or directory"
+    )
     assert items[1].chunk is not None and items[1].last
 
 
