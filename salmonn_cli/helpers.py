@@ -1,0 +1,207 @@
+"""Helper commands: ``prompts``, ``models``, ``doctor`` and ``dev tiny-model``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+from salmonn.errors import SalmonnError
+
+from .settings import COMPONENTS, config_path, model_kwargs, resolve
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the templates as JSON.")
+def prompts(name: str | None, as_json: bool) -> None:
+    """List the prompt templates, or show the one called NAME.
+
+    Built-in templates come with salmonn; yours go in $SALMONN_PROMPTS_DIR or
+    $XDG_CONFIG_HOME/salmonn/prompts/*.json (same format; a built-in name overrides it).
+    """
+    from salmonn.templates import get_template, load_templates
+
+    chosen = [get_template(name)] if name else list(load_templates().values())
+    if as_json:
+        rows = [{"name": t.name, "kind": t.kind, "variables": list(t.variables), "summary": t.summary,
+                 "description": t.description, "source": t.source, "text": t.text} for t in chosen]
+        click.echo(json.dumps(rows if name is None else rows[0], ensure_ascii=False, indent=2))
+        return
+    if name:
+        t = chosen[0]
+        click.echo(f"name:        {t.name}\nkind:        {t.kind}\nvariables:   {', '.join(t.variables) or '-'}")
+        click.echo(f"summary:     {t.summary or '-'}\nsource:      {t.source}\ndescription: {t.description}")
+        click.echo(f"text:\n{t.text}")
+        return
+    width = max(len(t.name) for t in chosen)
+    for t in chosen:
+        variables = f" {{{', '.join(t.variables)}}}" if t.variables else ""
+        kind = "" if t.kind == "audio" else " [text]"
+        click.echo(f"{t.name:<{width}}  {t.description}{variables}{kind}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """List the model presets and what of them is in the local cache; `models download NAME` fetches one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from salmonn.hub import PRESETS, cached_status, hub_cache_dir
+
+    click.echo(f"cache: {hub_cache_dir()}")
+    for name, preset in PRESETS.items():
+        report = cached_status(name)
+        state = "cached" if all(s.cached for s in report) else "not cached"
+        click.echo(f"\n{name}  ({state})  {preset.description}")
+        for s in report:
+            where = f"{s.path} ({_size(s.size_bytes)})" if s.cached else "missing"
+            click.echo(f"  {s.component:<10} {s.source}\n  {'':<10} -> {where}{'  ' + s.detail if s.detail else ''}")
+
+
+@models.command()
+@click.argument("name")
+def download(name: str) -> None:
+    """Download every component of the preset NAME into the Hugging Face cache."""
+    from salmonn.hub import PRESETS
+    from salmonn.hub import download as fetch
+
+    if name not in PRESETS:
+        raise click.BadParameter(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}", param_hint="NAME")
+    resolved = fetch(name)
+    for component in COMPONENTS:
+        click.echo(f"{component:<10} {getattr(resolved, component)}")
+
+
+def _check(label: str, func: Any) -> tuple[bool, Any]:
+    try:
+        value = func()
+    except (SalmonnError, OSError, ValueError, ImportError, RuntimeError) as err:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        click.echo(f"  {label:<12} FAIL  {lines[-1] if lines else type(err).__name__}")
+        return False, None
+    return True, value
+
+
+def _ffmpeg_version() -> str:
+    from salmonn.audio import find_ffmpeg
+
+    exe = find_ffmpeg()
+    out = subprocess.run([exe, "-hide_banner", "-version"], capture_output=True, text=True, timeout=30)
+    first = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "unknown version"
+    return f"{exe} ({first})"
+
+
+def _memory() -> str:
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        avail = os.sysconf("SC_AVPHYS_PAGES")
+        return f"{_size(avail * size)} free of {_size(pages * size)}"
+    except (ValueError, OSError, AttributeError):
+        return "unknown"
+
+
+def _torch_report() -> str:
+    import torch
+
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            name = torch.cuda.get_device_name(i)
+            lines.append(f"cuda:{i} {name}, {_size(free)} free of {_size(total)}")
+    else:
+        lines.append("no CUDA device: runs on cpu")
+    return "; ".join(lines)
+
+
+def _match(comps: Any) -> str:
+    """Check that the components fit each other from configs and tensor shapes (no model is built)."""
+    from salmonn.checkpoint import CheckpointLayout, check_encoders, check_llm, read_checkpoint
+    from salmonn.encoders.whisper import whisper_encoder_width
+    from salmonn.hub import verify_beats_file
+
+    layout = CheckpointLayout.from_state(read_checkpoint(comps.checkpoint), comps.checkpoint)
+    check_llm(layout, comps.llm)
+    whisper_config = json.loads((comps.whisper / "config.json").read_text(encoding="utf-8"))
+    beats = verify_beats_file(comps.beats)
+    check_encoders(layout, comps.whisper, whisper_encoder_width(comps.whisper), whisper_config,
+                   comps.beats, beats.encoder_embed_dim)
+    return (f"LLM width {layout.llm_width}, LoRA rank {layout.lora_rank} x {layout.lora_layers} layers, "
+            f"Q-Former reads {layout.qformer.encoder_width} channels")
+
+
+@click.command()
+@click.option("--model", metavar="PRESET", help="Preset to check. [default: as for the task commands]")
+@click.option("--whisper", metavar="PATH")
+@click.option("--beats", metavar="PATH")
+@click.option("--llm", metavar="PATH")
+@click.option("--checkpoint", metavar="PATH")
+def doctor(**flags: Any) -> None:
+    """Check ffmpeg, torch, the device and memory, and whether the model components are found and fit.
+
+    Reads configurations and tensor shapes only; no model is built. Exit 1 when a check fails.
+    """
+    from salmonn import __version__
+
+    click.echo(f"salmonn {__version__}, Python {platform.python_version()} on {platform.platform()}")
+    ok = True
+    for label, func in (("ffmpeg", _ffmpeg_version), ("torch", _torch_report), ("memory", _memory)):
+        good, value = _check(label, func)
+        ok &= good
+        if good:
+            click.echo(f"  {label:<12} ok    {value}")
+    warnings: list[str] = []
+    settings = resolve(flags, warn=warnings.append)
+    click.echo(f"config file: {config_path()}{'' if config_path().is_file() else ' (none)'}")
+    for w in warnings:
+        click.echo(f"  warning: {w}")
+    kwargs = model_kwargs(settings)
+    for key in (*COMPONENTS, "model", "device", "dtype", "batch_size"):
+        setting = settings[key]
+        value = "-" if setting.value is None else setting.value
+        click.echo(f"  {key:<12} {value}  [{setting.origin}]")
+    from salmonn.hub import resolve_components
+
+    good, comps = _check("components", lambda: resolve_components(
+        kwargs["preset"], *(kwargs[c] for c in COMPONENTS), download=False))
+    ok &= good
+    if good:
+        for component in COMPONENTS:
+            click.echo(f"  {component:<12} found {getattr(comps, component)}")
+        good, summary = _check("match", lambda: _match(comps))
+        ok &= good
+        if good:
+            click.echo(f"  {'match':<12} ok    {summary}")
+    if not ok:
+        sys.exit(1)
+
+
+@click.group()
+def dev() -> None:
+    """Developer helpers."""
+
+
+@dev.command("tiny-model")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the weights.")
+def tiny_model(out_dir: str, seed: int) -> None:
+    """Write a tiny random SALMONN (official on-disk formats) to OUT_DIR and print its paths as JSON."""
+    from salmonn.tiny import main
+
+    code = main([out_dir, "--seed", str(seed)])
+    if code:
+        sys.exit(code)

@@ -1,0 +1,185 @@
+"""The ``salmonn`` command: six audio tasks, raw prompts and helpers.
+
+Only click and the light parts of ``salmonn`` are imported here; torch and transformers load when a task
+actually runs, so ``--help``, ``prompts`` and usage errors answer instantly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from salmonn import __version__
+from salmonn.errors import SalmonnError
+
+from .options import PER_CHUNK_OPTION, common_options
+from .run import TaskRequest, run_task
+
+DEBUG_ENV = "SALMONN_DEBUG"
+TRAINED_LANGUAGES = {"zh": "Chinese"}  # English -> Chinese was trained
+EMERGENT_LANGUAGES = {"de": "German", "ja": "Japanese"}  # the paper's zero-shot abilities
+LANGUAGE_NAMES = {
+    "en": "English", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian",
+    "ko": "Korean", "ar": "Arabic", "nl": "Dutch", "pl": "Polish", "tr": "Turkish", "sv": "Swedish",
+    "hi": "Hindi", "vi": "Vietnamese", "uk": "Ukrainian", "cs": "Czech",
+}
+NO_SPACE_LANGUAGES = ("zh", "ja")  # chunk texts are joined without a space
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+class SalmonnGroup(click.Group):
+    """A group that turns :class:`SalmonnError` into one line on stderr and exit 1.
+
+    ``SALMONN_DEBUG=1`` re-raises instead, with the traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SalmonnError as err:
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            raise click.ClickException(_one_line(err)) from None
+
+
+@click.group(cls=SalmonnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="salmonn")
+def cli() -> None:
+    """SALMONN: speech, audio and music understanding with an LLM, over files and folders.
+
+    Data goes to stdout (or -o), progress and messages to stderr. Exit code: 0 when every file succeeded,
+    1 when one failed, 2 for usage errors. Set SALMONN_DEBUG=1 for tracebacks.
+    """
+
+
+def _paths_arg(func: Any) -> Any:
+    return click.argument("paths", nargs=-1, required=True, metavar="PATH...")(func)
+
+
+def _run(params: dict[str, Any], request: TaskRequest) -> None:
+    request.per_chunk = params.pop("per_chunk", False)
+    run_task(params, request)
+
+
+@cli.command()
+@_paths_arg
+@click.option("--language", type=click.Choice(["en", "zh", "de"]), default="en", show_default=True,
+              help="Language of the speech (picks the trained prompt of that language).")
+@common_options
+def transcribe(language: str, **params: Any) -> None:
+    """Speech recognition: the words spoken, chunk by chunk with their times.
+
+    PATH: files, folders, glob patterns, or - for standard input.
+    """
+    joiner = "" if language in NO_SPACE_LANGUAGES else " "
+    _run(params, TaskRequest("transcribe", f"transcribe.{language}", joiner=joiner))
+
+
+@cli.command()
+@_paths_arg
+@click.option("--to", "target", required=True, metavar="LANG",
+              help="Target language: zh (trained), de or ja (emergent), or another code or name (warned).")
+@common_options
+def translate(target: str, **params: Any) -> None:
+    """Speech translation from English (English -> Chinese was trained)."""
+    code = target.lower()
+    names = {**TRAINED_LANGUAGES, **EMERGENT_LANGUAGES}
+    if code in names:
+        request = TaskRequest("translate", f"translate.{code}")
+    else:
+        language = LANGUAGE_NAMES.get(code, target)
+        click.echo(f"warning: translation into {language} was neither trained nor evaluated; "
+                   "expect weak results", err=True)
+        request = TaskRequest("translate", "translate.any", {"language": language})
+    request.joiner = "" if code in NO_SPACE_LANGUAGES else " "
+    _run(params, request)
+
+
+@cli.command()
+@_paths_arg
+@click.option("--music", is_flag=True, help="Use the music-description prompt.")
+@PER_CHUNK_OPTION
+@common_options
+def caption(music: bool, **params: Any) -> None:
+    """Describe the audio (speech, sounds, music)."""
+    _run(params, TaskRequest("caption", "caption.music" if music else "caption.audio"))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.argument("question")
+@PER_CHUNK_OPTION
+@common_options
+def ask(question: str, **params: Any) -> None:
+    """Ask a free QUESTION about the audio, e.g. salmonn ask meeting.wav "who is angry?"."""
+    if not question.strip():
+        raise click.BadParameter("the question is empty", param_hint="QUESTION")
+    _run(params, TaskRequest("ask", "ask", {"question": question}))
+
+
+@cli.command()
+@_paths_arg
+@PER_CHUNK_OPTION
+@common_options
+def story(**params: Any) -> None:
+    """Audio-based storytelling: a story inspired by what is heard."""
+    _run(params, TaskRequest("story", "story"))
+
+
+@cli.command()
+@_paths_arg
+@click.option("--question", metavar="Q", help="Ask Q instead of the speaker's own spoken question.")
+@PER_CHUNK_OPTION
+@common_options
+def reason(question: str | None, **params: Any) -> None:
+    """Speech-audio co-reasoning: the speaker's question answered using the background sound."""
+    if question is None:
+        _run(params, TaskRequest("reason", "reason"))
+    else:
+        _run(params, TaskRequest("reason", "reason.question", {"question": question}))
+
+
+def _parse_vars(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    result = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected NAME=VALUE, got {value!r}")
+        result[key] = val
+    return result
+
+
+@cli.command()
+@_paths_arg
+@click.option("-t", "--template", metavar="NAME", help="A template of `salmonn prompts`.")
+@click.option("--text", metavar="INSTRUCTION", help="A raw instruction for the audio.")
+@click.option("--var", "variables", multiple=True, callback=_parse_vars, metavar="NAME=VALUE",
+              help="Value of a template variable (repeatable).")
+@PER_CHUNK_OPTION
+@common_options
+def prompt(template: str | None, text: str | None, variables: dict[str, str], **params: Any) -> None:
+    """Run any prompt template, or a raw instruction, over the audio."""
+    if (template is None) == (text is None):
+        raise click.UsageError("give exactly one of --template NAME and --text INSTRUCTION")
+    if text is not None:
+        if variables:
+            raise click.UsageError("--var goes with --template, not --text")
+        _run(params, TaskRequest("prompt", text=text))
+    else:
+        _run(params, TaskRequest(template, template, variables))  # type: ignore[arg-type]
+
+
+def _register_helpers() -> None:
+    from .helpers import dev, doctor, models, prompts
+
+    for command in (prompts, models, doctor, dev):
+        cli.add_command(command)
+
+
+_register_helpers()

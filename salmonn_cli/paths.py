@@ -1,0 +1,161 @@
+"""Where records go: stdout, one FILE, or one file per input under DIR/ (mirroring the input tree).
+
+Also reads what an earlier run left there, for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any
+
+import click
+
+MANIFEST = ".salmonn-done.jsonl"  # -o DIR/ with a non-JSON format: resume keys of the finished inputs
+JSON_FORMATS = ("json", "jsonl")
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """``mode``: ``"stdout"``, ``"file"`` or ``"dir"``; ``target``: the file or folder (``None`` for stdout)."""
+
+    mode: str
+    target: Path | None
+
+
+def plan_output(output: str | None) -> OutputPlan:
+    """``-o``: ``None`` or ``-`` is stdout; a value ending in ``/`` or naming a folder is DIR mode."""
+    if output is None or output == "-":
+        return OutputPlan("stdout", None)
+    if output.endswith(("/", os.sep)) or Path(output).is_dir():
+        return OutputPlan("dir", Path(output))
+    return OutputPlan("file", Path(output))
+
+
+def _safe_parts(path: str) -> list[str]:
+    """Path components fit to nest under an output folder (no root, ``..`` made harmless)."""
+    parts = [p for p in PurePath(path).parts if p not in ("", ".", os.sep, "/")]
+    parts = [p for p in parts if not PurePath(p).anchor]  # drop "/" or "C:\\"
+    return ["_up" if p == ".." else p for p in parts] or ["stdin"]
+
+
+def output_names(items: Sequence[Any], extension: str) -> list[str]:
+    """One relative output path per input: its ``relpath`` with ``extension`` instead of its suffix.
+
+    Computed over all inputs (before ``--shard``) so every shard and every resumed run agrees. Clashes are
+    resolved deterministically: inputs with the same ``relpath`` (files named explicitly from different
+    folders) use their whole path; ``a.wav`` and ``a.mp3`` side by side keep their suffix (``a.wav.json``).
+    """
+    rels = ["stdin" if i.relpath == "-" else i.relpath for i in items]
+    same_rel = Counter(rels)
+    rels = [
+        str(PurePath(*_safe_parts(os.path.normpath(str(i.path))))) if same_rel[r] > 1 else str(PurePath(*_safe_parts(r)))
+        for i, r in zip(items, rels)
+    ]
+    names = [str(PurePath(r).with_suffix(extension)) if PurePath(r).suffix else r + extension for r in rels]
+    clash = Counter(names)
+    names = [r + extension if clash[n] > 1 else n for r, n in zip(rels, names)]
+    dupes = sorted(n for n, c in Counter(names).items() if c > 1)
+    if dupes:
+        raise click.UsageError(f"two inputs would write the same output file {dupes[0]}")
+    return names
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a killed run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def repair_jsonl_tail(path: Path) -> bool:
+    """Cut a partial last line (a run killed mid-write) so appending starts on a fresh line.
+
+    Returns True when something was cut.
+    """
+    with open(path, "rb+") as stream:
+        stream.seek(0, os.SEEK_END)
+        size = stream.tell()
+        if size == 0:
+            return False
+        stream.seek(size - 1)
+        if stream.read(1) == b"\n":
+            return False
+        block = min(size, 1 << 20)
+        while True:
+            stream.seek(size - block)
+            data = stream.read(block)
+            cut = data.rfind(b"\n")
+            if cut >= 0 or block == size:
+                stream.truncate(size - block + cut + 1 if cut >= 0 else 0)
+                return True
+            block = min(size, block * 2)
+
+
+def _keys_of_jsonl(path: Path) -> set[str]:
+    from salmonn.records import iter_jsonl
+
+    with open(path, encoding="utf-8") as stream:
+        return {record.resume_key() for record in iter_jsonl(stream)}
+
+
+def _keys_of_json(path: Path) -> set[str]:
+    from salmonn.records import Record
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = data if isinstance(data, list) else [data]
+    return {Record.from_dict(row).resume_key() for row in rows}
+
+
+def done_keys_file(path: Path) -> set[str]:
+    """Resume keys of the records in the JSONL file ``path`` (none when it does not exist)."""
+    if not path.is_file():
+        return set()
+    return _keys_of_jsonl(path)
+
+
+def done_keys_dir(folder: Path, names: Sequence[str], fmt: str) -> set[str]:
+    """Resume keys present under ``folder``: the per-input JSON/JSONL files, else the manifest."""
+    keys: set[str] = set()
+    if fmt in JSON_FORMATS:
+        reader = _keys_of_jsonl if fmt == "jsonl" else _keys_of_json
+        for name in names:
+            path = folder / name
+            if path.is_file():
+                try:
+                    keys |= reader(path)
+                except (ValueError, OSError):
+                    continue  # unreadable: the input is done again
+        return keys
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            try:
+                keys.add(json.loads(line)["key"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line
+    return keys
+
+
+def add_to_manifest(folder: Path, key: str, output: str | None) -> None:
+    """Append one finished input to ``folder``'s manifest (non-JSON formats in DIR mode)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / MANIFEST
+    if manifest.is_file() and manifest.stat().st_size:
+        repair_jsonl_tail(manifest)
+    with open(manifest, "a", encoding="utf-8") as stream:
+        stream.write(json.dumps({"key": key, "output": output}) + "\n")
+        stream.flush()
