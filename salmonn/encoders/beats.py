@@ -136,9 +136,10 @@ class _WeightNormConv1d(nn.Module):
         self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel))
         self.weight_g = nn.Parameter(torch.empty(1, 1, kernel))
         self.bias = nn.Parameter(torch.zeros(channels))
-        nn.init.normal_(self.weight_v, std=math.sqrt(4 / (kernel * channels)))
-        with torch.no_grad():
-            self.weight_g.copy_(torch.norm_except_dim(self.weight_v, 2, 2))
+        if not self.weight_v.is_meta:  # (random init on "meta" would import torch._dynamo: seconds)
+            nn.init.normal_(self.weight_v, std=math.sqrt(4 / (kernel * channels)))
+            with torch.no_grad():
+                self.weight_g.copy_(torch.norm_except_dim(self.weight_v, 2, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, N]`` -> ``[B, C, N + 1]`` (even kernel, symmetric padding)."""
@@ -160,7 +161,10 @@ class BeatsAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         self.gru_rel_pos = cfg.gru_rel_pos
         if owns_bias_table:
-            self.relative_attention_bias = nn.Embedding(cfg.num_buckets, self.num_heads)
+            table = torch.empty(cfg.num_buckets, self.num_heads)
+            if not table.is_meta:  # (random init on "meta" would import torch._dynamo: seconds)
+                nn.init.normal_(table)
+            self.relative_attention_bias = nn.Embedding(cfg.num_buckets, self.num_heads, _weight=table)
         if cfg.gru_rel_pos:
             self.grep_linear = nn.Linear(self.head_dim, 8)
             self.grep_a = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
