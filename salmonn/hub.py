@@ -14,6 +14,8 @@ and offline mode (``HF_HUB_OFFLINE``) are read from the environment at each call
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -43,10 +45,14 @@ _REQUIRED_FILES = {
     "whisper": ("config.json", "preprocessor_config.json"),
     "llm": ("config.json", "tokenizer.model"),
 }
-_WEIGHT_PATTERNS = {
-    "safetensors": ["*.safetensors", "*.safetensors.index.json"],
-    "bin": ["*.bin", "*.bin.index.json"],
-}
+# Weight layouts in transformers' order of preference: (file that identifies it, patterns to fetch).
+_WEIGHT_CHOICES = (
+    ("model.safetensors",),
+    ("model.safetensors.index.json", "model-*-of-*.safetensors"),
+    ("pytorch_model.bin",),
+    ("pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"),
+)
+_WEIGHT_FALLBACK = ("*.safetensors", "*.bin")
 
 
 @dataclass(frozen=True)
@@ -346,26 +352,45 @@ def _resolve_hub(
     except (OSError, ValueError, huggingface_hub.errors.HfHubHTTPError) as err:
         cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"{component}: could not fetch {source}: {cause}") from err
-    absent = [f for f in _REQUIRED_FILES[component] if not (folder / f).is_file()]
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        absent.append("weights (*.safetensors or *.bin)")
+    absent = _absent_files(component, folder)
     if absent:
         reason = f"is incomplete in the cache (missing {', '.join(absent)})"
         raise CheckpointError(_missing_hint(component, source, preset, reason))
     return folder
 
 
+def _absent_files(component: str, folder: Path) -> list[str]:
+    """Files a folder component needs that ``folder`` lacks (shards named by an index included)."""
+    absent = [f for f in _REQUIRED_FILES[component] if not (folder / f).is_file()]
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        absent.append("weights (*.safetensors or *.bin)")
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError):
+            absent.append(f"a readable {index.name}")
+            continue
+        absent += sorted(f for f in shards if not (folder / f).is_file())
+    return absent
+
+
 def _weight_patterns(source: HubSource, offline: bool) -> list[str]:
-    """Weight files to fetch: safetensors when the repo has them, else .bin (both when offline)."""
+    """Weight files to fetch, in transformers' order of preference: one safetensors file, sharded
+    safetensors, one .bin, sharded .bin (so variants such as fp32 copies are not fetched too).
+    Offline, every candidate (whatever the cache holds)."""
     if offline:
-        return _WEIGHT_PATTERNS["safetensors"] + _WEIGHT_PATTERNS["bin"]
+        return [p for names in _WEIGHT_CHOICES for p in names]
     from huggingface_hub import HfApi
 
-    files = HfApi().list_repo_files(
-        source.repo_id, repo_type=source.repo_type, revision=source.revision
+    files = set(
+        HfApi().list_repo_files(
+            source.repo_id, repo_type=source.repo_type, revision=source.revision
+        )
     )
-    has_safetensors = any(f.endswith(".safetensors") and "/" not in f for f in files)
-    return _WEIGHT_PATTERNS["safetensors" if has_safetensors else "bin"]
+    for names in _WEIGHT_CHOICES:
+        if names[0] in files:
+            return list(names)
+    return [p for p in _WEIGHT_FALLBACK if any(fnmatch.fnmatch(f, p) for f in files)][:1]
 
 
 # --------------------------------------------------------------------------------- status, download

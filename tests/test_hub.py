@@ -204,6 +204,15 @@ def test_incomplete_cached_folder_is_reported(cache, tiny_paths):
         hub.resolve_source("llm", "org/llm")
 
 
+def test_missing_shard_is_reported(cache, tiny_paths):
+    files = folder_files(tiny_paths.llm)
+    shard = max(name for name in files if name.startswith("model-0"))
+    del files[shard]
+    put_in_cache(cache, "model", "org/llm", files)
+    with pytest.raises(CheckpointError, match=f"missing {shard}"):
+        hub.resolve_source("llm", "org/llm")
+
+
 def test_download_asks_only_for_needed_files(tiny_paths, tmp_path, monkeypatch):
     import huggingface_hub
 
@@ -219,6 +228,8 @@ def test_download_asks_only_for_needed_files(tiny_paths, tmp_path, monkeypatch):
         "lmsys/vicuna-7b-v1.5": [
             "config.json",
             "pytorch_model-00001-of-00002.bin",
+            "pytorch_model-00002-of-00002.bin",
+            "pytorch_model.bin.index.json",
             "tokenizer.model",
         ],
     }
@@ -246,11 +257,12 @@ def test_download_asks_only_for_needed_files(tiny_paths, tmp_path, monkeypatch):
         for k in by_repo.values()
     )
     whisper = by_repo["openai/whisper-large-v2"]["allow_patterns"]
-    assert "*.safetensors" in whisper and not any(p.endswith(".bin") for p in whisper)
-    assert "preprocessor_config.json" in whisper
+    assert "model.safetensors" in whisper and "preprocessor_config.json" in whisper
     llm = by_repo["lmsys/vicuna-7b-v1.5"]["allow_patterns"]
-    assert "*.bin" in llm and "tokenizer.model" in llm and "*.safetensors" not in llm
-    assert not any(p in ("*", "*.h5", "*.msgpack") for p in whisper + llm)
+    assert "pytorch_model.bin.index.json" in llm and "pytorch_model-*-of-*.bin" in llm
+    assert "tokenizer.model" in llm
+    fetched = [p for p in whisper + llm if "*" in p]
+    assert fetched == ["pytorch_model-*-of-*.bin"]  # nothing broader (no *.h5, fp32 copies, ...)
     assert by_repo["tsinghua-ee/SALMONN-7B-gradio"]["repo_type"] == "space"
 
 
