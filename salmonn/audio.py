@@ -92,7 +92,7 @@ _NAMED_LAYOUTS = {
 _DURATION_RE = re.compile(r"Duration: (?:(\d+):(\d\d):(\d\d(?:\.\d+)?)|N/A)")
 _AUDIO_STREAM_RE = re.compile(r"^\s*Stream #\d+:\d+\S*: Audio: (.*)$", re.MULTILINE)
 _RATE_LAYOUT_RE = re.compile(r"(\d+) Hz, ([^,]+)")
-_LOG_PREFIX_RE = re.compile(r"^\[[^\]]*@ ?0x[0-9a-f]+\] ")
+_LOG_PREFIX_RE = re.compile(r"^(?:\[[^\]]*@ ?0x[0-9a-f]+\] ?)+")
 _NOISE_RE = re.compile(
     r"Task finished with error|Terminating thread with|Last message repeated|"
     r"Error opening output file|Error parsing options|To ignore this, add|"
@@ -197,13 +197,15 @@ def _parse_probe(stderr: str) -> AudioInfo:
     return AudioInfo(duration, rate, channels_from_layout(rate_layout.group(2)), True, codec)
 
 
-def decode_command(source: str, ffmpeg_exe: str | None = None) -> list[str]:
+def decode_command(source: str, ffmpeg_exe: str | None = None, *, strict: bool = True) -> list[str]:
     """The ffmpeg argument list that decodes ``source``'s first audio stream to a 16 kHz float32 WAV
-    on stdout, every channel kept (interleaved). ``-xerror`` makes corrupt data an error, not a gap.
+    on stdout, every channel kept (interleaved). ``strict`` adds ``-xerror``: corrupt data is an
+    error instead of a silent gap (a wav cut mid-sample otherwise exits 0).
     """
     stream = ffmpeg.input(_ffmpeg_url(source))["a:0"]
     out = stream.output("pipe:1", format="wav", acodec="pcm_f32le", ar=SAMPLE_RATE)
-    out = out.global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-xerror")
+    flags = ["-nostdin", "-hide_banner", "-nostats", "-loglevel", "error"]
+    out = out.global_args(*flags, *(["-xerror"] if strict else []))
     return list(out.compile(cmd=ffmpeg_exe or find_ffmpeg()))
 
 
@@ -222,9 +224,9 @@ def _stdin_source() -> tuple[int | BinaryIO | None, BinaryIO | None]:
 class _FFmpegStream:
     """One running ffmpeg decode: stderr drained in a thread (last lines kept), stdout read here."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, strict: bool = True) -> None:
         self.source = source
-        cmd = decode_command(source)
+        cmd = decode_command(source, strict=strict)
         stdin: int | BinaryIO | None = subprocess.DEVNULL
         self._feed_from: BinaryIO | None = None
         if source == STDIN:
@@ -291,6 +293,9 @@ class _FFmpegStream:
         for thread in self._threads:
             thread.join(timeout=5)
         if code == 0:
+            if self._stderr:  # lenient decoding went past errors: say so, the audio may have gaps
+                cause = _ffmpeg_cause("\n".join(self._stderr))
+                logger.warning("%s: ffmpeg reported decoding errors (%s)", self.source, cause)
             return None
         return AudioDecodeError(self.source, _ffmpeg_cause("\n".join(self._stderr)))
 
@@ -335,7 +340,11 @@ def _read_wav_header(stream: _FFmpegStream) -> int:
 
 
 def stream_audio(
-    source: str | os.PathLike[str], *, channel: int | None = None, block_seconds: float = 1.0
+    source: str | os.PathLike[str],
+    *,
+    channel: int | None = None,
+    block_seconds: float = 1.0,
+    strict: bool = True,
 ) -> Iterator[np.ndarray]:
     """Decode ``source`` (a path, or ``"-"`` for standard input) as a stream of mono 16 kHz blocks.
 
@@ -343,11 +352,12 @@ def stream_audio(
     block. ``channel=None`` averages all channels; an integer keeps that channel (0-based). Memory
     stays at one block whatever the length. Raises :class:`AudioError` / :class:`AudioDecodeError`
     with the path and a one-line cause, possibly after some blocks were yielded (corrupt data
-    mid-file). Closing the generator early stops ffmpeg.
+    mid-file). ``strict=False`` lets ffmpeg skip corrupt data (logged as a warning) instead.
+    Closing the generator early stops ffmpeg.
     """
     src = os.fspath(source)
     _check_source(src)
-    proc = _FFmpegStream(src)
+    proc = _FFmpegStream(src, strict)
     try:
         channels = _read_wav_header(proc)
         if channel is not None and channel >= channels:

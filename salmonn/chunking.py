@@ -70,7 +70,9 @@ def iter_chunks(
     """
     opts = (options or ChunkingOptions()).with_overrides(**overrides)
     name = os.fspath(source)
-    yield from chunk_stream(stream_audio(name, channel=opts.channel), opts, name)
+    strict = getattr(opts, "strict_decode", True)  # a ChunkingOptions field once config has it
+    blocks = stream_audio(name, channel=opts.channel, strict=strict)
+    yield from chunk_stream(blocks, opts, name)
 
 
 def chunk_stream(

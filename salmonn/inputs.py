@@ -155,11 +155,10 @@ class _Walker:
             self.items.append(InputItem(STDIN, STDIN, STDIN))
         elif os.path.isdir(arg):
             self._add_directory(arg, arg)
-        elif os.path.isfile(arg):
+        elif os.path.exists(arg):  # a file, or a named pipe such as bash's <(...)
             self._take(arg, os.path.dirname(arg) or ".", os.path.basename(arg))
         elif os.path.lexists(arg):
-            reason = "broken symbolic link" if os.path.islink(arg) else "not a regular file"
-            _report(self.on_error, arg, reason)
+            _report(self.on_error, arg, "broken symbolic link")
         elif _has_magic(arg):
             self._add_glob(arg)
         else:

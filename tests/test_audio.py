@@ -239,7 +239,7 @@ def _bad_inputs(d: Path, media: Path) -> dict[str, tuple[Path, type[AudioError],
     (d / "text.wav").write_text("this is not audio\n" * 20)
     ff("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "0", str(d / "zero.wav"))
     wav = (media / "tone.wav").read_bytes()
-    (d / "truncated.wav").write_bytes(wav[: len(wav) // 2 + 1])  # cut mid-sample
+    (d / "truncated.wav").write_bytes(wav[: len(wav) // 2 + 1])  # shorter than its header says
     m4a = (media / "tone.m4a").read_bytes()
     (d / "truncated.m4a").write_bytes(m4a[: len(m4a) // 2])
     (d / "folder.wav").mkdir()
@@ -269,3 +269,33 @@ def test_bad_input_gives_typed_error(bad, kind):
     assert info.value.path == str(path)
     assert cause in info.value.reason and "\n" not in str(info.value)
     assert str(info.value) == f"{path}: {info.value.reason}"
+
+
+def test_lenient_mode_decodes_past_corrupt_data_and_warns(media, tmp_path, caplog):
+    wav = (media / "tone.wav").read_bytes()
+    header = wav.index(b"data") + 8
+    path = tmp_path / "odd.wav"
+    path.write_bytes(wav[: header + (len(wav) - header) // 4 * 2 + 1])  # half, then half a sample
+    with pytest.raises(AudioDecodeError):
+        load_audio(path)
+    blocks = list(stream_audio(path, strict=False))
+    assert 0.9 * SR < sum(map(len, blocks)) < 1.1 * SR  # the half before the cut
+    assert "decoding errors" in caplog.text and str(path) in caplog.text
+
+
+def test_named_pipe_input(media, tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe.flac"
+    os.mkfifo(fifo)
+    data = (media / "tone.flac").read_bytes()
+
+    def writer() -> None:
+        with open(fifo, "wb") as handle:
+            handle.write(data)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    audio = load_audio(fifo)
+    thread.join()
+    np.testing.assert_array_equal(audio, load_audio(media / "tone.flac"))

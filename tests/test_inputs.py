@@ -166,3 +166,9 @@ def test_unreadable_directory_is_reported_even_as_root(tree, monkeypatch):
     items = expand_inputs([str(tree)], on_error=errors.append)
     assert rels(items) == ["B.MP4", "a-b/f.opus", "a.wav", "b.mp3"]
     assert [(e.path, e.reason) for e in errors] == [(locked, "Permission denied")]
+
+
+def test_named_pipe_is_taken_when_named(tmp_path):
+    fifo = tmp_path / "stream.mp3"
+    os.mkfifo(fifo)
+    assert expand_inputs([str(fifo)]) == [InputItem(str(fifo), str(tmp_path), "stream.mp3")]
