@@ -9,13 +9,12 @@ one-line errors that say how to fix them.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 import torch
 
 from .constants import DEFAULT_LORA_SCALING
@@ -147,10 +146,13 @@ def check_llm(layout: CheckpointLayout, llm_path: str | Path) -> None:
         )
 
 
-def check_encoders(layout: CheckpointLayout, whisper_path: str | Path, whisper_width: int,
-                   whisper_config: Any, beats_path: str | Path, beats_width: int) -> None:
+def check_encoders(layout: CheckpointLayout, whisper_path: str | Path, beats_path: str | Path,
+                   beats_width: int) -> None:
     """The Q-Former reads Whisper + BEATs channels; an official checkpoint needs Whisper large-v2."""
-    from .encoders.whisper import is_large_v2_shaped
+    from .encoders.whisper import is_large_v2_shaped, whisper_encoder_width
+
+    whisper_width = whisper_encoder_width(whisper_path)  # validates the folder's config.json
+    whisper_config = json.loads((Path(whisper_path) / "config.json").read_text(encoding="utf-8"))
 
     official = layout.llm_width in _OFFICIAL and layout.qformer.hidden_size == _OFFICIAL_QFORMER
     if official and not is_large_v2_shaped(whisper_config):
@@ -184,7 +186,7 @@ def apply_checkpoint(model: SalmonnModel, state: Mapping[str, torch.Tensor],
                 wrong_shape.append(f"{key} {list(value.shape)} vs model {list(own[key].shape)}")
             else:
                 loaded[key] = value
-        elif not _known_extra(model, key, value, path):
+        elif not _known_extra(own, key, value, path):
             unexpected.append(key)
     if unexpected:
         raise CheckpointError(
@@ -210,13 +212,14 @@ def apply_checkpoint(model: SalmonnModel, state: Mapping[str, torch.Tensor],
              ", ".join(f"{g} {n}" for g, n in sorted(groups.items())))
 
 
-def _known_extra(model: SalmonnModel, key: str, value: torch.Tensor, path: str | Path) -> bool:
+def _known_extra(own: Mapping[str, torch.Tensor], key: str, value: torch.Tensor,
+                 path: str | Path) -> bool:
     """Non-trainable tensors the original's checkpoint carries (spec Appendix C.2)."""
     if key == _POSITION_IDS or _ROTARY.match(key):
         return True  # unused buffer / derived from the LLM config
     match = _BEATS_BIAS.match(key)
     if match and int(match.group(1)) >= 1:
-        table = dict(model.named_parameters()).get(_BEATS_BIAS0)
+        table = own.get(_BEATS_BIAS0)
         if table is not None and not torch.equal(table.detach().cpu().float(), value.float()):
             raise CheckpointError(
                 f"{path}: the checkpoint's copy of the BEATs relative position table ({key}) differs "
@@ -244,7 +247,7 @@ def load_model(whisper: str | Path | None = None, beats: str | Path | None = Non
         CheckpointError: a component is missing or does not fit the checkpoint (the message says why).
     """
     from .encoders.beats import load_beats
-    from .encoders.whisper import load_whisper_encoder, whisper_encoder_width
+    from .encoders.whisper import load_whisper_encoder
     from .hub import PRESETS, resolve_components
     from .llm import load_llm
 
@@ -257,11 +260,9 @@ def load_model(whisper: str | Path | None = None, beats: str | Path | None = Non
     state = read_checkpoint(comps.checkpoint)
     layout = CheckpointLayout.from_state(state, comps.checkpoint)
     check_llm(layout, comps.llm)
-    whisper_width = whisper_encoder_width(comps.whisper)
     beats_model = load_beats(comps.beats, dev)
-    beats_width = int(beats_model.state_dict()["encoder.layer_norm.weight"].shape[0])
+    check_encoders(layout, comps.whisper, comps.beats, int(beats_model.output_dim))
     speech_encoder = load_whisper_encoder(comps.whisper, dev, torch.float32)
-    check_encoders(layout, comps.whisper, whisper_width, speech_encoder.config, comps.beats, beats_width)
     lm, tokenizer = load_llm(comps.llm, device=dev, dtype=dt, lora_rank=layout.lora_rank,
                              lora_scaling=lora_scaling, load_in_8bit=load_in_8bit,
                              load_in_4bit=load_in_4bit)

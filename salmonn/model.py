@@ -110,7 +110,7 @@ class SalmonnModel(nn.Module):
                  dtype: torch.dtype, identity: dict[str, Any] | None = None) -> None:
         super().__init__()
         whisper_width = int(speech_encoder.config.d_model)
-        beats_width = int(beats.state_dict()["encoder.layer_norm.weight"].shape[0])
+        beats_width = int(beats.output_dim)
         d_llm = int(llama_model.get_input_embeddings().weight.shape[1])
         cfg = qformer_config
         self.speech_encoder = speech_encoder
@@ -305,5 +305,5 @@ class SalmonnModel(nn.Module):
 
         ids = generate_ids(self.llama_model, embeds, mask, options,
                            eos_token_id=self.tokenizer.eos_id, pad_token_id=0,
-                           embed_tokens=self.embed_tokens)
+                           embed_tokens=self.embed_tokens, bos_token_id=self.tokenizer.bos_id)
         return [GenerationResult(self.tokenizer.decode(list(x)), [int(i) for i in x]) for x in ids]

@@ -1,0 +1,202 @@
+"""SalmonnModel on the tiny random SALMONN (official formats): shapes, prompts, generation, ablations."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece
+import torch
+
+from salmonn import GenerationOptions
+from salmonn.checkpoint import load_model
+from salmonn.errors import ConfigError, PromptError
+from salmonn.llm import split_prompt, wrap_prompt
+
+PROMPT = "Please describe the audio."
+SHORT = GenerationOptions(max_new_tokens=12, num_beams=1)
+BEAM = GenerationOptions(max_new_tokens=12, num_beams=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matmuls on a shared 2-core machine run faster on one thread (and deterministically)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_paths):
+    return load_model(tiny_paths.whisper, tiny_paths.beats, tiny_paths.llm, tiny_paths.checkpoint,
+                      device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sp(tiny_paths):
+    return sentencepiece.SentencePieceProcessor(model_file=str(Path(tiny_paths.llm) / "tokenizer.model"))
+
+
+@pytest.fixture(scope="module")
+def clips():
+    rng = np.random.default_rng(7)
+    t = np.arange(16000 * 7) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return [
+        (0.2 * rng.standard_normal(9600)).astype(np.float32),  # 0.6 s: padded to 1 s
+        tone[: 16000 * 3],
+        (0.1 * rng.standard_normal(16000 * 7) + tone).astype(np.float32),
+    ]
+
+
+def _ids(results):
+    return [r.token_ids for r in results]
+
+
+@pytest.fixture(scope="module")
+def greedy(model, clips):
+    return model.generate(clips, PROMPT, SHORT)
+
+
+@pytest.fixture(scope="module")
+def beam(model, clips):
+    return model.generate(clips, PROMPT, BEAM)
+
+
+def test_encode_audio_shape_and_stages(model, clips):
+    d_llm = model.llama_model.get_input_embeddings().weight.shape[1]
+    audio = model.encode_audio(clips)
+    assert audio.shape == (3, 88, d_llm) and audio.dtype == torch.float32
+    st = model.encode_audio_stages(clips)
+    torch.testing.assert_close(st.projected, audio)
+    assert st.mel.shape == (3, 80, 3000)
+    assert st.fused.shape[:2] == (3, 1500) and st.windows.shape == (3 * 88, 17, st.fused.shape[2])
+    assert st.qformer.shape == (3 * 88, 1, model.speech_Qformer.config.hidden_size)
+    w_width = st.speech.shape[2]
+    for b, beats in enumerate(st.beats):  # ln_audio rows, then exact zeros up to 1500
+        n = beats.shape[0]
+        assert n == 8 * ((1 + (max(len(clips[b]), 16000) - 400) // 160) // 16)
+        torch.testing.assert_close(st.fused[b, :n, w_width:], model.ln_audio(beats))
+        assert torch.count_nonzero(st.fused[b, n:, w_width:]) == 0
+    torch.testing.assert_close(st.fused[:, :, :w_width], model.ln_speech(st.whisper))
+    torch.testing.assert_close(st.windows[88 + 3], st.fused[1, 51:68])
+
+
+def test_short_clip_is_padded_and_long_clip_refused(model, clips):
+    padded = np.concatenate([clips[0], np.zeros(16000 - len(clips[0]), np.float32)])
+    torch.testing.assert_close(model.encode_audio([clips[0]]), model.encode_audio([padded]))
+    with pytest.raises(ConfigError, match="at most 30 s.*chunk"):
+        model.encode_audio([np.zeros(16000 * 30 + 1, np.float32)])
+    with pytest.raises(ConfigError, match="mono"):
+        model.encode_audio([np.zeros((16000, 2), np.float32)])
+
+
+def test_prompt_pieces_are_tokenised_on_their_own(model, sp):
+    before, after = split_prompt(PROMPT)
+    assert before == "USER: <Speech>" and after == "</Speech> Please describe the audio.\nASSISTANT:"
+    ids_before, ids_after = model.prompt_ids(PROMPT)
+    assert ids_before == sp.encode(before) and ids_after == sp.encode(after)
+    assert sp.id_to_piece(ids_after[0]).startswith("\u2581")  # each piece has its own dummy prefix
+    assert ids_before + ids_after != sp.encode(before + after)
+    assert 1 not in ids_before  # BOS is added as an embedding, not by the tokenizer
+    custom = "<Speech><SpeechHere></Speech>Transcribe  "
+    assert wrap_prompt(custom) == f"USER: {custom}\nASSISTANT:"
+    assert wrap_prompt("  hi ") == "USER: <Speech><SpeechHere></Speech> hi\nASSISTANT:"
+    with pytest.raises(PromptError):
+        wrap_prompt("<SpeechHere><SpeechHere>")
+
+
+def test_llm_input_layout(model, clips):
+    audio = model.encode_audio(clips[:2])
+    embeds, mask = model.build_inputs(audio, [PROMPT, "Hi"])
+    table = model.llama_model.get_input_embeddings().weight
+    for b, prompt in enumerate([PROMPT, "Hi"]):
+        before, after = model.prompt_ids(prompt)
+        length = 1 + len(before) + 88 + len(after)
+        assert int(mask[b].sum()) == length and mask[b, -length:].all()  # left-padded
+        row = embeds[b, -length:]
+        torch.testing.assert_close(row[0], table[1])
+        torch.testing.assert_close(row[1: 1 + len(before)], table[before])
+        torch.testing.assert_close(row[1 + len(before): 1 + len(before) + 88], audio[b])
+        torch.testing.assert_close(row[-len(after):], table[after])
+
+
+def test_pad_row_is_zero(model, sp):
+    lm = model.llama_model
+    vocab = sp.get_piece_size()
+    assert lm.get_input_embeddings().weight.shape[0] == vocab + 1
+    assert torch.count_nonzero(lm.get_input_embeddings().weight[vocab]) == 0
+    assert torch.count_nonzero(lm.get_output_embeddings().weight[vocab]) == 0
+    assert lm.state_dict()["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"].dtype \
+        == torch.float32
+
+
+def test_generation_is_deterministic_and_decoded(model, clips, sp, greedy, beam):
+    assert _ids(model.generate(clips, PROMPT, SHORT)) == _ids(greedy)
+    for result in greedy + beam:
+        ids = result.token_ids
+        assert 0 < len(ids) <= 12 and 2 not in ids[:-1]
+        assert result.text == sp.decode([i for i in ids if i != 2])
+    assert _ids(greedy) != _ids(beam)
+    assert len({tuple(r.token_ids) for r in greedy}) > 1  # the audio matters
+
+
+def test_batched_equals_one_at_a_time(model, clips):
+    prompts = [PROMPT, "Listen to the speech and translate it into German.", "Hi"]
+    for options in (SHORT, BEAM):
+        batched = model.generate(clips, prompts, options)
+        alone = [model.generate([c], p, options)[0] for c, p in zip(clips, prompts)]
+        assert _ids(batched) == _ids(alone)
+        assert [r.text for r in batched] == [r.text for r in alone]
+
+
+def test_generate_text(model):
+    one = model.generate_text(["Summarize: a dog barks.", "Hi"], SHORT)
+    assert _ids(one) == _ids(model.generate_text(["Summarize: a dog barks."], SHORT)) + _ids(
+        model.generate_text("Hi", SHORT))
+    with pytest.raises(ConfigError):
+        model.generate(clips_two := [np.zeros(16000, np.float32)] * 2, ["a", "b", "c"], SHORT)
+    assert len(clips_two) == 2
+
+
+@contextlib.contextmanager
+def _patched(module: torch.nn.Module, **values: float):
+    saved = {k: getattr(module, k).detach().clone() for k in values}
+    with torch.no_grad():
+        for k, v in values.items():
+            getattr(module, k).fill_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, v in saved.items():
+                getattr(module, k).copy_(v)
+
+
+def test_every_component_is_live(model, clips, greedy, monkeypatch):
+    """Ablations change the answers: LoRA, ln_speech, ln_audio and the BEATs stream are all used."""
+    base = _ids(greedy)
+    model.lora_scaling = 0.0
+    try:
+        assert _ids(model.generate(clips, PROMPT, SHORT)) != base
+    finally:
+        model.lora_scaling = 4.0
+    assert model.identity["lora_scaling"] == 4.0
+    with _patched(model.ln_speech, weight=1.0, bias=0.0):
+        assert _ids(model.generate(clips, PROMPT, SHORT)) != base
+    with _patched(model.ln_audio, weight=1.0, bias=0.0):
+        assert _ids(model.generate(clips, PROMPT, SHORT)) != base
+    real = model.beats.extract_features
+    monkeypatch.setattr(model.beats, "extract_features",
+                        lambda waves: [torch.zeros_like(x) for x in real(waves)])
+    assert _ids(model.generate(clips, PROMPT, SHORT)) != base
+
+
+def test_identity(model, tiny_paths):
+    ident = model.identity
+    assert ident["device"] == "cpu" and ident["dtype"] == "float32"
+    assert ident["checkpoint"] == str(tiny_paths.checkpoint) and ident["lora_scaling"] == 4.0
+    assert model.device == torch.device("cpu") and model.dtype == torch.float32
