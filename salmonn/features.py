@@ -1,10 +1,11 @@
 """Audio front ends of the two encoders, numerically faithful to the original SALMONN.
 
-* :func:`whisper_log_mel` re-implements the transformers 4.28 ``WhisperFeatureExtractor`` (spec §1.2): numpy,
-  float64 framing and FFT rounded to complex64, librosa-style Slaney mel filters, ``log10`` with the
-  "max - 8" floor. Later transformers versions agree with it only to about 1e-5.
-* :func:`beats_fbank` re-implements torchaudio 2.0.2 ``compliance.kaldi.fbank`` as BEATs calls it (spec §3.2),
-  in float64 on the waveform scaled to the 16-bit range, then normalised and cast to float32.
+* :func:`whisper_log_mel` re-implements the transformers 4.28 ``WhisperFeatureExtractor`` (spec
+  §1.2): numpy, float64 framing and FFT rounded to complex64, librosa-style Slaney mel filters,
+  ``log10`` with the "max - 8" floor. Later transformers versions agree with it only to about 1e-5.
+* :func:`beats_fbank` re-implements torchaudio 2.0.2 ``compliance.kaldi.fbank`` as BEATs calls it
+  (spec §3.2), in float64 on the waveform scaled to the 16-bit range, then normalised and cast to
+  float32.
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ from .constants import (
 )
 from .errors import ConfigError
 
-__all__ = ["beats_fbank", "beats_n_frames", "beats_n_tokens", "whisper_log_mel", "whisper_mel_filters"]
+__all__ = [
+    "beats_fbank",
+    "beats_n_frames",
+    "beats_n_tokens",
+    "whisper_log_mel",
+    "whisper_mel_filters",
+]
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Whisper (transformers 4.28 numpy algorithm)
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 _WHISPER_FMAX = 8000.0  # Hz, top of the mel filterbank (= Nyquist at 16 kHz)
 _LOG_FLOOR = 1e-10  # mel energies are clipped here before log10
@@ -59,16 +66,19 @@ def _hz_to_slaney_mel(hz: float) -> float:
 def _slaney_mel_to_hz(mels: np.ndarray) -> np.ndarray:
     freqs = _SLANEY_F_SP * mels
     log_part = mels >= _SLANEY_MIN_LOG_MEL
-    freqs[log_part] = _SLANEY_MIN_LOG_HZ * np.exp(_SLANEY_LOGSTEP * (mels[log_part] - _SLANEY_MIN_LOG_MEL))
+    freqs[log_part] = _SLANEY_MIN_LOG_HZ * np.exp(
+        _SLANEY_LOGSTEP * (mels[log_part] - _SLANEY_MIN_LOG_MEL)
+    )
     return freqs
 
 
 @lru_cache(maxsize=4)
 def whisper_mel_filters(n_mels: int = WHISPER_N_MELS) -> np.ndarray:
-    """Slaney mel filterbank of the 4.28 extractor (librosa ``mel(sr=16000, n_fft=400, htk=False)``).
+    """Slaney mel filterbank of the 4.28 extractor (= librosa ``mel(16000, 400, htk=False)``).
 
-    The triangles are computed in float64 and stored in a float32 array; the Slaney area normalisation is then
-    applied in place (a float64 product stored as float32 again), exactly as librosa does.
+    The triangles are computed in float64 and stored in a float32 array; the Slaney area
+    normalisation is then applied in place (a float64 product stored as float32 again), exactly as
+    librosa does.
 
     Returns:
         ``[n_mels, 201]`` float32 (read-only; shared between calls).
@@ -108,12 +118,14 @@ def _one_log_mel(wave: np.ndarray) -> np.ndarray:
     n = min(len(wave), WINDOW_SAMPLES)
     padded[:n] = wave[:n]
     half = WHISPER_N_FFT // 2
-    # Centred frames with reflect padding (== torch.stft(center=True, pad_mode="reflect")); the 4.28 code's
-    # iterated reflection only differs in sample 0 of frame 0, which the window multiplies by 0.
+    # Centred frames with reflect padding (== torch.stft(center=True, pad_mode="reflect")). The 4.28
+    # code's iterated reflection differs only in sample 0 of frame 0, which the window zeroes.
     signal = np.pad(padded, half, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(signal, WHISPER_N_FFT)[::WHISPER_HOP]  # (3001, 400)
+    windows = np.lib.stride_tricks.sliding_window_view(signal, WHISPER_N_FFT)
+    frames = windows[::WHISPER_HOP]  # (3001, 400) float32 views
     windowed = frames * _periodic_hann()  # float64
-    spectrum = np.fft.fft(windowed, axis=1)[:, : WHISPER_N_FFT // 2 + 1].astype(np.complex64)  # (3001, 201)
+    n_bins = WHISPER_N_FFT // 2 + 1
+    spectrum = np.fft.fft(windowed, axis=1)[:, :n_bins].astype(np.complex64)  # (3001, 201)
     power = np.abs(spectrum[:-1]).T ** 2  # (201, 3000) float32; the last frame is dropped
     mel = whisper_mel_filters() @ power  # (80, 3000) float32
     log_spec = np.log10(np.maximum(mel, np.float32(_LOG_FLOOR)))
@@ -137,9 +149,9 @@ def whisper_log_mel(waves: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(feats)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # BEATs (torchaudio 2.0.2 Kaldi fbank, float64)
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 _INT16_SCALE = 2**15  # BEATs scales [-1, 1) waves to the 16-bit integer range
 _PREEMPHASIS = 0.97
@@ -156,7 +168,10 @@ def beats_n_frames(n_samples: int) -> int:
 
 
 def beats_n_tokens(n_samples: int) -> int:
-    """BEATs output vectors of a wave of ``n_samples``: 16x16 fbank patches, time-major (1 s -> 48, 30 s -> 1496)."""
+    """BEATs output vectors of a wave of ``n_samples`` (1 s -> 48, 30 s -> 1496).
+
+    One vector per 16x16 fbank patch, time-major: 8 frequency patches per 16 frames.
+    """
     return (beats_n_frames(n_samples) // BEATS_PATCH) * (BEATS_MEL_BINS // BEATS_PATCH)
 
 
@@ -170,7 +185,8 @@ def _kaldi_mel(hz: torch.Tensor | float) -> torch.Tensor | float:
 def _kaldi_mel_banks() -> torch.Tensor:
     """``[128, 257]`` float32 triangular Kaldi mel banks (20 Hz .. Nyquist), last column zero.
 
-    Built in float32 with torchaudio 2.0.2's operation order; the caller casts them to the wave dtype.
+    Built in float32 with torchaudio 2.0.2's operation order; the caller casts them to the wave
+    dtype.
     """
     n_fft_bins = BEATS_FFT_SIZE // 2  # 256
     bin_width = SAMPLE_RATE / BEATS_FFT_SIZE  # Hz
@@ -211,8 +227,8 @@ def beats_fbank(
 ) -> list[torch.Tensor]:
     """Normalised BEATs input features, one per waveform (no padding between items).
 
-    Each wave is taken in float64 (as the reference keeps it), scaled by 2^15, passed through the Kaldi fbank
-    in float64, normalised with BEATs' mean/std and cast to float32.
+    Each wave is taken in float64 (as the reference keeps it), scaled by 2^15, passed through the
+    Kaldi fbank in float64, normalised with BEATs' mean/std and cast to float32.
 
     Args:
         waves: B 1-D 16 kHz waveforms of at least 400 samples.

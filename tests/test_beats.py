@@ -1,4 +1,5 @@
-"""BEATs: official key layout, strict loading, relative-position buckets, forward vs a functional reference."""
+"""BEATs: official key layout, strict loading, relative-position buckets, forward vs a functional
+reference."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ TINY_CFG = {
 
 
 def _official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Keys and shapes written out from the spec's list of the official file (§9.2), tiny widths."""
+    """Keys and shapes written out from the spec's list of the official file (§9.2), tiny sizes."""
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape: int, std: float = 0.05, mean: float = 0.0) -> torch.Tensor:
@@ -83,7 +84,9 @@ def _official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def beats_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("beats") / "BEATs_tiny.pt"
-    torch.save({"cfg": dict(TINY_CFG), "model": _official_state_dict(), "label_dict": {0: "/m/x"}}, path)
+    torch.save(
+        {"cfg": dict(TINY_CFG), "model": _official_state_dict(), "label_dict": {0: "/m/x"}}, path
+    )
     return path
 
 
@@ -97,17 +100,33 @@ def _waves(*seconds: float, seed: int = 0) -> list[np.ndarray]:
     out = []
     for s in seconds:
         t = np.arange(int(s * SR)) / SR
-        out.append(0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t) + 0.05 * rng.standard_normal(len(t)))
+        out.append(
+            0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t)
+            + 0.05 * rng.standard_normal(len(t))
+        )
     return out
 
 
-# ------------------------------------------------------------------------------------------------ buckets
+# ------------------------------------------------------------------------------------------ buckets
 
 
 @pytest.mark.parametrize(
     "offset,bucket",
-    [(0, 0), (-1, 1), (-79, 79), (-80, 80), (-400, 135), (-800, 159), (-5000, 159),
-     (1, 161), (79, 239), (80, 240), (400, 295), (800, 319), (5000, 319)],
+    [
+        (0, 0),
+        (-1, 1),
+        (-79, 79),
+        (-80, 80),
+        (-400, 135),
+        (-800, 159),
+        (-5000, 159),
+        (1, 161),
+        (79, 239),
+        (80, 240),
+        (400, 295),
+        (800, 319),
+        (5000, 319),
+    ],
 )
 def test_relative_position_buckets_worked_examples(offset, bucket):
     got = relative_position_buckets(torch.tensor([offset]), num_buckets=320, max_distance=800)
@@ -128,7 +147,7 @@ def test_config_keeps_unknown_keys_and_round_trips():
     assert cfg.deep_norm_alpha == pytest.approx((2 * 2) ** 0.25)
 
 
-# ------------------------------------------------------------------------------------------------ loading
+# ------------------------------------------------------------------------------------------ loading
 
 
 def test_strict_load_round_trip(beats_file, beats):
@@ -148,8 +167,12 @@ def test_strict_load_round_trip(beats_file, beats):
 
 def test_new_style_weight_norm_names_are_accepted(tmp_path):
     sd = _official_state_dict()
-    sd["encoder.pos_conv.0.parametrizations.weight.original0"] = sd.pop("encoder.pos_conv.0.weight_g")
-    sd["encoder.pos_conv.0.parametrizations.weight.original1"] = sd.pop("encoder.pos_conv.0.weight_v")
+    sd["encoder.pos_conv.0.parametrizations.weight.original0"] = sd.pop(
+        "encoder.pos_conv.0.weight_g"
+    )
+    sd["encoder.pos_conv.0.parametrizations.weight.original1"] = sd.pop(
+        "encoder.pos_conv.0.weight_v"
+    )
     torch.save({"cfg": TINY_CFG, "model": sd}, tmp_path / "b.pt")
     model = load_beats(tmp_path / "b.pt")
     g = model.encoder.pos_conv[0].weight_g
@@ -165,8 +188,14 @@ def _bad_files(tmp_path):
     cases = {
         "list.pt": ([1, 2, 3], "expected keys 'cfg' and 'model'"),
         "no_cfg.pt": ({"model": sd}, "expected keys 'cfg' and 'model'"),
-        "missing.pt": ({"cfg": TINY_CFG, "model": missing}, "missing keys encoder.layers.1.fc2.bias"),
-        "extra.pt": ({"cfg": TINY_CFG, "model": extra}, "unexpected keys encoder.layers.2.fc1.weight"),
+        "missing.pt": (
+            {"cfg": TINY_CFG, "model": missing},
+            "missing keys encoder.layers.1.fc2.bias",
+        ),
+        "extra.pt": (
+            {"cfg": TINY_CFG, "model": extra},
+            "unexpected keys encoder.layers.2.fc1.weight",
+        ),
         "shape.pt": ({"cfg": TINY_CFG, "model": shape}, "patch_embedding.weight"),
     }
     for name, (obj, _) in cases.items():
@@ -188,26 +217,34 @@ def test_wrong_files_are_rejected_with_one_line(tmp_path):
 
 
 def test_unsupported_configuration_is_rejected(tmp_path):
-    torch.save({"cfg": {**TINY_CFG, "layer_norm_first": True}, "model": _official_state_dict()}, tmp_path / "p.pt")
+    torch.save(
+        {"cfg": {**TINY_CFG, "layer_norm_first": True}, "model": _official_state_dict()},
+        tmp_path / "p.pt",
+    )
     with pytest.raises(CheckpointError, match="layer_norm_first"):
         load_beats(tmp_path / "p.pt")
 
 
-# ------------------------------------------------------------------------------------------------ forward
+# ------------------------------------------------------------------------------------------ forward
 
 
 def _reference_forward(sd: dict[str, torch.Tensor], fbank: torch.Tensor) -> torch.Tensor:
-    """Spec §3.3-§3.7 written as plainly as possible in float64, one head at a time. ``[T,128] -> [N,128]``."""
+    """Spec §3.3-§3.7 written as plainly as possible in float64, one head at a time. ``[T,128] ->
+    [N,128]``."""
     w = {k: v.double() for k, v in sd.items()}
     heads, hd, n_layers = 2, 64, 2
-    x = F.conv2d(fbank.double()[None, None], w["patch_embedding.weight"], stride=16)[0]  # (E, T', 8)
+    x = F.conv2d(fbank.double()[None, None], w["patch_embedding.weight"], stride=16)[
+        0
+    ]  # (E, T', 8)
     x = x.reshape(x.shape[0], -1).T  # token t*8+f
     x = F.layer_norm(x, (32,), w["layer_norm.weight"], w["layer_norm.bias"])
     x = x @ w["post_extract_proj.weight"].T + w["post_extract_proj.bias"]
     n = x.shape[0]
     v, g = w["encoder.pos_conv.0.weight_v"], w["encoder.pos_conv.0.weight_g"]
     kernel = g * v / v.pow(2).sum(dim=(0, 1), keepdim=True).sqrt()
-    conv = F.conv1d(x.T[None], kernel, w["encoder.pos_conv.0.bias"], padding=64, groups=16)[0, :, :n]
+    conv = F.conv1d(x.T[None], kernel, w["encoder.pos_conv.0.bias"], padding=64, groups=16)[
+        0, :, :n
+    ]
     x = x + F.gelu(conv.T)
     x = F.layer_norm(x, (128,), w["encoder.layer_norm.weight"], w["encoder.layer_norm.bias"])
 
@@ -221,7 +258,10 @@ def _reference_forward(sd: dict[str, torch.Tensor], fbank: torch.Tensor) -> torc
     alpha = (2 * n_layers) ** 0.25
     for layer in range(n_layers):
         p = f"encoder.layers.{layer}."
-        proj = {k: x @ w[f"{p}self_attn.{k}_proj.weight"].T + w[f"{p}self_attn.{k}_proj.bias"] for k in "qkv"}
+        proj = {
+            k: x @ w[f"{p}self_attn.{k}_proj.weight"].T + w[f"{p}self_attn.{k}_proj.bias"]
+            for k in "qkv"
+        }
         outs = []
         for h in range(heads):
             q, k, val = (proj[c][:, h * hd : (h + 1) * hd] for c in "qkv")
@@ -231,7 +271,10 @@ def _reference_forward(sd: dict[str, torch.Tensor], fbank: torch.Tensor) -> torc
             gate = ga * (gb * w[f"{p}self_attn.grep_a"][0, h, 0, 0] - 1) + 2
             scores = scores + gate[:, None] * table[idx, h]
             outs.append(torch.softmax(scores, dim=-1) @ val)
-        attn = torch.cat(outs, dim=1) @ w[f"{p}self_attn.out_proj.weight"].T + w[f"{p}self_attn.out_proj.bias"]
+        attn = (
+            torch.cat(outs, dim=1) @ w[f"{p}self_attn.out_proj.weight"].T
+            + w[f"{p}self_attn.out_proj.bias"]
+        )
         ln = f"{p}self_attn_layer_norm"
         x = F.layer_norm(alpha * x + attn, (128,), w[f"{ln}.weight"], w[f"{ln}.bias"])
         hidden = F.gelu(x @ w[f"{p}fc1.weight"].T + w[f"{p}fc1.bias"])

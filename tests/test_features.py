@@ -33,11 +33,11 @@ def _signals() -> dict[str, np.ndarray]:
     }
 
 
-# --------------------------------------------------------------------------------------- Whisper log-mel
+# ---------------------------------------------------------------------------------- Whisper log-mel
 
 
 def _reference_log_mel_428(wave: np.ndarray) -> np.ndarray:
-    """The transformers 4.28 numpy algorithm, written frame by frame (different code from salmonn)."""
+    """The transformers 4.28 numpy algorithm, frame by frame (code independent of salmonn's)."""
     n_fft, hop, n_samples = 400, 160, 480_000
     x = np.zeros(n_samples, dtype=np.float32)
     x[: min(len(wave), n_samples)] = wave[:n_samples]
@@ -60,7 +60,9 @@ def _reference_log_mel_428(wave: np.ndarray) -> np.ndarray:
     # librosa-style Slaney filters, band by band
     mel_max = 15.0 + math.log(8000.0 / 1000.0) / (math.log(6.4) / 27.0)
     mels = np.linspace(0.0, mel_max, 82)
-    hz = np.where(mels < 15.0, mels * 200.0 / 3, 1000.0 * np.exp(math.log(6.4) / 27.0 * (mels - 15.0)))
+    hz = np.where(
+        mels < 15.0, mels * 200.0 / 3, 1000.0 * np.exp(math.log(6.4) / 27.0 * (mels - 15.0))
+    )
     fft_hz = np.arange(201) * (SR / n_fft)
     filters = np.zeros((80, 201), dtype=np.float32)
     for m in range(80):
@@ -87,7 +89,9 @@ def test_whisper_log_mel_shapes_and_padding():
 
 
 def test_whisper_log_mel_float64_input_is_cast_to_float32_first():
-    wave64 = 0.1 * np.random.default_rng(5).standard_normal(3 * SR)  # float64 with more bits than f32
+    wave64 = 0.1 * np.random.default_rng(5).standard_normal(
+        3 * SR
+    )  # float64 with more bits than f32
     wave = wave64.astype(np.float32)
     assert torch.equal(whisper_log_mel([wave64])[0], whisper_log_mel([wave])[0])
     assert torch.equal(whisper_log_mel([torch.from_numpy(wave)])[0], whisper_log_mel([wave])[0])
@@ -131,7 +135,7 @@ def test_whisper_log_mel_rejects_bad_input():
         whisper_log_mel([np.zeros((2, 100), dtype=np.float32)])
 
 
-# --------------------------------------------------------------------------------------- BEATs fbank
+# --------------------------------------------------------------------------------------- BEATs fban
 
 
 def _reference_kaldi_fbank(wave: np.ndarray) -> np.ndarray:
@@ -140,7 +144,10 @@ def _reference_kaldi_fbank(wave: np.ndarray) -> np.ndarray:
     frame_len, shift, n_fft, n_mels = 400, 160, 512, 128
     n_frames = 1 + (len(x) - frame_len) // shift
     povey = np.array(
-        [(0.5 - 0.5 * math.cos(2 * math.pi * i / (frame_len - 1))) ** 0.85 for i in range(frame_len)]
+        [
+            (0.5 - 0.5 * math.cos(2 * math.pi * i / (frame_len - 1))) ** 0.85
+            for i in range(frame_len)
+        ]
     )
 
     def mel(f: float) -> float:
@@ -153,7 +160,9 @@ def _reference_kaldi_fbank(wave: np.ndarray) -> np.ndarray:
         left, centre, right = lo + m * delta, lo + (m + 1) * delta, lo + (m + 2) * delta
         for k in range(n_fft // 2):
             mk = mel(k * SR / n_fft)
-            banks[m, k] = max(0.0, min((mk - left) / (centre - left), (right - mk) / (right - centre)))
+            banks[m, k] = max(
+                0.0, min((mk - left) / (centre - left), (right - mk) / (right - centre))
+            )
     out = np.empty((n_frames, n_mels))
     for t in range(n_frames):
         frame = x[t * shift : t * shift + frame_len].copy()
@@ -176,7 +185,10 @@ def test_beats_fbank_matches_independent_float64_computation():
     wave[5000:6000] = 0.0  # a silent stretch: exercises the epsilon floor
     (ours,) = beats_fbank([wave])
     ref = _reference_kaldi_fbank(wave)
-    assert ours.dtype == torch.float32 and ours.shape == ref.shape == (beats_n_frames(len(wave)), 128)
+    assert ours.dtype == torch.float32 and ours.shape == ref.shape == (
+        beats_n_frames(len(wave)),
+        128,
+    )
     assert np.abs(ours.numpy().astype(np.float64) - ref).max() < 2e-5
 
 

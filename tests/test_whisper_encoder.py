@@ -1,4 +1,4 @@
-"""Whisper encoder loader: both official key layouts, .bin / safetensors / shards, strictness, rejections."""
+"""Whisper encoder loader: both key layouts, .bin / safetensors / shards, strictness, rejections."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny random Whisper saved as WhisperForConditionalGeneration (keys model.encoder.*) and as WhisperModel
-    (keys encoder.*), plus its own encoder output on one input as the expected value."""
+    """A tiny random Whisper saved as WhisperForConditionalGeneration (keys model.encoder.*) and
+    as WhisperModel (keys encoder.*), plus its own encoder output on one input (expected value)."""
     root = tmp_path_factory.mktemp("whisper")
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(WhisperConfig(**TINY, num_mel_bins=80)).eval()
@@ -95,13 +95,18 @@ def test_pytorch_model_bin_and_sharded_index(tiny, tmp_path):
     shard_dir = tmp_path / "sharded"
     _copy_config(src, shard_dir)
     keys = list(state)
-    shards = {"a.bin": keys[: len(keys) // 3], "b.bin": keys[len(keys) // 3 : 2 * len(keys) // 3],
-              "c.bin": keys[2 * len(keys) // 3 :]}
+    shards = {
+        "a.bin": keys[: len(keys) // 3],
+        "b.bin": keys[len(keys) // 3 : 2 * len(keys) // 3],
+        "c.bin": keys[2 * len(keys) // 3 :],
+    }
     weight_map = {}
     for name, names in shards.items():
         torch.save({k: state[k] for k in names}, shard_dir / name)
         weight_map.update(dict.fromkeys(names, name))
-    (shard_dir / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (shard_dir / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     for folder in (bin_dir, shard_dir):
         with torch.no_grad():
             out = load_whisper_encoder(folder)(tiny["features"]).last_hidden_state
@@ -138,7 +143,9 @@ def test_rejects_128_mel_config(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_whisper_encoder(folder)
     message = str(info.value)
-    assert message.startswith("SALMONN needs an 80-mel, 30 s Whisper encoder such as openai/whisper-large-v2; got ")
+    assert message.startswith(
+        "SALMONN needs an 80-mel, 30 s Whisper encoder such as openai/whisper-large-v2; got "
+    )
     assert "num_mel_bins=128" in message and "\n" not in message
 
 
@@ -158,7 +165,12 @@ def test_width_shape_check_and_dtype(tiny):
     folder = tiny["root"] / "whisper_model"
     assert whisper_encoder_width(folder) == 64
     assert not is_large_v2_shaped(WhisperConfig(**TINY))
-    large = {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20, "num_mel_bins": 80}
+    large = {
+        "d_model": 1280,
+        "encoder_layers": 32,
+        "encoder_attention_heads": 20,
+        "num_mel_bins": 80,
+    }
     assert is_large_v2_shaped(large) and is_large_v2_shaped(WhisperConfig(**{**TINY, **large}))
     assert not is_large_v2_shaped({**large, "num_mel_bins": 128})
     encoder = load_whisper_encoder(folder, dtype=torch.bfloat16)
@@ -167,7 +179,10 @@ def test_width_shape_check_and_dtype(tiny):
 
 def test_log_mel_into_encoder(tiny):
     encoder = load_whisper_encoder(tiny["root"] / "for_cond_gen")
-    waves = [np.sin(np.linspace(0, 2000, 16_000)).astype(np.float32), np.zeros(8000, dtype=np.float32)]
+    waves = [
+        np.sin(np.linspace(0, 2000, 16_000)).astype(np.float32),
+        np.zeros(8000, dtype=np.float32),
+    ]
     with torch.no_grad():
         out = encoder(whisper_log_mel(waves)).last_hidden_state
     assert out.shape == (2, 1500, 64) and torch.isfinite(out).all()

@@ -1,9 +1,10 @@
-"""BEATs audio encoder (fine-tuned iter3+ AS2M cpt2), state-dict compatible with the official checkpoint.
+"""BEATs audio encoder (fine-tuned iter3+ AS2M cpt2), state-dict compatible with the official
+checkpoint.
 
-Forward per spec §3.3-§3.7: 16x16 fbank patches -> LayerNorm -> projection -> weight-normalised convolutional
-positional embedding -> post-LN (DeepNorm) transformer layers with a gated, bucketed relative position bias.
-Every operation is written in the reference's order so that fp32 CPU runs and fp16 CUDA autocast runs
-(Appendix A) give the reference's numbers.
+Forward per spec §3.3-§3.7: 16x16 fbank patches -> LayerNorm -> projection -> weight-normalised
+convolutional positional embedding -> post-LN (DeepNorm) transformer layers with a gated, bucketed
+relative position bias. Every operation is written in the reference's order so that fp32 CPU runs
+and fp16 CUDA autocast runs (Appendix A) give the reference's numbers.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ _SCORE_SCALE = 32.0  # BEATs' internal attention constant "alpha": q /= 32, scor
 
 @dataclass
 class BeatsConfig:
-    """BEATs architecture; the defaults are the upstream class defaults, overwritten by a checkpoint's ``cfg``.
+    """BEATs architecture; the defaults are the upstream class defaults, overwritten by a
+    checkpoint's ``cfg``.
 
     The official SALMONN file sets e.g. ``max_distance=800`` (default 1280), ``deep_norm``,
-    ``relative_position_embedding``, ``gru_rel_pos`` and ``finetuned_model`` (spec §3.1). Keys this class does
-    not know are kept in ``extra``.
+    ``relative_position_embedding``, ``gru_rel_pos`` and ``finetuned_model`` (spec §3.1). Keys this
+    class does not know are kept in ``extra``.
     """
 
     input_patch_size: int = -1
@@ -100,7 +102,8 @@ class BeatsConfig:
 def relative_position_buckets(
     relative_position: torch.Tensor, num_buckets: int, max_distance: int
 ) -> torch.Tensor:
-    """Bidirectional T5-style buckets of ``key - query`` offsets (spec §3.6), computed in float32 on CPU.
+    """Bidirectional T5-style buckets of ``key - query`` offsets (spec §3.6), computed in float32
+    on CPU.
 
     Args:
         relative_position: int64 tensor of offsets ``r = key_index - query_index``, any shape.
@@ -123,10 +126,11 @@ def relative_position_buckets(
 
 
 class _WeightNormConv1d(nn.Module):
-    """Grouped Conv1d whose weight is ``g * v / ||v||`` with the norm over all axes but the kernel tap (dim 2).
+    """Grouped Conv1d whose weight is ``g * v / ||v||`` with the norm over all axes but the kernel
+    tap (dim 2).
 
-    Parameters are named ``weight_g`` ``[1, 1, K]`` and ``weight_v`` ``[C, C/groups, K]`` as the legacy
-    ``torch.nn.utils.weight_norm`` stored them.
+    Parameters are named ``weight_g`` ``[1, 1, K]`` and ``weight_v`` ``[C, C/groups, K]`` as the
+    legacy ``torch.nn.utils.weight_norm`` stored them.
     """
 
     def __init__(self, channels: int, kernel: int, groups: int) -> None:
@@ -143,7 +147,8 @@ class _WeightNormConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, N]`` -> ``[B, C, N + 1]`` (even kernel, symmetric padding)."""
-        weight = torch._weight_norm(self.weight_v, self.weight_g, 2)  # the op weight_norm itself uses
+        # torch._weight_norm is the op torch.nn.utils.weight_norm itself calls: same rounding
+        weight = torch._weight_norm(self.weight_v, self.weight_g, 2)
         return F.conv1d(x, weight, self.bias, padding=self.padding, groups=self.groups)
 
 
@@ -164,7 +169,9 @@ class BeatsAttention(nn.Module):
             table = torch.empty(cfg.num_buckets, self.num_heads)
             if not table.is_meta:  # (random init on "meta" would import torch._dynamo: seconds)
                 nn.init.normal_(table)
-            self.relative_attention_bias = nn.Embedding(cfg.num_buckets, self.num_heads, _weight=table)
+            self.relative_attention_bias = nn.Embedding(
+                cfg.num_buckets, self.num_heads, _weight=table
+            )
         if cfg.gru_rel_pos:
             self.grep_linear = nn.Linear(self.head_dim, 8)
             self.grep_a = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
@@ -234,11 +241,12 @@ class BeatsEncoder(nn.Module):
             [BeatsLayer(cfg, owns_bias_table=rel and i == 0) for i in range(cfg.encoder_layers)]
         )
         if rel:  # one table, shared: state_dict repeats it under every layer's name (as upstream)
+            table = self.layers[0].self_attn.relative_attention_bias
             for layer in self.layers[1:]:
-                layer.self_attn.relative_attention_bias = self.layers[0].self_attn.relative_attention_bias
+                layer.self_attn.relative_attention_bias = table
 
     def position_bias(self, n: int) -> torch.Tensor | None:
-        """Raw relative position bias ``[H, N, N]`` (buckets on CPU, gathered on the table's device)."""
+        """Raw relative position bias ``[H, N, N]`` (buckets on CPU, looked up on its device)."""
         if not self.cfg.relative_position_embedding:
             return None
         positions = torch.arange(n, dtype=torch.long)
@@ -306,11 +314,12 @@ class Beats(nn.Module):
     def extract_features(self, waves: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
         """Encode 16 kHz mono waveforms (kept in float64 for the fbank, as the reference does).
 
-        Items of equal length are batched together; nothing is padded, so every item gives what it gives
-        alone (up to the batch size's effect on matmul blocking).
+        Items of equal length are batched together; nothing is padded, so every item gives what it
+        gives alone (up to the batch size's effect on matmul blocking).
 
         Returns:
-            list of ``[N_i, D]`` tensors on the module's device (float32, or the autocast dtype's result).
+            list of ``[N_i, D]`` tensors on the module's device (float32, or the autocast dtype's
+            result).
         """
         device = self.patch_embedding.weight.device
         fbanks = beats_fbank(waves, device=device)
@@ -320,13 +329,13 @@ class Beats(nn.Module):
         out: list[torch.Tensor | None] = [None] * len(fbanks)
         for indices in groups.values():
             encoded = self(torch.stack([fbanks[i] for i in indices]))
-            for i, item in zip(indices, encoded):
+            for i, item in zip(indices, encoded, strict=True):
                 out[i] = item
         return out  # type: ignore[return-value]
 
 
 def _legacy_weight_norm_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept ``parametrizations.weight.original0/1`` (new weight_norm) as ``weight_g`` / ``weight_v``."""
+    """Accept new-style ``parametrizations.weight.original0/1`` as ``weight_g`` / ``weight_v``."""
     renames = {
         "parametrizations.weight.original0": "weight_g",
         "parametrizations.weight.original1": "weight_v",
@@ -354,13 +363,15 @@ def _key_problems(expected: Sequence[str], given: Sequence[str], limit: int = 3)
 
 
 def load_beats(path: str | Path, device: torch.device | str = "cpu") -> Beats:
-    """Load an official BEATs checkpoint (a ``torch.save`` dict with ``cfg`` and ``model``), strictly.
+    """Load an official BEATs checkpoint (a ``torch.save`` dict with ``cfg`` and ``model``),
+    strictly.
 
     Returns:
         a float32 :class:`Beats` on ``device``, in eval mode, with gradients off.
 
     Raises:
-        CheckpointError: the file is missing, unreadable, not a BEATs dict, or its keys or shapes differ.
+        CheckpointError: the file is missing, unreadable, not a BEATs dict, or its keys or shapes
+        differ.
     """
     path = Path(path)
     if not path.is_file():
@@ -372,7 +383,9 @@ def load_beats(path: str | Path, device: torch.device | str = "cpu") -> Beats:
         raise CheckpointError(f"{path} is not a BEATs checkpoint: {reason}") from exc
     if not isinstance(ckpt, Mapping) or not {"cfg", "model"} <= set(ckpt):
         found = sorted(map(str, ckpt))[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise CheckpointError(f"{path} is not a BEATs checkpoint: expected keys 'cfg' and 'model', found {found}")
+        raise CheckpointError(
+            f"{path} is not a BEATs checkpoint: expected keys 'cfg' and 'model', found {found}"
+        )
     if not isinstance(ckpt["cfg"], Mapping) or not isinstance(ckpt["model"], Mapping):
         raise CheckpointError(f"{path} is not a BEATs checkpoint: 'cfg' and 'model' must be dicts")
     cfg = BeatsConfig.from_dict(ckpt["cfg"])

@@ -1,9 +1,10 @@
-"""Whisper encoder from a Hugging Face folder, loading only the encoder weights (spec §2, Appendix C.6).
+"""Whisper encoder from a Hugging Face folder, loading only the encoder weights (spec §2, C.6).
 
-Accepted folders: ``config.json`` plus one of ``model.safetensors``, ``model.safetensors.index.json``,
-``pytorch_model.bin`` or ``pytorch_model.bin.index.json``. Keys may be ``model.encoder.*``
-(``WhisperForConditionalGeneration``, e.g. the official ``openai/whisper-large-v2``), ``encoder.*``
-(``WhisperModel``) or bare encoder keys. The decoder tensors are never read from safetensors files.
+Accepted folders: ``config.json`` plus one of ``model.safetensors``,
+``model.safetensors.index.json``, ``pytorch_model.bin`` or ``pytorch_model.bin.index.json``.
+Keys may be ``model.encoder.*`` (``WhisperForConditionalGeneration``, e.g. the official
+``openai/whisper-large-v2``), ``encoder.*`` (``WhisperModel``) or bare encoder keys. The decoder
+tensors are never read from safetensors files.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ _WEIGHT_FILES = (  # in order of preference
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-_PREFIXES = ("model.encoder.", "encoder.", "")  # ForConditionalGeneration, WhisperModel, bare encoder
-_LARGE_V2 = {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20, "num_mel_bins": 80}
+# key prefixes of WhisperForConditionalGeneration, WhisperModel and a bare encoder save
+_PREFIXES = ("model.encoder.", "encoder.", "")
+_LARGE_V2 = {
+    "d_model": 1280,
+    "encoder_layers": 32,
+    "encoder_attention_heads": 20,
+    "num_mel_bins": 80,
+}
 
 
 def _read_config_dict(folder: Path) -> dict[str, Any]:
@@ -43,17 +50,19 @@ def _read_config_dict(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{config_file}: unreadable JSON ({exc})") from exc
     if not isinstance(config, dict) or config.get("model_type") != "whisper":
         kind = config.get("model_type") if isinstance(config, dict) else type(config).__name__
-        raise CheckpointError(f"{folder} is not a Whisper folder: config.json has model_type {kind!r}")
+        raise CheckpointError(
+            f"{folder} is not a Whisper folder: config.json has model_type {kind!r}"
+        )
     return config
 
 
 def whisper_encoder_width(path: str | Path) -> int:
-    """``d_model`` of the Whisper folder at ``path`` (1280 for large-v2), read from ``config.json``."""
+    """``d_model`` of the Whisper folder at ``path`` (1280 for large-v2), from its config.json."""
     return int(_read_config_dict(Path(path))["d_model"])
 
 
 def is_large_v2_shaped(config: WhisperConfig | Mapping[str, Any]) -> bool:
-    """True when the encoder has whisper-large-v2's shape (d_model 1280, 32 layers, 20 heads, 80 mels)."""
+    """True for whisper-large-v2's encoder shape: d_model 1280, 32 layers, 20 heads, 80 mels."""
     get = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k, None)
     return all(get(key) == value for key, value in _LARGE_V2.items())
 
@@ -89,7 +98,9 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
         except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
             state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{file}: unreadable weight file ({str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(
+            f"{file}: unreadable weight file ({str(exc).splitlines()[0]})"
+        ) from exc
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{file}: expected a state dict, found {type(state).__name__}")
     return dict(state)
@@ -101,7 +112,8 @@ def _pick_prefix(keys: Iterable[str], source: Path) -> str:
         if f"{prefix}conv1.weight" in keys:
             return prefix
     raise CheckpointError(
-        f"{source}: no Whisper encoder weights (no model.encoder.conv1.weight or encoder.conv1.weight)"
+        f"{source}: no Whisper encoder weights "
+        "(no model.encoder.conv1.weight or encoder.conv1.weight)"
     )
 
 
@@ -140,7 +152,10 @@ def _key_report(expected: list[str], given: list[str], limit: int = 3) -> str:
     unexpected = [k for k in given if k not in set(expected)]
     parts = []
     if missing:
-        parts.append(f"missing encoder keys {', '.join(missing[:limit])}" + ("..." if len(missing) > limit else ""))
+        parts.append(
+            f"missing encoder keys {', '.join(missing[:limit])}"
+            + ("..." if len(missing) > limit else "")
+        )
     if unexpected:
         parts.append(
             f"unexpected encoder keys {', '.join(unexpected[:limit])}"
@@ -155,16 +170,18 @@ def load_whisper_encoder(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "eager",
 ) -> WhisperEncoder:
-    """Build transformers' ``WhisperEncoder`` from ``path/config.json`` and load only its weights, strictly.
+    """Build transformers' ``WhisperEncoder`` from ``path/config.json``; load only its weights,
+    strictly.
 
-    ``attn_implementation="eager"`` reproduces the 4.28 attention arithmetic (q scaled before QK^T, plain
-    softmax); ``"sdpa"`` is faster on GPU and differs at rounding level.
+    ``attn_implementation="eager"`` reproduces the 4.28 attention arithmetic (q scaled before
+    QK^T, plain softmax); ``"sdpa"`` is faster on GPU and differs at rounding level.
 
-    Use: ``encoder(input_features).last_hidden_state`` with ``input_features [B, 80, 3000]`` -> ``[B, 1500, d]``.
+    Use: ``encoder(input_features).last_hidden_state`` with ``input_features [B, 80, 3000]`` ->
+    ``[B, 1500, d]``.
 
     Raises:
-        CheckpointError: not a Whisper folder, not an 80-mel 30 s encoder, no weights, missing/unexpected
-            encoder keys, or shape mismatches.
+        CheckpointError: not a Whisper folder, not an 80-mel 30 s encoder, no weights,
+            missing/unexpected encoder keys, or shape mismatches.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -183,7 +200,9 @@ def load_whisper_encoder(
         encoder.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
-        raise CheckpointError(f"{folder}: Whisper encoder weights do not fit its config.json: {detail}") from exc
+        raise CheckpointError(
+            f"{folder}: Whisper encoder weights do not fit its config.json: {detail}"
+        ) from exc
     encoder = encoder.to(device=device, dtype=dtype)
     encoder.requires_grad_(False)
     return encoder.eval()
