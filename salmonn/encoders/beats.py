@@ -350,8 +350,9 @@ def _legacy_weight_norm_names(state: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def _key_problems(expected: Sequence[str], given: Sequence[str], limit: int = 3) -> str:
-    missing = [k for k in expected if k not in set(given)]
-    unexpected = [k for k in given if k not in set(expected)]
+    given_set, expected_set = set(given), set(expected)
+    missing = [k for k in expected if k not in given_set]
+    unexpected = [k for k in given if k not in expected_set]
     parts = []
     if missing:
         more = f" (+{len(missing) - limit} more)" if len(missing) > limit else ""

@@ -148,8 +148,9 @@ def _read_encoder_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _key_report(expected: list[str], given: list[str], limit: int = 3) -> str:
-    missing = [k for k in expected if k not in set(given)]
-    unexpected = [k for k in given if k not in set(expected)]
+    given_set, expected_set = set(given), set(expected)
+    missing = [k for k in expected if k not in given_set]
+    unexpected = [k for k in given if k not in expected_set]
     parts = []
     if missing:
         parts.append(
