@@ -139,6 +139,25 @@ def add_pad_row(model: nn.Module, vocab_size: int) -> None:
             model.get_output_embeddings().weight[old:].zero_()
 
 
+def wrap_lora(lm: nn.Module, rank: int, scaling: float) -> nn.Module:
+    """Wrap a causal LM with LoRA adapters on every ``q_proj``/``v_proj`` (spec §7).
+
+    The adapters are float32 (peft's default upcast, as peft 0.3.0 made them) whatever the LM dtype;
+    the result is frozen and in eval mode.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=rank * scaling, lora_dropout=LORA_DROPOUT,
+        target_modules=list(LORA_TARGETS), inference_mode=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(lm, config)
+    peft_model.requires_grad_(False)
+    return peft_model.eval()
+
+
 def load_llm(path: str | Path, *, device: torch.device, dtype: torch.dtype, lora_rank: int,
              lora_scaling: float, load_in_8bit: bool = False,
              load_in_4bit: bool = False) -> tuple[nn.Module, PromptTokenizer]:
@@ -152,7 +171,6 @@ def load_llm(path: str | Path, *, device: torch.device, dtype: torch.dtype, lora
     Returns:
         ``(peft_model, tokenizer)``; ``peft_model`` is in eval mode with every parameter frozen.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
     from transformers import LlamaForCausalLM
 
     tokenizer = PromptTokenizer(path)
@@ -170,15 +188,7 @@ def load_llm(path: str | Path, *, device: torch.device, dtype: torch.dtype, lora
         lm.to(device)
     lm.requires_grad_(False)
     add_pad_row(lm, tokenizer.vocab_size + 1)
-    config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM, r=lora_rank, lora_alpha=lora_rank * lora_scaling,
-        lora_dropout=LORA_DROPOUT, target_modules=list(LORA_TARGETS), inference_mode=True,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        peft_model = get_peft_model(lm, config)
-    peft_model.requires_grad_(False)
-    peft_model.eval()
+    peft_model = wrap_lora(lm, lora_rank, lora_scaling)
     log.info("LLM %s: %s layers, hidden %s, vocab %d, LoRA r=%d scaling %.3g, dtype %s",
              path, lm.config.num_hidden_layers, lm.config.hidden_size, tokenizer.vocab_size + 1,
              lora_rank, lora_scaling, dtype)
