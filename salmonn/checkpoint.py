@@ -249,10 +249,11 @@ def load_model(whisper: str | Path | None = None, beats: str | Path | None = Non
     from .encoders.beats import load_beats
     from .encoders.whisper import load_whisper_encoder
     from .hub import PRESETS, resolve_components
-    from .llm import load_llm
+    from .llm import load_llm, quantization_config
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    quantization_config(load_in_8bit, load_in_4bit, dev, dt)  # fail before loading anything
     comps = resolve_components(preset, whisper, beats, llm, checkpoint)
     if lora_scaling is None:
         spec = PRESETS.get(comps.preset) if comps.preset else None

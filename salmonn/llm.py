@@ -104,8 +104,9 @@ def text_prompt(user_text: str) -> str:
     return PROMPT_TEMPLATE.format(user_text.strip())
 
 
-def _quantization_config(load_in_8bit: bool, load_in_4bit: bool, device: torch.device,
+def quantization_config(load_in_8bit: bool, load_in_4bit: bool, device: torch.device,
                          dtype: torch.dtype) -> Any:
+    """``BitsAndBytesConfig`` for an 8-bit / 4-bit LLM, or None; ConfigError without CUDA or bitsandbytes."""
     if not (load_in_8bit or load_in_4bit):
         return None
     if load_in_8bit and load_in_4bit:
@@ -174,7 +175,7 @@ def load_llm(path: str | Path, *, device: torch.device, dtype: torch.dtype, lora
     from transformers import LlamaForCausalLM
 
     tokenizer = PromptTokenizer(path)
-    quant = _quantization_config(load_in_8bit, load_in_4bit, device, dtype)
+    quant = quantization_config(load_in_8bit, load_in_4bit, device, dtype)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device})

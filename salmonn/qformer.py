@@ -103,9 +103,10 @@ class _Attention(nn.Module):
         """``h`` ``[N, Q, H]``, ``kv`` ``[N, S, kv_width]`` -> context ``[N, Q, H]`` (nothing masked)."""
         q, k, v = self._split(self.query(h)), self._split(self.key(kv)), self._split(self.value(kv))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(QFORMER_HEAD_DIM)
-        # The original adds its all-ones mask in additive form, an fp32 zero tensor; under fp16 autocast
-        # this promotes the scores to fp32 before the softmax, as in the reference (spec Appendix A).
-        scores = scores + torch.zeros((), dtype=torch.float32, device=scores.device)
+        # The original adds its all-ones mask in additive form, an fp32 zero tensor [N, 1, 1, S]; under
+        # fp16 autocast this promotes the scores to fp32 before the softmax (spec Appendix A). A 4-D
+        # tensor, not a 0-dim one: 0-dim tensors do not take part in type promotion.
+        scores = scores + torch.zeros(1, 1, 1, 1, dtype=torch.float32, device=scores.device)
         probs = scores.softmax(dim=-1)
         context = torch.matmul(probs, v)  # [N, heads, Q, 64]
         return context.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)

@@ -184,10 +184,4 @@ def test_device_and_dtype_resolution():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")
         with pytest.raises(ConfigError, match="CUDA"):
-            _load_quantized()
-
-
-def _load_quantized():
-    from salmonn.llm import _quantization_config
-
-    return _quantization_config(True, False, torch.device("cpu"), torch.float16)
+            load_model("w", "b", "l", "c", device="cpu", load_in_8bit=True)
