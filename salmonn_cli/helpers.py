@@ -131,15 +131,12 @@ def _torch_report() -> str:
 def _match(comps: Any) -> str:
     """Check that the components fit each other from configs and tensor shapes (no model is built)."""
     from salmonn.checkpoint import CheckpointLayout, check_encoders, check_llm, read_checkpoint
-    from salmonn.encoders.whisper import whisper_encoder_width
     from salmonn.hub import verify_beats_file
 
     layout = CheckpointLayout.from_state(read_checkpoint(comps.checkpoint), comps.checkpoint)
     check_llm(layout, comps.llm)
-    whisper_config = json.loads((comps.whisper / "config.json").read_text(encoding="utf-8"))
     beats = verify_beats_file(comps.beats)
-    check_encoders(layout, comps.whisper, whisper_encoder_width(comps.whisper), whisper_config,
-                   comps.beats, beats.encoder_embed_dim)
+    check_encoders(layout, comps.whisper, comps.beats, beats.encoder_embed_dim)
     return (f"LLM width {layout.llm_width}, LoRA rank {layout.lora_rank} x {layout.lora_layers} layers, "
             f"Q-Former reads {layout.qformer.encoder_width} channels")
 
