@@ -33,6 +33,8 @@ _LAZY = {
     "probe": "audio",
     "AudioInfo": "audio",
     "find_ffmpeg": "audio",
+    "Prefetcher": "prefetch",
+    "FileChunk": "prefetch",
     "expand_inputs": "inputs",
     "InputItem": "inputs",
     "write_tiny_model": "tiny",
@@ -72,5 +74,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .chunking import Chunk, iter_chunks
     from .hub import PRESETS
     from .inputs import InputItem, expand_inputs
+    from .prefetch import FileChunk, Prefetcher
     from .model import GenerationResult, SalmonnModel
     from .tiny import write_tiny_model

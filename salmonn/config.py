@@ -63,11 +63,14 @@ class ChunkingOptions:
         search_seconds: width of the region searched for a quiet cut point.
         overlap_seconds: audio shared by consecutive chunks.
         min_seconds: a final piece shorter than this is handled by ``short_tail``.
-        short_tail: ``"merge"`` joins a short final piece to the previous chunk when it fits within
-            ``max_seconds`` (else it is kept and padded); ``"pad"`` keeps it as its own chunk, zero-padded
-            to ``min_seconds`` as the original does.
+        short_tail: ``"merge"`` moves the last quiet cut earlier so that the final piece lasts at least
+            ``min_seconds`` (when no cut can move, e.g. with fixed cuts, the piece is zero-padded and logged);
+            ``"pad"`` keeps a short final piece as its own chunk, zero-padded to ``min_seconds`` as the
+            original does (spec §1.1).
         channel: ``None`` down-mixes to the mean of all channels; an integer keeps that channel only
             (the original keeps channel 0).
+        strict_decode: stop at the first decoding error (ffmpeg ``-xerror``), so a damaged file is an
+            error instead of audio with a silent gap; ``False`` decodes past damage with a warning.
     """
 
     max_seconds: float = float(WINDOW_SECONDS)
@@ -77,6 +80,7 @@ class ChunkingOptions:
     min_seconds: float = float(MIN_SECONDS)
     short_tail: str = "merge"
     channel: int | None = None
+    strict_decode: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.max_seconds <= WINDOW_SECONDS:
@@ -87,8 +91,11 @@ class ChunkingOptions:
             raise ConfigError(
                 f"overlap_seconds must be in [0, max_seconds/2), got {self.overlap_seconds}"
             )
-        if not 0 <= self.search_seconds < self.max_seconds:
-            raise ConfigError(f"search_seconds must be in [0, max_seconds), got {self.search_seconds}")
+        if self.search_seconds < 0:
+            raise ConfigError(f"search_seconds must be >= 0, got {self.search_seconds}")
+        if self.search_seconds >= self.max_seconds:
+            # a short max_seconds with the default search width: search the last half of each chunk
+            object.__setattr__(self, "search_seconds", self.max_seconds / 2)
         if self.short_tail not in ("merge", "pad"):
             raise ConfigError(f"short_tail must be 'merge' or 'pad', got {self.short_tail!r}")
         if self.channel is not None and self.channel < 0:
