@@ -1,10 +1,10 @@
-"""``load_model``: assemble a :class:`SalmonnModel` from its four components and check the checkpoint.
+"""``load_model``: assemble a :class:`SalmonnModel` from its four components, check the checkpoint.
 
-The original loads the SALMONN checkpoint with ``strict=False``, so a wrong LLM or a misnamed key gives empty
-answers without an error (spec §9.1, §11 item 14). Here every checkpoint key must land on a parameter or be
-one of the known extras (Appendix C.2), every trainable SALMONN parameter (Q-Former, query, ln_speech,
-ln_audio, projector, every LoRA A/B) must be loaded, shapes must agree, and the classic mismatches get
-one-line errors that say how to fix them.
+The original loads the SALMONN checkpoint with ``strict=False``, so a wrong LLM or a misnamed key
+gives empty answers without an error (spec §9.1, §11 item 14). Here every checkpoint key must land
+on a parameter or be one of the known extras (Appendix C.2), every trainable SALMONN parameter
+(Q-Former, query, ln_speech, ln_audio, projector, every LoRA A/B) must be loaded, shapes must agree,
+and the classic mismatches get one-line errors that say how to fix them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
 from .constants import DEFAULT_LORA_SCALING
@@ -25,19 +26,36 @@ from .qformer import QFormerConfig
 log = logging.getLogger("salmonn")
 
 PROJ_KEY = "speech_llama_proj.weight"
-_LORA = re.compile(r"^llama_model\.base_model\.model\.model\.layers\.(\d+)\.self_attn\.\w+\.lora_([AB])\.")
+_LORA = re.compile(
+    r"^llama_model\.base_model\.model\.model\.layers\.(\d+)\.self_attn\.\w+\.lora_([AB])\."
+)
 _OLD_LORA = re.compile(r"(\.lora_[AB])\.weight$")  # peft <= 0.2 naming, no ".default."
-_TRAINABLE_PREFIXES = ("speech_query_tokens", "ln_speech.", "ln_audio.", "speech_Qformer.",
-                       "speech_llama_proj.")
+_TRAINABLE_PREFIXES = (
+    "speech_query_tokens",
+    "ln_speech.",
+    "ln_audio.",
+    "speech_Qformer.",
+    "speech_llama_proj.",
+)
 _ROTARY = re.compile(r"^llama_model\..*\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+_ROTARY_OWN = "llama_model.base_model.model.model.rotary_emb.inv_freq"  # transformers 5: one table
 _POSITION_IDS = "speech_Qformer.bert.embeddings.position_ids"
-_BEATS_BIAS = re.compile(r"^beats\.encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.weight$")
+_BEATS_BIAS = re.compile(
+    r"^beats\.encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.weight$"
+)
 _BEATS_BIAS0 = "beats.encoder.layers.0.self_attn.relative_attention_bias.weight"
 _OFFICIAL = {5120: "SALMONN-13B, needs vicuna-13b-v1.1", 4096: "SALMONN-7B, needs vicuna-7b-v1.5"}
 _OFFICIAL_QFORMER = 768
-_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+_DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -47,14 +65,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but CUDA is not available (use --device cpu)")
+            raise ConfigError(
+                "device 'cuda' requested but CUDA is not available (use --device cpu)"
+            )
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None`` -> float16 on CUDA, float32 elsewhere; accepts ``"float16"``/``"fp16"``/``"bfloat16"``..."""
+    """``None`` -> float16 on CUDA, float32 elsewhere; accepts names like ``"fp16"``, ``"bf16"``."""
     if dtype is None:
         return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
@@ -73,15 +93,23 @@ def _shorten(keys: list[str], limit: int = 3) -> str:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``model`` state dict of a SALMONN training checkpoint (optimizer state etc. are dropped)."""
+    """The ``model`` state dict of a SALMONN training checkpoint (optimizer state is dropped).
+
+    LoRA keys of peft <= 0.2 (``...lora_A.weight``) are renamed to the ``...lora_A.default.weight``
+    form of peft 0.3 that the official checkpoints use.
+    """
     try:
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"SALMONN checkpoint not found: {path}") from None
-    except Exception as err:  # unpickling refused, corrupt zip ...
-        raise CheckpointError(f"cannot read the SALMONN checkpoint {path}: {err}".splitlines()[0]) from None
+    except Exception as err:  # noqa: BLE001 - unpickling refused, corrupt zip, truncated file ...
+        raise CheckpointError(
+            f"cannot read the SALMONN checkpoint {path}: {err}".splitlines()[0]
+        ) from None
     if not isinstance(raw, Mapping) or not isinstance(raw.get("model"), Mapping):
-        found = ", ".join(map(str, list(raw)[:5])) if isinstance(raw, Mapping) else type(raw).__name__
+        found = (
+            ", ".join(map(str, list(raw)[:5])) if isinstance(raw, Mapping) else type(raw).__name__
+        )
         raise CheckpointError(
             f"{path} is not a SALMONN checkpoint: it has no 'model' entry (found: {found})"
         )
@@ -103,16 +131,20 @@ class CheckpointLayout:
     lora_layers: int
 
     @classmethod
-    def from_state(cls, state: Mapping[str, torch.Tensor], path: str | Path = "") -> CheckpointLayout:
-        """Infer the layout from tensor shapes; a checkpoint without projector or LoRA is an error."""
+    def from_state(
+        cls, state: Mapping[str, torch.Tensor], path: str | Path = ""
+    ) -> CheckpointLayout:
+        """Infer the layout from tensor shapes; no projector or no LoRA is an error."""
         qformer = QFormerConfig.from_state_dict(state, "speech_Qformer.")
         if PROJ_KEY not in state:
-            raise CheckpointError(f"{path}: no {PROJ_KEY} in the checkpoint; is it a SALMONN checkpoint?")
+            raise CheckpointError(
+                f"{path}: no {PROJ_KEY} in the checkpoint; is it a SALMONN checkpoint?"
+            )
         lora = {k: v for k, v in state.items() if _LORA.match(k)}
         if not lora:
             raise CheckpointError(
-                f"{path}: the checkpoint has no LoRA weights (llama_model.base_model.model.model.layers.N."
-                "self_attn.q_proj.lora_A.default.weight); is it a SALMONN checkpoint?"
+                f"{path}: the checkpoint has no LoRA weights (llama_model.base_model.model.model."
+                "layers.N.self_attn.q_proj.lora_A.default.weight); is it a SALMONN checkpoint?"
             )
         ranks = {v.shape[0] for k, v in lora.items() if _LORA.match(k).group(2) == "A"}
         if len(ranks) != 1:
@@ -132,23 +164,26 @@ def check_llm(layout: CheckpointLayout, llm_path: str | Path) -> None:
     try:
         config = AutoConfig.from_pretrained(str(llm_path))
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read the LLM config in {llm_path}: {err}".splitlines()[0]) from None
+        raise CheckpointError(
+            f"cannot read the LLM config in {llm_path}: {err}".splitlines()[0]
+        ) from None
     hidden, layers = int(config.hidden_size), int(config.num_hidden_layers)
     if layout.llm_width != hidden:
         raise CheckpointError(
-            f"checkpoint projects to {_describe_width(layout.llm_width)} but the LLM at {llm_path} has "
-            f"hidden size {hidden}: use the LLM the checkpoint was trained with"
+            f"checkpoint projects to {_describe_width(layout.llm_width)} but the LLM at "
+            f"{llm_path} has hidden size {hidden}: use the LLM the checkpoint was trained with"
         )
     if layout.lora_layers != layers:
         raise CheckpointError(
-            f"checkpoint has LoRA weights for {layout.lora_layers} LLM layers but the LLM at {llm_path} "
-            f"has {layers} layers: use the LLM the checkpoint was trained with"
+            f"checkpoint has LoRA weights for {layout.lora_layers} LLM layers but the LLM at "
+            f"{llm_path} has {layers} layers: use the LLM the checkpoint was trained with"
         )
 
 
-def check_encoders(layout: CheckpointLayout, whisper_path: str | Path, beats_path: str | Path,
-                   beats_width: int) -> None:
-    """The Q-Former reads Whisper + BEATs channels; an official checkpoint needs Whisper large-v2."""
+def check_encoders(
+    layout: CheckpointLayout, whisper_path: str | Path, beats_path: str | Path, beats_width: int
+) -> None:
+    """The Q-Former reads Whisper + BEATs channels; official checkpoints need Whisper large-v2."""
     from .encoders.whisper import is_large_v2_shaped, whisper_encoder_width
 
     whisper_width = whisper_encoder_width(whisper_path)  # validates the folder's config.json
@@ -157,16 +192,17 @@ def check_encoders(layout: CheckpointLayout, whisper_path: str | Path, beats_pat
     official = layout.llm_width in _OFFICIAL and layout.qformer.hidden_size == _OFFICIAL_QFORMER
     if official and not is_large_v2_shaped(whisper_config):
         raise CheckpointError(
-            f"the checkpoint is an official SALMONN checkpoint ({_OFFICIAL[layout.llm_width]}) but the "
-            f"Whisper folder {whisper_path} is not whisper-large-v2 (width {whisper_width}): "
-            "use openai/whisper-large-v2"
+            f"the checkpoint is an official SALMONN checkpoint ({_OFFICIAL[layout.llm_width]}) "
+            f"but the Whisper folder {whisper_path} is not whisper-large-v2 (width "
+            f"{whisper_width}): use openai/whisper-large-v2"
         )
     expected = layout.qformer.encoder_width
     if whisper_width + beats_width != expected:
         raise CheckpointError(
             f"checkpoint's Q-Former reads {expected} channels but Whisper at {whisper_path} gives "
             f"{whisper_width} and BEATs at {beats_path} gives {beats_width} "
-            f"(sum {whisper_width + beats_width}): use the encoders the checkpoint was trained with"
+            f"(sum {whisper_width + beats_width}): use the encoders the checkpoint was trained "
+            "with"
         )
 
 
@@ -174,8 +210,9 @@ def _is_trainable(name: str) -> bool:
     return name.startswith(_TRAINABLE_PREFIXES) or ".lora_" in name
 
 
-def apply_checkpoint(model: SalmonnModel, state: Mapping[str, torch.Tensor],
-                     path: str | Path = "") -> None:
+def apply_checkpoint(
+    model: SalmonnModel, state: Mapping[str, torch.Tensor], path: str | Path = ""
+) -> None:
     """Copy the checkpoint into ``model`` after checking key coverage and shapes both ways."""
     own = dict(model.named_parameters())
     own.update(model.named_buffers())
@@ -190,16 +227,20 @@ def apply_checkpoint(model: SalmonnModel, state: Mapping[str, torch.Tensor],
             unexpected.append(key)
     if unexpected:
         raise CheckpointError(
-            f"{path}: {len(unexpected)} checkpoint key(s) match no model parameter: {_shorten(unexpected)}"
+            f"{path}: {len(unexpected)} checkpoint key(s) match no model parameter: "
+            f"{_shorten(unexpected)}"
         )
     if wrong_shape:
-        raise CheckpointError(f"{path}: {len(wrong_shape)} shape mismatch(es): {_shorten(wrong_shape)}")
+        raise CheckpointError(
+            f"{path}: {len(wrong_shape)} shape mismatch(es): {_shorten(wrong_shape)}"
+        )
     missing = sorted(k for k in own if _is_trainable(k) and k not in loaded)
     if missing:
         lora = [k for k in missing if ".lora_" in k]
         what = f" ({len(lora)} of them LoRA)" if lora else ""
         raise CheckpointError(
-            f"{path}: the checkpoint lacks {len(missing)} SALMONN weight(s){what}: {_shorten(missing)}"
+            f"{path}: the checkpoint lacks {len(missing)} SALMONN weight(s){what}: "
+            f"{_shorten(missing)}"
         )
     with torch.no_grad():
         for key, value in loaded.items():
@@ -208,32 +249,57 @@ def apply_checkpoint(model: SalmonnModel, state: Mapping[str, torch.Tensor],
     for key in loaded:
         group = "lora" if ".lora_" in key else key.split(".", 1)[0]
         groups[group] = groups.get(group, 0) + 1
-    log.info("checkpoint %s: loaded %d tensors (%s)", path, len(loaded),
-             ", ".join(f"{g} {n}" for g, n in sorted(groups.items())))
+    log.info(
+        "checkpoint %s: loaded %d tensors (%s)",
+        path,
+        len(loaded),
+        ", ".join(f"{g} {n}" for g, n in sorted(groups.items())),
+    )
 
 
-def _known_extra(own: Mapping[str, torch.Tensor], key: str, value: torch.Tensor,
-                 path: str | Path) -> bool:
+def _known_extra(
+    own: Mapping[str, torch.Tensor], key: str, value: torch.Tensor, path: str | Path
+) -> bool:
     """Non-trainable tensors the original's checkpoint carries (spec Appendix C.2)."""
-    if key == _POSITION_IDS or _ROTARY.match(key):
-        return True  # unused buffer / derived from the LLM config
+    if key == _POSITION_IDS:
+        return True  # unused buffer
+    if _ROTARY.match(key):  # derived from the LLM config: check it against the loaded LLM's table
+        table = own.get(_ROTARY_OWN)
+        if (
+            table is not None
+            and table.shape == value.shape
+            and not torch.allclose(table.detach().cpu().float(), value.float(), rtol=1e-3)
+        ):
+            raise CheckpointError(
+                f"{path}: the checkpoint's rotary frequencies ({key}) differ from the LLM's: "
+                "use the LLM the checkpoint was trained with"
+            )
+        return True
     match = _BEATS_BIAS.match(key)
     if match and int(match.group(1)) >= 1:
         table = own.get(_BEATS_BIAS0)
         if table is not None and not torch.equal(table.detach().cpu().float(), value.float()):
             raise CheckpointError(
-                f"{path}: the checkpoint's copy of the BEATs relative position table ({key}) differs "
-                "from the BEATs file: use the BEATs checkpoint SALMONN was trained with"
+                f"{path}: the checkpoint's copy of the BEATs relative position table ({key}) "
+                "differs from the BEATs file: use the BEATs checkpoint SALMONN was trained with"
             )
         return True
     return False
 
 
-def load_model(whisper: str | Path | None = None, beats: str | Path | None = None,
-               llm: str | Path | None = None, checkpoint: str | Path | None = None, *,
-               preset: str | None = None, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, lora_scaling: float | None = None,
-               load_in_8bit: bool = False, load_in_4bit: bool = False) -> SalmonnModel:
+def load_model(
+    whisper: str | Path | None = None,
+    beats: str | Path | None = None,
+    llm: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    lora_scaling: float | None = None,
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
+) -> SalmonnModel:
     """Load SALMONN: Whisper encoder, BEATs, LLM + LoRA and the SALMONN checkpoint.
 
     Args:
@@ -244,7 +310,7 @@ def load_model(whisper: str | Path | None = None, beats: str | Path | None = Non
         lora_scaling: LoRA alpha / r at inference; ``None`` -> the preset's, else 4.0.
         load_in_8bit, load_in_4bit: quantize the LLM with bitsandbytes (CUDA only).
     Raises:
-        CheckpointError: a component is missing or does not fit the checkpoint (the message says why).
+        CheckpointError: a component is missing or does not fit the checkpoint (says why).
     """
     from .encoders.beats import load_beats
     from .encoders.whisper import load_whisper_encoder
@@ -264,15 +330,38 @@ def load_model(whisper: str | Path | None = None, beats: str | Path | None = Non
     beats_model = load_beats(comps.beats, dev)
     check_encoders(layout, comps.whisper, comps.beats, int(beats_model.output_dim))
     speech_encoder = load_whisper_encoder(comps.whisper, dev, torch.float32)
-    lm, tokenizer = load_llm(comps.llm, device=dev, dtype=dt, lora_rank=layout.lora_rank,
-                             lora_scaling=lora_scaling, load_in_8bit=load_in_8bit,
-                             load_in_4bit=load_in_4bit)
-    identity = {"preset": comps.preset, "whisper": str(comps.whisper), "beats": str(comps.beats),
-                "llm": str(comps.llm), "checkpoint": str(comps.checkpoint),
-                "quantization": "8bit" if load_in_8bit else "4bit" if load_in_4bit else None}
-    model = SalmonnModel(speech_encoder, beats_model, layout.qformer, lm, tokenizer,
-                         device=dev, dtype=dt, identity=identity)
+    lm, tokenizer = load_llm(
+        comps.llm,
+        device=dev,
+        dtype=dt,
+        lora_rank=layout.lora_rank,
+        lora_scaling=lora_scaling,
+        load_in_8bit=load_in_8bit,
+        load_in_4bit=load_in_4bit,
+    )
+    identity = {
+        "preset": comps.preset,
+        "whisper": str(comps.whisper),
+        "beats": str(comps.beats),
+        "llm": str(comps.llm),
+        "checkpoint": str(comps.checkpoint),
+        "quantization": "8bit" if load_in_8bit else "4bit" if load_in_4bit else None,
+    }
+    model = SalmonnModel(
+        speech_encoder,
+        beats_model,
+        layout.qformer,
+        lm,
+        tokenizer,
+        device=dev,
+        dtype=dt,
+        identity=identity,
+    )
     apply_checkpoint(model, state, comps.checkpoint)
-    log.info("SALMONN ready on %s (%s), LoRA scaling %g", dev, str(dt).removeprefix("torch."),
-             lora_scaling)
+    log.info(
+        "SALMONN ready on %s (%s), LoRA scaling %g",
+        dev,
+        str(dt).removeprefix("torch."),
+        lora_scaling,
+    )
     return model

@@ -1,14 +1,15 @@
-"""The language model side of SALMONN: Vicuna/LLaMA + ``[PAD]`` row + peft LoRA, and prompt tokenisation.
+"""The language side of SALMONN: Vicuna/LLaMA, the ``[PAD]`` row, peft LoRA, prompt tokenisation.
 
 * Weights load with ``transformers.LlamaForCausalLM.from_pretrained`` (never remote code), frozen.
-* The original adds ``[PAD]`` as token ``len(tokenizer)`` (32000 for Vicuna) and resizes the embedding table
-  and lm_head with a random, never saved row (spec §6.5). Here the extra row is **zero** in both tables: the
-  extra logit is exactly 0, the deterministic stand-in for the original's near-zero random row.
+* The original adds ``[PAD]`` as token ``len(tokenizer)`` (32000 for Vicuna) and resizes the
+  embedding table and lm_head with a random, never saved row (spec §6.5). Here the extra row is
+  **zero** in both tables: the extra logit is exactly 0, the deterministic stand-in for the
+  original's near-zero row.
 * LoRA on every ``q_proj``/``v_proj`` (spec §7); the adapter state-dict keys
-  ``base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.default.weight`` equal the checkpoint's names
-  under ``llama_model.``.
-* Tokenisation follows the original slow SentencePiece tokenizer: each prompt piece is ``sp.encode``-d on
-  its own, without BOS/EOS (spec §6.3).
+  ``base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.default.weight`` equal the
+  checkpoint's names under ``llama_model.``.
+* Tokenisation follows the original slow SentencePiece tokenizer: each prompt piece is
+  ``sp.encode``-d on its own, without BOS/EOS (spec §6.3).
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ class PromptTokenizer:
             self.bos_id, self.eos_id = self._hf.bos_token_id, self._hf.eos_token_id
             self.unk_id = self._hf.unk_token_id if self._hf.unk_token_id is not None else -1
         else:
-            raise CheckpointError(f"no tokenizer.model or tokenizer.json in the LLM folder {folder}")
+            raise CheckpointError(
+                f"no tokenizer.model or tokenizer.json in the LLM folder {folder}"
+            )
         if self.bos_id is None or self.bos_id < 0 or self.eos_id is None or self.eos_id < 0:
             raise CheckpointError(f"the tokenizer in {folder} defines no BOS/EOS token")
         self.pad_id = self.vocab_size
@@ -70,21 +73,24 @@ class PromptTokenizer:
         return list(self._hf(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
-        """Text of generated ids (spec §8.3): up to the first EOS, special tokens skipped, no clean-up."""
+        """Text of generated ids (spec §8.3): up to the first EOS, special tokens skipped, no
+        clean-up."""
         if self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
         special = {self.bos_id, self.eos_id, self.unk_id}
         kept = [i for i in ids if i not in special and 0 <= i < self.vocab_size]
         if self._sp is not None:
             return str(self._sp.decode(kept))
-        return str(self._hf.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+        return str(
+            self._hf.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        )
 
 
 def wrap_prompt(user_text: str) -> str:
     """The full LLM prompt (spec §6.2).
 
-    ``"Describe it."`` -> ``"USER: <Speech><SpeechHere></Speech> Describe it.\\nASSISTANT:"``. A text that
-    already contains ``<SpeechHere>`` is used as is inside the template.
+    ``"Describe it."`` -> ``"USER: <Speech><SpeechHere></Speech> Describe it.\\nASSISTANT:"``. A
+    text that already contains ``<SpeechHere>`` is used as is inside the template.
     """
     count = user_text.count(SPEECH_PLACEHOLDER)
     if count > 1:
@@ -94,7 +100,7 @@ def wrap_prompt(user_text: str) -> str:
 
 
 def split_prompt(user_text: str) -> tuple[str, str]:
-    """``(p_before, p_after)``: the wrapped prompt split at ``<SpeechHere>`` (the audio goes between)."""
+    """``(p_before, p_after)``: the wrapped prompt split at ``<SpeechHere>``; audio goes between."""
     before, after = wrap_prompt(user_text).split(SPEECH_PLACEHOLDER)
     return before, after
 
@@ -104,9 +110,13 @@ def text_prompt(user_text: str) -> str:
     return PROMPT_TEMPLATE.format(user_text.strip())
 
 
-def quantization_config(load_in_8bit: bool, load_in_4bit: bool, device: torch.device,
-                         dtype: torch.dtype) -> Any:
-    """``BitsAndBytesConfig`` for an 8-bit / 4-bit LLM, or None; ConfigError without CUDA or bitsandbytes."""
+def quantization_config(
+    load_in_8bit: bool, load_in_4bit: bool, device: torch.device, dtype: torch.dtype
+) -> Any:
+    """``BitsAndBytesConfig`` for an 8-bit / 4-bit LLM, or None.
+
+    Raises ConfigError without CUDA or without bitsandbytes.
+    """
     if not (load_in_8bit or load_in_4bit):
         return None
     if load_in_8bit and load_in_4bit:
@@ -132,7 +142,9 @@ def add_pad_row(model: nn.Module, vocab_size: int) -> None:
     if old == vocab_size:
         return
     if old != vocab_size - 1:
-        log.warning("LLM has %d embedding rows, tokenizer+[PAD] needs %d; resizing", old, vocab_size)
+        log.warning(
+            "LLM has %d embedding rows, tokenizer+[PAD] needs %d; resizing", old, vocab_size
+        )
     model.resize_token_embeddings(vocab_size, mean_resizing=False)
     if vocab_size > old:
         with torch.no_grad():
@@ -149,8 +161,12 @@ def wrap_lora(lm: nn.Module, rank: int, scaling: float) -> nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model
 
     config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=rank * scaling, lora_dropout=LORA_DROPOUT,
-        target_modules=list(LORA_TARGETS), inference_mode=True,
+        task_type=TaskType.CAUSAL_LM,
+        r=rank,
+        lora_alpha=rank * scaling,
+        lora_dropout=LORA_DROPOUT,
+        target_modules=list(LORA_TARGETS),
+        inference_mode=True,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -159,15 +175,22 @@ def wrap_lora(lm: nn.Module, rank: int, scaling: float) -> nn.Module:
     return peft_model.eval()
 
 
-def load_llm(path: str | Path, *, device: torch.device, dtype: torch.dtype, lora_rank: int,
-             lora_scaling: float, load_in_8bit: bool = False,
-             load_in_4bit: bool = False) -> tuple[nn.Module, PromptTokenizer]:
+def load_llm(
+    path: str | Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    lora_rank: int,
+    lora_scaling: float,
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
+) -> tuple[nn.Module, PromptTokenizer]:
     """Load the frozen LLM, add the ``[PAD]`` row and wrap it with (empty) LoRA adapters.
 
     Args:
         path: HF LLaMA folder (config.json, weights, tokenizer.model).
         dtype: weight dtype of the base LLM (float16 on CUDA by default); LoRA A/B stay float32.
-        lora_rank: r of the adapters (8 in the official checkpoints, read from the ``lora_A`` shape).
+        lora_rank: r of the adapters (8 in the official checkpoints; the ``lora_A`` row count).
         lora_scaling: alpha / r (4.0 official; 3.0 is the official 7B demo).
     Returns:
         ``(peft_model, tokenizer)``; ``peft_model`` is in eval mode with every parameter frozen.
@@ -190,7 +213,14 @@ def load_llm(path: str | Path, *, device: torch.device, dtype: torch.dtype, lora
     lm.requires_grad_(False)
     add_pad_row(lm, tokenizer.vocab_size + 1)
     peft_model = wrap_lora(lm, lora_rank, lora_scaling)
-    log.info("LLM %s: %s layers, hidden %s, vocab %d, LoRA r=%d scaling %.3g, dtype %s",
-             path, lm.config.num_hidden_layers, lm.config.hidden_size, tokenizer.vocab_size + 1,
-             lora_rank, lora_scaling, dtype)
+    log.info(
+        "LLM %s: %s layers, hidden %s, vocab %d, LoRA r=%d scaling %.3g, dtype %s",
+        path,
+        lm.config.num_hidden_layers,
+        lm.config.hidden_size,
+        tokenizer.vocab_size + 1,
+        lora_rank,
+        lora_scaling,
+        dtype,
+    )
     return peft_model, tokenizer

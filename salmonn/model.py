@@ -1,11 +1,12 @@
-"""``SalmonnModel``: Whisper + BEATs -> window-level Q-Former -> projector -> Vicuna + LoRA (spec §0).
+"""``SalmonnModel``: Whisper + BEATs -> window-level Q-Former -> projector -> Vicuna + LoRA (§0).
 
 Attribute names equal the official checkpoint's top-level names (``ln_speech``, ``ln_audio``,
-``speech_query_tokens``, ``speech_Qformer``, ``speech_llama_proj``, ``llama_model``; the frozen encoders are
-``speech_encoder`` and ``beats``), so ``model.named_parameters()`` and the checkpoint keys line up.
+``speech_query_tokens``, ``speech_Qformer``, ``speech_llama_proj``, ``llama_model``; the frozen
+encoders are ``speech_encoder`` and ``beats``), so ``named_parameters()`` and the checkpoint keys
+line up.
 
-Precision (spec Appendix A): the encoders, Q-Former, projector and LoRA adapters hold float32 weights; the
-LLM holds ``dtype`` weights. With ``dtype`` other than float32 every forward runs under
+Precision (spec Appendix A): the encoders, Q-Former, projector and LoRA adapters hold float32
+weights; the LLM holds ``dtype`` weights. With ``dtype`` other than float32 every forward runs under
 ``torch.autocast(device.type, dtype)``, which reproduces the reference's CUDA float16 regime.
 """
 
@@ -33,8 +34,11 @@ Wave = np.ndarray | torch.Tensor
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """One answer. ``token_ids``: generated ids after the dummy BOS, ending with EOS when one was produced;
-    ``text``: those ids up to the first EOS, special tokens skipped (spec §8.3)."""
+    """One answer.
+
+    ``token_ids``: generated ids after the dummy BOS, ending with EOS when one was produced;
+    ``text``: those ids up to the first EOS, special tokens skipped (spec §8.3).
+    """
 
     text: str
     token_ids: list[int]
@@ -42,12 +46,12 @@ class GenerationResult:
 
 @dataclass
 class AudioStages:
-    """Intermediate tensors of :meth:`SalmonnModel.encode_audio_stages` (for comparisons with the reference).
+    """Intermediate tensors of :meth:`SalmonnModel.encode_audio_stages` (to compare with R24).
 
-    Shapes for B clips (official sizes in brackets): ``mel`` [B, 80, 3000]; ``whisper`` [B, 1500, 1280]
-    (encoder output, before ln_speech); ``beats`` list of [N_i, 768] (before ln_audio); ``speech``
-    [B, 1500, 1280] (after ln_speech); ``audio`` [B, 1500, 768] (after ln_audio, zero rows from N_i on);
-    ``fused`` [B, 1500, 2048]; ``windows`` [B*88, 17, 2048]; ``qformer`` [B*88, 1, 768];
+    Shapes for B clips, official sizes: ``mel`` [B, 80, 3000]; ``whisper`` [B, 1500, 1280] (encoder
+    output, before ln_speech); ``beats`` list of [N_i, 768] (before ln_audio); ``speech``
+    [B, 1500, 1280] (after ln_speech); ``audio`` [B, 1500, 768] (after ln_audio, zero rows from N_i
+    on); ``fused`` [B, 1500, 2048]; ``windows`` [B*88, 17, 2048]; ``qformer`` [B*88, 1, 768];
     ``projected`` [B, 88, d_llm].
     """
 
@@ -69,25 +73,30 @@ def _as_list(values: Any, count: int, what: str) -> list[Any]:
     if len(values) == 1 and count > 1:
         return values * count
     if len(values) != count:
-        raise ConfigError(f"got {len(values)} {what} for {count} audio clips; give one or one per clip")
+        raise ConfigError(
+            f"got {len(values)} {what} for {count} audio clips; give one or one per clip"
+        )
     return values
 
 
 def _prepare_wave(wave: Wave, index: int) -> np.ndarray:
-    """One clip as a float64 1-D array, zero-padded to 1 s (spec §1.1); longer than 30 s is an error."""
+    """One clip as a float64 1-D array, zero-padded to 1 s (spec §1.1); over 30 s is an error."""
     if isinstance(wave, torch.Tensor):
         wave = wave.detach().to("cpu", torch.float64).numpy()
     array = np.asarray(wave, dtype=np.float64)
     if array.ndim == 2 and 1 in array.shape:
         array = array.reshape(-1)
     if array.ndim != 1:
-        raise ConfigError(f"clip {index}: expected mono samples [n], got shape {tuple(array.shape)}")
+        raise ConfigError(
+            f"clip {index}: expected mono samples [n], got shape {tuple(array.shape)}"
+        )
     if array.size == 0:
         raise ConfigError(f"clip {index}: no samples")
     if array.size > WINDOW_SAMPLES:
         raise ConfigError(
             f"clip {index} is {array.size / SAMPLE_RATE:.2f} s long; the model takes at most "
-            f"{WINDOW_SECONDS} s at {SAMPLE_RATE} Hz: cut it into chunks first (salmonn.iter_chunks)"
+            f"{WINDOW_SECONDS} s at {SAMPLE_RATE} Hz: cut it into chunks first "
+            "(salmonn.iter_chunks)"
         )
     if array.size < MIN_SAMPLES:
         array = np.concatenate([array, np.zeros(MIN_SAMPLES - array.size, dtype=np.float64)])
@@ -98,16 +107,25 @@ class SalmonnModel(nn.Module):
     """The assembled model; build it with :func:`salmonn.load_model`.
 
     Args:
-        speech_encoder: Whisper encoder (``[B, 80, 3000]`` -> ``last_hidden_state`` ``[B, 1500, Dw]``).
+        speech_encoder: Whisper encoder, [B, 80, 3000] -> ``last_hidden_state`` [B, 1500, Dw].
         beats: BEATs module with ``extract_features(list of float64 waves) -> list of [N_i, Db]``.
         qformer_config: Q-Former sizes (from the checkpoint).
         llama_model: the peft-wrapped LLM; tokenizer: its :class:`PromptTokenizer`.
-        identity: what was loaded (preset, component paths, lora_scaling ...), reported by ``identity``.
+        identity: what was loaded (preset, component paths ...), reported by ``identity``.
     """
 
-    def __init__(self, speech_encoder: nn.Module, beats: nn.Module, qformer_config: QFormerConfig,
-                 llama_model: nn.Module, tokenizer: PromptTokenizer, *, device: torch.device,
-                 dtype: torch.dtype, identity: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        speech_encoder: nn.Module,
+        beats: nn.Module,
+        qformer_config: QFormerConfig,
+        llama_model: nn.Module,
+        tokenizer: PromptTokenizer,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        identity: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         whisper_width = int(speech_encoder.config.d_model)
         beats_width = int(beats.output_dim)
@@ -131,7 +149,7 @@ class SalmonnModel(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    # ---- properties -------------------------------------------------------------------------------
+    # ---- properties ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         """Device of every component."""
@@ -145,8 +163,12 @@ class SalmonnModel(nn.Module):
     @property
     def identity(self) -> dict[str, Any]:
         """Preset, component paths, dtype, device and LoRA scaling of this model (a copy)."""
-        return {**self._identity, "dtype": str(self._dtype).removeprefix("torch."),
-                "device": str(self._device), "lora_scaling": self.lora_scaling}
+        return {
+            **self._identity,
+            "dtype": str(self._dtype).removeprefix("torch."),
+            "device": str(self._device),
+            "lora_scaling": self.lora_scaling,
+        }
 
     def _lora_layers(self) -> Iterator[nn.Module]:
         for module in self.llama_model.modules():
@@ -168,7 +190,7 @@ class SalmonnModel(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self._device.type, dtype=self._dtype)
 
-    # ---- audio ------------------------------------------------------------------------------------
+    # ---- audio -----------------------------------------------------------------------------------
     def encode_audio(self, waves: Sequence[Wave]) -> torch.Tensor:
         """Audio vectors for the LLM.
 
@@ -181,7 +203,7 @@ class SalmonnModel(nn.Module):
             return self._encode(self._waves(waves), None)
 
     def encode_audio_stages(self, waves: Sequence[Wave]) -> AudioStages:
-        """Like :meth:`encode_audio`, also returning every intermediate tensor (see :class:`AudioStages`)."""
+        """Like :meth:`encode_audio`, returning every intermediate tensor (:class:`AudioStages`)."""
         stages = AudioStages()
         with torch.inference_mode(), self._autocast():
             stages.projected = self._encode(self._waves(waves), stages)
@@ -199,7 +221,9 @@ class SalmonnModel(nn.Module):
     def _encode(self, waves: list[np.ndarray], stages: AudioStages | None) -> torch.Tensor:
         from .features import whisper_log_mel
 
-        mel = whisper_log_mel([w.astype(np.float32) for w in waves]).to(self._device)  # [B, 80, 3000]
+        mel = whisper_log_mel([w.astype(np.float32) for w in waves]).to(
+            self._device
+        )  # [B, 80, 3000]
         whisper = self.speech_encoder(mel).last_hidden_state  # [B, 1500, Dw]
         beats = self.beats.extract_features(
             [torch.from_numpy(w).to(self._device) for w in waves]
@@ -211,7 +235,9 @@ class SalmonnModel(nn.Module):
             if item.shape[0] > frames:
                 raise ConfigError(f"BEATs gave {item.shape[0]} frames for a clip, Whisper {frames}")
             normed = self.ln_audio(item)  # zero rows are added after the LayerNorm (spec §4)
-            rows.append(torch.cat([normed, normed.new_zeros(frames - normed.shape[0], normed.shape[1])]))
+            rows.append(
+                torch.cat([normed, normed.new_zeros(frames - normed.shape[0], normed.shape[1])])
+            )
         audio = torch.stack(rows)  # [B, 1500, Db]
         fused = torch.cat([speech, audio], dim=-1)  # [B, 1500, Dw + Db], Whisper channels first
         windows = split_windows(fused)  # [B*88, 17, Dw + Db]
@@ -221,31 +247,37 @@ class SalmonnModel(nn.Module):
         projected = projected.reshape(len(waves), -1, projected.shape[-1])  # [B, 88*Q, d_llm]
         if stages is not None:
             stages.mel, stages.whisper, stages.beats, stages.speech = mel, whisper, beats, speech
-            stages.audio, stages.fused, stages.windows, stages.qformer = audio, fused, windows, qformer
+            stages.audio, stages.fused, stages.windows, stages.qformer = (
+                audio,
+                fused,
+                windows,
+                qformer,
+            )
         return projected
 
-    # ---- LLM inputs -------------------------------------------------------------------------------
+    # ---- LLM inputs ------------------------------------------------------------------------------
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """LLM input embeddings of token ids ``[...]`` -> ``[..., d_llm]`` (the resized table)."""
         return self.llama_model.get_input_embeddings()(ids)
 
     def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
-        """Token ids of the text before and after the audio (no BOS; each piece encoded alone, §6.3)."""
+        """Ids of the text before and after the audio (no BOS; each piece encoded alone, §6.3)."""
         before, after = split_prompt(prompt)
         return self.tokenizer.encode(before), self.tokenizer.encode(after)
 
     def _embed(self, ids: list[int]) -> torch.Tensor:
         return self.embed_tokens(torch.tensor(ids, dtype=torch.long, device=self._device))
 
-    def build_inputs(self, audio: torch.Tensor,
-                     prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def build_inputs(
+        self, audio: torch.Tensor, prompts: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """LLM inputs ``[BOS] + p_before + audio + p_after`` per clip (spec §6.4), left-padded.
 
         Args:
             audio: ``[B, 88, d_llm]`` from :meth:`encode_audio`; prompts: one user prompt per clip.
         Returns:
-            ``(inputs_embeds [B, L, d_llm], attention_mask [B, L])``; padding (zero vectors, mask 0) sits
-            before BOS, so no item sees another's length.
+            ``(inputs_embeds [B, L, d_llm], attention_mask [B, L])``; padding (zero vectors, mask
+            0) sits before BOS, so no item sees another's length.
         """
         rows = []
         for b, prompt in enumerate(prompts):
@@ -260,13 +292,18 @@ class SalmonnModel(nn.Module):
         embeds = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
         mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
         for b, row in enumerate(rows):
-            embeds[b, length - row.shape[0]:] = row
-            mask[b, length - row.shape[0]:] = 1
+            embeds[b, length - row.shape[0] :] = row
+            mask[b, length - row.shape[0] :] = 1
         return embeds, mask
 
-    # ---- generation -------------------------------------------------------------------------------
-    def generate(self, waves: Sequence[Wave], prompts: str | Sequence[str],
-                 options: GenerationOptions | None = None, **overrides: Any) -> list[GenerationResult]:
+    # ---- generation ------------------------------------------------------------------------------
+    def generate(
+        self,
+        waves: Sequence[Wave],
+        prompts: str | Sequence[str],
+        options: GenerationOptions | None = None,
+        **overrides: Any,
+    ) -> list[GenerationResult]:
         """Answer one prompt per clip (or one prompt for all clips).
 
         Args:
@@ -286,24 +323,38 @@ class SalmonnModel(nn.Module):
             embeds, mask = self.build_inputs(audio, texts)
             return self._generate(embeds, mask, options)
 
-    def generate_text(self, prompts: str | Sequence[str], options: GenerationOptions | None = None,
-                      **overrides: Any) -> list[GenerationResult]:
+    def generate_text(
+        self,
+        prompts: str | Sequence[str],
+        options: GenerationOptions | None = None,
+        **overrides: Any,
+    ) -> list[GenerationResult]:
         """The same LLM without audio: ``[BOS] + tok("USER: {text}\\nASSISTANT:")`` per prompt."""
         options = (options or GenerationOptions()).with_overrides(**overrides)
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not texts:
             raise ConfigError("no prompts given")
         with torch.inference_mode(), self._autocast():
-            rows = [self._embed([self.tokenizer.bos_id, *self.tokenizer.encode(text_prompt(t))])
-                    for t in texts]
+            rows = [
+                self._embed([self.tokenizer.bos_id, *self.tokenizer.encode(text_prompt(t))])
+                for t in texts
+            ]
             embeds, mask = self._left_pad(rows)
             return self._generate(embeds, mask, options)
 
-    def _generate(self, embeds: torch.Tensor, mask: torch.Tensor,
-                  options: GenerationOptions) -> list[GenerationResult]:
+    def _generate(
+        self, embeds: torch.Tensor, mask: torch.Tensor, options: GenerationOptions
+    ) -> list[GenerationResult]:
         from .generation import generate_ids
 
-        ids = generate_ids(self.llama_model, embeds, mask, options,
-                           eos_token_id=self.tokenizer.eos_id, pad_token_id=0,
-                           embed_tokens=self.embed_tokens, bos_token_id=self.tokenizer.bos_id)
+        ids = generate_ids(
+            self.llama_model,
+            embeds,
+            mask,
+            options,
+            eos_token_id=self.tokenizer.eos_id,
+            pad_token_id=0,
+            embed_tokens=self.embed_tokens,
+            bos_token_id=self.tokenizer.bos_id,
+        )
         return [GenerationResult(self.tokenizer.decode(list(x)), [int(i) for i in x]) for x in ids]

@@ -1,10 +1,10 @@
 """Window-level Q-Former of SALMONN (spec §5): a query-only BERT stack with cross-attention.
 
 The module's ``state_dict`` names equal the official checkpoint's names under ``speech_Qformer.``
-(``bert.embeddings.LayerNorm.*``, ``bert.encoder.layer.{i}.attention.self.query.*`` ...), so the checkpoint
-loads without a key map. Only the query path of the original (LAVIS ``BertLMHeadModel`` with the text
-embeddings, text feed-forward and MLM head deleted) exists here; the unused ``position_ids`` buffer of the
-checkpoint is not registered (the loader knows it as an extra).
+(``bert.embeddings.LayerNorm.*``, ``bert.encoder.layer.{i}.attention.self.query.*`` ...), so the
+checkpoint loads without a key map. Only the query path of the original exists here (LAVIS
+``BertLMHeadModel`` with the text embeddings, text feed-forward and MLM head deleted); the unused
+``position_ids`` buffer of the checkpoint is not registered (the loader knows it as an extra).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ _LAYER_PREFIX = "bert.encoder.layer."
 
 @dataclass(frozen=True)
 class QFormerConfig:
-    """Q-Former sizes. The official model: hidden 768, 2 layers, 12 heads, FFN 3072, encoder width 2048."""
+    """Q-Former sizes; the official model has hidden 768, 2 layers, 12 heads, FFN 3072 and encoder
+    width 2048 (1280 Whisper + 768 BEATs channels)."""
 
     hidden_size: int = 768
     num_layers: int = 2
@@ -43,8 +44,8 @@ class QFormerConfig:
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], prefix: str = "") -> QFormerConfig:
         """Infer the sizes from checkpoint tensor shapes (the official checkpoint stores no config).
 
-        ``prefix`` is prepended to the Q-Former's own names, e.g. ``"speech_Qformer."``; the number of
-        query tokens comes from ``speech_query_tokens`` when present (shape ``[1, Q, hidden]``).
+        ``prefix`` is prepended to the Q-Former's own names, e.g. ``"speech_Qformer."``; the
+        number of query tokens comes from ``speech_query_tokens`` (shape ``[1, Q, hidden]``).
         """
         layer0 = f"{prefix}{_LAYER_PREFIX}0."
         try:
@@ -57,7 +58,7 @@ class QFormerConfig:
                 "is it a SALMONN checkpoint?"
             ) from None
         layer_ids = {
-            int(k[len(prefix) + len(_LAYER_PREFIX):].split(".", 1)[0])
+            int(k[len(prefix) + len(_LAYER_PREFIX) :].split(".", 1)[0])
             for k in state
             if k.startswith(prefix + _LAYER_PREFIX)
         }
@@ -68,18 +69,19 @@ class QFormerConfig:
         return cls(hidden, max(layer_ids) + 1, intermediate, encoder_width, num_query)
 
 
-def split_windows(x: torch.Tensor, size: int = QFORMER_WINDOW_FRAMES,
-                  stride: int = QFORMER_WINDOW_FRAMES) -> torch.Tensor:
+def split_windows(
+    x: torch.Tensor, size: int = QFORMER_WINDOW_FRAMES, stride: int = QFORMER_WINDOW_FRAMES
+) -> torch.Tensor:
     """Cut the fused encoder sequence into Q-Former windows (spec §5.1).
 
     Args:
         x: ``[B, T, C]`` fused frames (T = 1500, C = 2048 for the official model).
     Returns:
-        ``[B * L, size, C]`` with ``L = (T - size) // stride + 1`` (88 for T = 1500, size = stride = 17;
-        frames 1496..1499 are dropped). Row ``b * L + l`` holds frames ``l*stride .. l*stride+size-1`` of
-        item ``b`` in time order.
+        ``[B * L, size, C]`` with ``L = (T - size) // stride + 1``: 88 for T = 1500 and
+        size = stride = 17, frames 1496..1499 are dropped. Row ``b * L + l`` holds frames
+        ``l*stride .. l*stride+size-1`` of item ``b`` in time order.
     """
-    batch, frames, channels = x.shape
+    _, frames, channels = x.shape
     if frames < size:
         raise ValueError(f"need at least {size} frames to form a window, got {frames}")
     windows = x.unfold(1, size, stride)  # [B, L, C, size]
@@ -87,7 +89,7 @@ def split_windows(x: torch.Tensor, size: int = QFORMER_WINDOW_FRAMES,
 
 
 class _Attention(nn.Module):
-    """BERT self-attention projections (``query``/``key``/``value``); key/value read ``kv_width`` inputs."""
+    """BERT attention projections ``query``/``key``/``value``; key and value read ``kv_width``."""
 
     def __init__(self, hidden: int, kv_width: int) -> None:
         super().__init__()
@@ -100,12 +102,12 @@ class _Attention(nn.Module):
         return x.view(x.shape[0], x.shape[1], self.heads, QFORMER_HEAD_DIM).transpose(1, 2)
 
     def forward(self, h: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """``h`` ``[N, Q, H]``, ``kv`` ``[N, S, kv_width]`` -> context ``[N, Q, H]`` (nothing masked)."""
+        """``h`` [N, Q, H], ``kv`` [N, S, kv_width] -> context [N, Q, H] (nothing masked)."""
         q, k, v = self._split(self.query(h)), self._split(self.key(kv)), self._split(self.value(kv))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(QFORMER_HEAD_DIM)
-        # The original adds its all-ones mask in additive form, an fp32 zero tensor [N, 1, 1, S]; under
-        # fp16 autocast this promotes the scores to fp32 before the softmax (spec Appendix A). A 4-D
-        # tensor, not a 0-dim one: 0-dim tensors do not take part in type promotion.
+        # The original adds its all-ones mask in additive form, an fp32 zero tensor [N, 1, 1, S];
+        # under fp16 autocast this promotes the scores to fp32 before the softmax (spec Appendix A).
+        # A 4-D tensor, not a 0-dim one: 0-dim tensors do not take part in type promotion.
         scores = scores + torch.zeros(1, 1, 1, 1, dtype=torch.float32, device=scores.device)
         probs = scores.softmax(dim=-1)
         context = torch.matmul(probs, v)  # [N, heads, Q, 64]
@@ -190,7 +192,7 @@ class QFormer(nn.Module):
         """Attend the learned queries over each window.
 
         Args:
-            query: ``[N, Q, hidden]`` query tokens (the learned ``speech_query_tokens`` expanded to N rows).
+            query: ``[N, Q, hidden]``, the learned ``speech_query_tokens`` expanded to N rows.
             frames: ``[N, S, encoder_width]`` window frames (S = 17).
         Returns:
             ``[N, Q, hidden]`` last hidden state.

@@ -1,4 +1,4 @@
-"""load_model: the checkpoint lands where it should, and every classic mismatch is a clear CheckpointError."""
+"""load_model: the checkpoint lands where it should; each classic mismatch is a clear error."""
 
 from __future__ import annotations
 
@@ -31,8 +31,13 @@ def _variant(tiny_paths, tmp_path: Path, mutate: Callable[[dict], None]) -> str:
 
 
 def _load(tiny_paths, **changes):
-    paths = {"whisper": tiny_paths.whisper, "beats": tiny_paths.beats, "llm": tiny_paths.llm,
-             "checkpoint": tiny_paths.checkpoint, **changes}
+    paths = {
+        "whisper": tiny_paths.whisper,
+        "beats": tiny_paths.beats,
+        "llm": tiny_paths.llm,
+        "checkpoint": tiny_paths.checkpoint,
+        **changes,
+    }
     return load_model(**paths, device="cpu")
 
 
@@ -41,8 +46,11 @@ def test_every_checkpoint_tensor_lands(tiny_paths, caplog):
         model = _load(tiny_paths)
     state = _raw(tiny_paths)["model"]
     own = dict(model.named_parameters())
-    trainable = [k for k in state if not k.endswith(("inv_freq", "position_ids"))
-                 and not k.startswith("beats.")]
+    trainable = [
+        k
+        for k in state
+        if not k.endswith(("inv_freq", "position_ids")) and not k.startswith("beats.")
+    ]
     assert len(trainable) > 60
     for key in trainable:
         torch.testing.assert_close(own[key].detach(), state[key], rtol=0, atol=0)
@@ -63,7 +71,9 @@ def test_peft_02_names_without_default_are_accepted(tiny_paths, tmp_path):
 
 def test_missing_lora_key(tiny_paths, tmp_path):
     path = _variant(tiny_paths, tmp_path, lambda s: s.pop(LORA.format(1, "q_proj", "B")))
-    with pytest.raises(CheckpointError, match=r"lacks 1 SALMONN weight\(s\) \(1 of them LoRA\).*q_proj\.lora_B"):
+    with pytest.raises(
+        CheckpointError, match=r"lacks 1 SALMONN weight\(s\) \(1 of them LoRA\).*q_proj\.lora_B"
+    ):
         _load(tiny_paths, checkpoint=path)
 
 
@@ -73,7 +83,9 @@ def test_lora_layer_count_mismatch(tiny_paths, tmp_path):
             del state[key]
 
     path = _variant(tiny_paths, tmp_path, drop_layer_1)
-    with pytest.raises(CheckpointError, match="LoRA weights for 1 LLM layers but the LLM at .* has 2"):
+    with pytest.raises(
+        CheckpointError, match="LoRA weights for 1 LLM layers but the LLM at .* has 2"
+    ):
         _load(tiny_paths, checkpoint=path)
 
 
@@ -87,24 +99,41 @@ def test_no_lora_at_all(tiny_paths, tmp_path):
 
 
 def test_unknown_key(tiny_paths, tmp_path):
-    path = _variant(tiny_paths, tmp_path, lambda s: s.update({"speech_Qformer.bert.pooler.weight": torch.zeros(2)}))
-    with pytest.raises(CheckpointError, match=r"1 checkpoint key\(s\) match no model parameter: speech_Qformer\.bert\.pooler"):
+    path = _variant(
+        tiny_paths,
+        tmp_path,
+        lambda s: s.update({"speech_Qformer.bert.pooler.weight": torch.zeros(2)}),
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 checkpoint key\(s\) match no model parameter: speech_Qformer\.bert\.pooler",
+    ):
         _load(tiny_paths, checkpoint=path)
 
 
 def test_shape_mismatch(tiny_paths, tmp_path):
-    path = _variant(tiny_paths, tmp_path, lambda s: s.update({"speech_query_tokens": torch.zeros(1, 1, 64)}))
-    with pytest.raises(CheckpointError, match=r"shape mismatch.*speech_query_tokens \[1, 1, 64\] vs model \[1, 1, 128\]"):
+    path = _variant(
+        tiny_paths, tmp_path, lambda s: s.update({"speech_query_tokens": torch.zeros(1, 1, 64)})
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape mismatch.*speech_query_tokens \[1, 1, 64\] vs model \[1, 1, 128\]",
+    ):
         _load(tiny_paths, checkpoint=path)
 
 
 def test_projector_width_differs_from_llm(tiny_paths, tmp_path):
     def widen(state):
-        state["speech_llama_proj.weight"] = torch.zeros(5120, state["speech_llama_proj.weight"].shape[1])
+        state["speech_llama_proj.weight"] = torch.zeros(
+            5120, state["speech_llama_proj.weight"].shape[1]
+        )
         state["speech_llama_proj.bias"] = torch.zeros(5120)
 
-    with pytest.raises(CheckpointError, match=r"checkpoint projects to 5120 \(SALMONN-13B, needs vicuna-13b-v1.1\) "
-                                              r"but the LLM at .* has hidden size 64"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint projects to 5120 \(SALMONN-13B, needs vicuna-13b-v1.1\) "
+        r"but the LLM at .* has hidden size 64",
+    ):
         _load(tiny_paths, checkpoint=_variant(tiny_paths, tmp_path, widen))
 
 
@@ -115,20 +144,27 @@ def test_qformer_encoder_width_differs_from_encoders(tiny_paths, tmp_path):
                 key = f"speech_Qformer.bert.encoder.layer.{i}.crossattention.self.{proj}.weight"
                 state[key] = torch.zeros(state[key].shape[0], 100)
 
-    with pytest.raises(CheckpointError, match=r"Q-Former reads 100 channels but Whisper .* gives 64 and BEATs .* gives 128"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"Q-Former reads 100 channels but Whisper .* gives 64 and BEATs .* gives 128",
+    ):
         _load(tiny_paths, checkpoint=_variant(tiny_paths, tmp_path, narrow))
 
 
 def test_official_checkpoint_needs_whisper_large_v2(tiny_paths, tmp_path):
     def official(state):
-        state["speech_Qformer.bert.encoder.layer.0.attention.self.query.weight"] = torch.zeros(768, 768)
+        state["speech_Qformer.bert.encoder.layer.0.attention.self.query.weight"] = torch.zeros(
+            768, 768
+        )
         state["speech_llama_proj.weight"] = torch.zeros(4096, 768)
 
     llm = tmp_path / "llm7b"
     llm.mkdir()
     config = json.loads((Path(tiny_paths.llm) / "config.json").read_text())
     (llm / "config.json").write_text(json.dumps({**config, "hidden_size": 4096}))
-    with pytest.raises(CheckpointError, match=r"SALMONN-7B.*Whisper folder .* is not whisper-large-v2"):
+    with pytest.raises(
+        CheckpointError, match=r"SALMONN-7B.*Whisper folder .* is not whisper-large-v2"
+    ):
         _load(tiny_paths, checkpoint=_variant(tiny_paths, tmp_path, official), llm=str(llm))
 
 
@@ -144,7 +180,18 @@ def test_beats_table_copies_are_checked(tiny_paths, tmp_path):
         key = "beats.encoder.layers.1.self_attn.relative_attention_bias.weight"
         state[key] = state[key] + 1
 
-    with pytest.raises(CheckpointError, match="relative position table .* differs from the BEATs file"):
+    with pytest.raises(
+        CheckpointError, match="relative position table .* differs from the BEATs file"
+    ):
+        _load(tiny_paths, checkpoint=_variant(tiny_paths, tmp_path, change))
+
+
+def test_rotary_copies_are_checked(tiny_paths, tmp_path):
+    def change(state):
+        key = "llama_model.base_model.model.model.layers.0.self_attn.rotary_emb.inv_freq"
+        state[key] = state[key] * 2
+
+    with pytest.raises(CheckpointError, match="rotary frequencies .* differ from the LLM"):
         _load(tiny_paths, checkpoint=_variant(tiny_paths, tmp_path, change))
 
 
@@ -176,7 +223,10 @@ def test_device_and_dtype_resolution():
     cpu = torch.device("cpu")
     assert resolve_dtype(None, cpu) == torch.float32
     assert resolve_dtype(None, torch.device("cuda")) == torch.float16
-    assert resolve_dtype("fp16", cpu) == torch.float16 and resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    assert (
+        resolve_dtype("fp16", cpu) == torch.float16
+        and resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    )
     assert resolve_dtype(torch.float32, cpu) == torch.float32
     with pytest.raises(ConfigError, match="unknown dtype"):
         resolve_dtype("int8", cpu)

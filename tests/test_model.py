@@ -1,4 +1,4 @@
-"""SalmonnModel on the tiny random SALMONN (official formats): shapes, prompts, generation, ablations."""
+"""SalmonnModel on the tiny random SALMONN: shapes, prompts, generation, batching, ablations."""
 
 from __future__ import annotations
 
@@ -31,13 +31,16 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def model(tiny_paths):
-    return load_model(tiny_paths.whisper, tiny_paths.beats, tiny_paths.llm, tiny_paths.checkpoint,
-                      device="cpu")
+    return load_model(
+        tiny_paths.whisper, tiny_paths.beats, tiny_paths.llm, tiny_paths.checkpoint, device="cpu"
+    )
 
 
 @pytest.fixture(scope="module")
 def sp(tiny_paths):
-    return sentencepiece.SentencePieceProcessor(model_file=str(Path(tiny_paths.llm) / "tokenizer.model"))
+    return sentencepiece.SentencePieceProcessor(
+        model_file=str(Path(tiny_paths.llm) / "tokenizer.model")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,9 @@ def test_short_clip_is_padded_and_long_clip_refused(model, clips):
 
 def test_prompt_pieces_are_tokenised_on_their_own(model, sp):
     before, after = split_prompt(PROMPT)
-    assert before == "USER: <Speech>" and after == "</Speech> Please describe the audio.\nASSISTANT:"
+    assert (
+        before == "USER: <Speech>" and after == "</Speech> Please describe the audio.\nASSISTANT:"
+    )
     ids_before, ids_after = model.prompt_ids(PROMPT)
     assert ids_before == sp.encode(before) and ids_after == sp.encode(after)
     assert sp.id_to_piece(ids_after[0]).startswith("\u2581")  # each piece has its own dummy prefix
@@ -119,9 +124,9 @@ def test_llm_input_layout(model, clips):
         assert int(mask[b].sum()) == length and mask[b, -length:].all()  # left-padded
         row = embeds[b, -length:]
         torch.testing.assert_close(row[0], table[1])
-        torch.testing.assert_close(row[1: 1 + len(before)], table[before])
-        torch.testing.assert_close(row[1 + len(before): 1 + len(before) + 88], audio[b])
-        torch.testing.assert_close(row[-len(after):], table[after])
+        torch.testing.assert_close(row[1 : 1 + len(before)], table[before])
+        torch.testing.assert_close(row[1 + len(before) : 1 + len(before) + 88], audio[b])
+        torch.testing.assert_close(row[-len(after) :], table[after])
 
 
 def test_pad_row_is_zero(model, sp):
@@ -130,8 +135,12 @@ def test_pad_row_is_zero(model, sp):
     assert lm.get_input_embeddings().weight.shape[0] == vocab + 1
     assert torch.count_nonzero(lm.get_input_embeddings().weight[vocab]) == 0
     assert torch.count_nonzero(lm.get_output_embeddings().weight[vocab]) == 0
-    assert lm.state_dict()["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"].dtype \
+    assert (
+        lm.state_dict()[
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+        ].dtype
         == torch.float32
+    )
 
 
 def test_generation_is_deterministic_and_decoded(model, clips, sp, greedy, beam):
@@ -156,7 +165,8 @@ def test_batched_equals_one_at_a_time(model, clips):
 def test_generate_text(model):
     one = model.generate_text(["Summarize: a dog barks.", "Hi"], SHORT)
     assert _ids(one) == _ids(model.generate_text(["Summarize: a dog barks."], SHORT)) + _ids(
-        model.generate_text("Hi", SHORT))
+        model.generate_text("Hi", SHORT)
+    )
     with pytest.raises(ConfigError):
         model.generate(clips_two := [np.zeros(16000, np.float32)] * 2, ["a", "b", "c"], SHORT)
     assert len(clips_two) == 2
@@ -190,8 +200,9 @@ def test_every_component_is_live(model, clips, greedy, monkeypatch):
     with _patched(model.ln_audio, weight=1.0, bias=0.0):
         assert _ids(model.generate(clips, PROMPT, SHORT)) != base
     real = model.beats.extract_features
-    monkeypatch.setattr(model.beats, "extract_features",
-                        lambda waves: [torch.zeros_like(x) for x in real(waves)])
+    monkeypatch.setattr(
+        model.beats, "extract_features", lambda waves: [torch.zeros_like(x) for x in real(waves)]
+    )
     assert _ids(model.generate(clips, PROMPT, SHORT)) != base
 
 

@@ -1,4 +1,4 @@
-"""Window-level Q-Former: windowing, key names, config inference, and numerics against an independent oracle."""
+"""Window-level Q-Former: windowing, key names, config inference, numerics against an oracle."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_split_windows_order_and_dropped_tail():
     assert w.shape == (batch * 88, 17, channels)
     # row b*88 + l holds frames 17l .. 17l+16 of item b, all channels, in time order
     for b, l in [(0, 0), (0, 87), (1, 0), (1, 5), (1, 87)]:
-        assert torch.equal(w[b * 88 + l], x[b, 17 * l: 17 * l + 17])
+        assert torch.equal(w[b * 88 + l], x[b, 17 * l : 17 * l + 17])
     # the last 4 frames (1496..1499) are in no window
     used = set(w[:88, :, 0].flatten().tolist())
     assert x[0, 1495, 0].item() in used and x[0, 1496, 0].item() not in used
@@ -39,16 +39,24 @@ def test_state_dict_names_are_the_checkpoint_names():
     layer = "bert.encoder.layer.1."
     expected = {
         "bert.embeddings.LayerNorm.weight",
-        f"{layer}attention.self.query.weight", f"{layer}attention.self.key.bias",
-        f"{layer}attention.self.value.weight", f"{layer}attention.output.dense.weight",
-        f"{layer}attention.output.LayerNorm.bias", f"{layer}crossattention.self.query.weight",
-        f"{layer}crossattention.self.key.weight", f"{layer}crossattention.self.value.bias",
-        f"{layer}crossattention.output.dense.bias", f"{layer}crossattention.output.LayerNorm.weight",
-        f"{layer}intermediate_query.dense.weight", f"{layer}output_query.dense.weight",
+        f"{layer}attention.self.query.weight",
+        f"{layer}attention.self.key.bias",
+        f"{layer}attention.self.value.weight",
+        f"{layer}attention.output.dense.weight",
+        f"{layer}attention.output.LayerNorm.bias",
+        f"{layer}crossattention.self.query.weight",
+        f"{layer}crossattention.self.key.weight",
+        f"{layer}crossattention.self.value.bias",
+        f"{layer}crossattention.output.dense.bias",
+        f"{layer}crossattention.output.LayerNorm.weight",
+        f"{layer}intermediate_query.dense.weight",
+        f"{layer}output_query.dense.weight",
         f"{layer}output_query.LayerNorm.weight",
     }
     assert expected <= keys
-    assert not any("word_embeddings" in k or ".intermediate." in k or k.startswith("cls") for k in keys)
+    assert not any(
+        "word_embeddings" in k or ".intermediate." in k or k.startswith("cls") for k in keys
+    )
     # official sizes (spec §9.1): 2 layers x 26 tensors + embeddings LayerNorm
     assert len(keys) == 2 * 26 + 2
     sd = QFormer(QFormerConfig()).state_dict()
@@ -68,25 +76,35 @@ def test_config_inferred_from_tensor_shapes():
 
 
 def test_forward_matches_transformers_blip2_qformer():
-    """Independent oracle: transformers' Blip2QFormerModel (same BERT query path) with remapped keys."""
+    """Independent oracle: transformers' Blip2QFormerModel (same query path), keys remapped."""
     from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
     cfg = QFormerConfig(hidden_size=128, num_layers=2, intermediate_size=96, encoder_width=40)
     state = _random_state(cfg)
     ours = QFormer(cfg).eval()
     ours.load_state_dict(state)
-    oracle = Blip2QFormerModel(Blip2QFormerConfig(
-        hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96,
-        encoder_hidden_size=40, cross_attention_frequency=1, layer_norm_eps=1e-12,
-    )).eval()
+    oracle = Blip2QFormerModel(
+        Blip2QFormerConfig(
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=96,
+            encoder_hidden_size=40,
+            cross_attention_frequency=1,
+            layer_norm_eps=1e-12,
+        )
+    ).eval()
     remapped = {
-        k.replace("bert.embeddings.LayerNorm", "layernorm").replace("bert.", "")
-         .replace("attention.self.", "attention.attention."): v
+        k.replace("bert.embeddings.LayerNorm", "layernorm")
+        .replace("bert.", "")
+        .replace("attention.self.", "attention.attention."): v
         for k, v in state.items()
     }
     missing, unexpected = oracle.load_state_dict(remapped, strict=False)
     assert not unexpected
-    assert all(".intermediate." in k or ".output." in k and "_query" not in k for k in missing), missing
+    assert all(".intermediate." in k or ".output." in k and "_query" not in k for k in missing), (
+        missing
+    )
     gen = torch.Generator().manual_seed(1)
     query = torch.randn(5, 1, 128, generator=gen)
     frames = torch.randn(5, 17, 40, generator=gen)
