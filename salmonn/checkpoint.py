@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> ``cuda`` when available, else ``cpu``; ``"cuda"`` becomes ``cuda:0``."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
@@ -96,10 +100,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The ``model`` state dict of a SALMONN training checkpoint (optimizer state is dropped).
 
     LoRA keys of peft <= 0.2 (``...lora_A.weight``) are renamed to the ``...lora_A.default.weight``
-    form of peft 0.3 that the official checkpoints use.
+    form of peft 0.3 that the official checkpoints use. Zip-format files are memory-mapped, so the
+    optimizer state (about 2/3 of an official file) is never read.
     """
     try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        mmap = zipfile.is_zipfile(path)
+        raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"SALMONN checkpoint not found: {path}") from None
     except Exception as err:  # noqa: BLE001 - unpickling refused, corrupt zip, truncated file ...

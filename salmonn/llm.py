@@ -201,9 +201,9 @@ def load_llm(
     quant = quantization_config(load_in_8bit, load_in_4bit, device, dtype)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if quant is not None:
-        kwargs.update(quantization_config=quant, device_map={"": device})
+        kwargs.update(quantization_config=quant, device_map={"": str(device)})
     elif device.type == "cuda":
-        kwargs["device_map"] = {"": device}
+        kwargs["device_map"] = {"": str(device)}
     try:
         lm = LlamaForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as err:

@@ -195,6 +195,13 @@ def test_rotary_copies_are_checked(tiny_paths, tmp_path):
         _load(tiny_paths, checkpoint=_variant(tiny_paths, tmp_path, change))
 
 
+def test_legacy_and_zip_files_read_alike(tiny_paths, tmp_path):
+    legacy = tmp_path / "legacy.pth"
+    torch.save(_raw(tiny_paths), legacy, _use_new_zipfile_serialization=False)
+    old, new = read_checkpoint(legacy), read_checkpoint(tiny_paths.checkpoint)
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in new)
+
+
 def test_checkpoint_without_model_entry(tiny_paths, tmp_path):
     bare = tmp_path / "bare.pth"
     torch.save(_raw(tiny_paths)["model"], bare)
@@ -220,6 +227,8 @@ def test_llm_folder_without_tokenizer(tiny_paths, tmp_path):
 
 def test_device_and_dtype_resolution():
     assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
     cpu = torch.device("cpu")
     assert resolve_dtype(None, cpu) == torch.float32
     assert resolve_dtype(None, torch.device("cuda")) == torch.float16
