@@ -91,6 +91,8 @@ def test_encode_audio_shape_and_stages(model, clips):
 def test_short_clip_is_padded_and_long_clip_refused(model, clips):
     padded = np.concatenate([clips[0], np.zeros(16000 - len(clips[0]), np.float32)])
     torch.testing.assert_close(model.encode_audio([clips[0]]), model.encode_audio([padded]))
+    as_tensor = model.encode_audio(torch.from_numpy(padded))  # one 1-D tensor = one clip
+    torch.testing.assert_close(as_tensor, model.encode_audio([padded]))
     with pytest.raises(ConfigError, match="at most 30 s.*chunk"):
         model.encode_audio([np.zeros(16000 * 30 + 1, np.float32)])
     with pytest.raises(ConfigError, match="mono"):
