@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from .config import ChunkingOptions, GenerationOptions
 from .errors import ConfigError
 from .records import Record, Segment
+from .records import resume_key as records_resume_key
 from .templates import format_segments
 
 logger = logging.getLogger("salmonn.engine")
@@ -39,7 +40,9 @@ class EngineModel(Protocol):
 
     identity: dict
 
-    def generate(self, waves: Sequence[Any], prompts: Sequence[str], options: GenerationOptions) -> list:
+    def generate(
+        self, waves: Sequence[Any], prompts: Sequence[str], options: GenerationOptions
+    ) -> list:
         """Answer one prompt per wave; each result has a ``text`` attribute."""
 
     def generate_text(self, prompts: Sequence[str], options: GenerationOptions) -> list:
@@ -58,6 +61,7 @@ class TaskSpec:
         summary_prompt: maps a file's chunk answers (segments with their times) to the text-only prompt
             of the summary pass (e.g. ``templates.render_summary``); required when ``join="summary"``.
         per_chunk: keep the chunk answers alone (no summary pass); the text lists them with their times.
+        joiner: what separates chunk answers in a ``"concat"`` text (``""`` for Chinese or Japanese).
     """
 
     task: str
@@ -65,6 +69,7 @@ class TaskSpec:
     join: str = "concat"
     summary_prompt: Callable[[list[Segment]], str] | None = None
     per_chunk: bool = False
+    joiner: str = " "
 
     def __post_init__(self) -> None:
         if self.join not in JOIN_MODES:
@@ -154,7 +159,9 @@ class _FileState:
 
     @property
     def complete(self) -> bool:
-        return self.error is not None or (self.n_chunks is not None and len(self.texts) == self.n_chunks)
+        return self.error is not None or (
+            self.n_chunks is not None and len(self.texts) == self.n_chunks
+        )
 
     def segments(self) -> list[Segment]:
         return [Segment(*self.spans[i], self.texts[i]) for i in sorted(self.texts)]
@@ -229,7 +236,9 @@ class _Run:
                 state.texts[pos] = text
                 state.model_s += share
         except Exception as exc:  # noqa: BLE001 - retried one by one below
-            logger.warning("batch of %d chunks failed (%s); retrying one by one", len(batch), one_line(exc))
+            logger.warning(
+                "batch of %d chunks failed (%s); retrying one by one", len(batch), one_line(exc)
+            )
             for state, (pos, chunk) in batch:
                 self._retry_one(state, pos, chunk)
         self.counts["chunks_done"] += len(batch)
@@ -270,7 +279,9 @@ class _Run:
         try:
             results = self.model.generate_text(prompts, self.generation)
             if len(results) != len(prompts):
-                raise RuntimeError(f"model returned {len(results)} results for {len(prompts)} prompts")
+                raise RuntimeError(
+                    f"model returned {len(results)} results for {len(prompts)} prompts"
+                )
             share = (time.perf_counter() - t) / len(states)
             for state, result in zip(states, results):
                 state.summary, state.summary_s = result.text, share
@@ -309,7 +320,7 @@ class _Run:
             elif self.spec.join == "summary" and len(segments) > 1:
                 text = format_segments(segments)
             else:
-                text = " ".join(s.text.strip() for s in segments if s.text.strip())
+                text = self.spec.joiner.join(s.text.strip() for s in segments if s.text.strip())
         duration = max((end for _, end in state.spans.values()), default=None)
         timings = {
             "model_s": round(state.model_s, 4),
@@ -329,27 +340,36 @@ class _Run:
             timings=timings,
         )
 
-    def stub(self, item: Any) -> Record:
-        """A record with only the fields that make up the resume key filled in."""
-        return Record(
-            path=str(item.path),
-            task=self.spec.task,
-            prompt=self.spec.prompt,
-            text="",
-            segments=[],
-            duration=None,
-            error=None,
-            model=self.identity,
-            options=self.options,
-            timings={},
-        )
+
+def resume_key(
+    item: Any,
+    spec: TaskSpec,
+    *,
+    chunking: ChunkingOptions | None = None,
+    generation: GenerationOptions | None = None,
+) -> str:
+    """The resume key the record of ``item`` gets in a run with these settings (no model needed)."""
+    options = record_options(generation or GenerationOptions(), chunking or ChunkingOptions(), spec)
+    return records_resume_key(str(item.path), spec.task, spec.prompt, options)
 
 
-def resume_key(model: Any, item: Any, spec: TaskSpec, *, chunking: ChunkingOptions | None = None,
-               generation: GenerationOptions | None = None) -> str:
-    """The resume key the record of ``item`` will have in a run with these settings."""
-    run = _Run(model, [item], spec, chunking or ChunkingOptions(), generation or GenerationOptions(), 1, None)
-    return run.stub(item).resume_key()
+def pending_items(
+    items: Sequence[Any],
+    spec: TaskSpec,
+    resume_keys: Collection[str],
+    *,
+    chunking: ChunkingOptions | None = None,
+    generation: GenerationOptions | None = None,
+) -> list[Any]:
+    """``items`` without those whose resume key is in ``resume_keys`` (order kept)."""
+    keys = set(resume_keys)
+    if not keys:
+        return list(items)
+    return [
+        i
+        for i in items
+        if resume_key(i, spec, chunking=chunking, generation=generation) not in keys
+    ]
 
 
 def process(
@@ -362,6 +382,7 @@ def process(
     batch_size: int = 8,
     resume_keys: Collection[str] = (),
     on_progress: Callable[[ProgressEvent], None] | None = None,
+    chunks: Iterable[Any] | None = None,
     chunk_source: Callable[[list[str], ChunkingOptions, int], Iterable[Any]] | None = None,
 ) -> Iterator[Record]:
     """Run ``spec`` over ``items`` and yield one :class:`Record` per processed input, in input order.
@@ -374,6 +395,9 @@ def process(
         batch_size: chunks per model call, taken across files.
         resume_keys: resume keys of records already written; inputs whose key is in it are skipped.
         on_progress: called with a :class:`ProgressEvent` at the start, after each batch and each record.
+        chunks: the FileChunks of exactly the inputs to process, already started (a ``Prefetcher``
+            built over ``pending_items(...)`` so decoding overlaps model loading); ``resume_keys`` must
+            then be empty.
         chunk_source: ``(paths, chunking, max_chunks) -> FileChunk iterator`` replacing the Prefetcher
             (tests).
 
@@ -383,15 +407,19 @@ def process(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     chunking = chunking or ChunkingOptions()
     generation = generation or GenerationOptions()
-    probe = _Run(model, [], spec, chunking, generation, batch_size, None)
-    keys = set(resume_keys)
-    todo = [item for item in items if not keys or probe.stub(item).resume_key() not in keys]
+    if chunks is not None and resume_keys:
+        raise ConfigError("pass either prepared chunks or resume_keys, not both")
+    todo = pending_items(items, spec, resume_keys, chunking=chunking, generation=generation)
     run = _Run(model, todo, spec, chunking, generation, batch_size, on_progress)
     run.skipped = len(items) - len(todo)
     run.report("start")
     if not todo:
         return
-    source = (chunk_source or _prefetch)([str(i.path) for i in todo], chunking, max(16, 2 * batch_size))
+    source = chunks
+    if source is None:
+        source = (chunk_source or _prefetch)(
+            [str(i.path) for i in todo], chunking, max(16, 2 * batch_size)
+        )
     try:
         for fc in source:
             if run.take(fc):

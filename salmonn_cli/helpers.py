@@ -29,14 +29,28 @@ def prompts(name: str | None, as_json: bool) -> None:
 
     chosen = [get_template(name)] if name else list(load_templates().values())
     if as_json:
-        rows = [{"name": t.name, "kind": t.kind, "variables": list(t.variables), "summary": t.summary,
-                 "description": t.description, "source": t.source, "text": t.text} for t in chosen]
+        rows = [
+            {
+                "name": t.name,
+                "kind": t.kind,
+                "variables": list(t.variables),
+                "summary": t.summary,
+                "description": t.description,
+                "source": t.source,
+                "text": t.text,
+            }
+            for t in chosen
+        ]
         click.echo(json.dumps(rows if name is None else rows[0], ensure_ascii=False, indent=2))
         return
     if name:
         t = chosen[0]
-        click.echo(f"name:        {t.name}\nkind:        {t.kind}\nvariables:   {', '.join(t.variables) or '-'}")
-        click.echo(f"summary:     {t.summary or '-'}\nsource:      {t.source}\ndescription: {t.description}")
+        click.echo(
+            f"name:        {t.name}\nkind:        {t.kind}\nvariables:   {', '.join(t.variables) or '-'}"
+        )
+        click.echo(
+            f"summary:     {t.summary or '-'}\nsource:      {t.source}\ndescription: {t.description}"
+        )
         click.echo(f"text:\n{t.text}")
         return
     width = max(len(t.name) for t in chosen)
@@ -69,7 +83,9 @@ def models(ctx: click.Context) -> None:
         click.echo(f"\n{name}  ({state})  {preset.description}")
         for s in report:
             where = f"{s.path} ({_size(s.size_bytes)})" if s.cached else "missing"
-            click.echo(f"  {s.component:<10} {s.source}\n  {'':<10} -> {where}{'  ' + s.detail if s.detail else ''}")
+            click.echo(
+                f"  {s.component:<10} {s.source}\n  {'':<10} -> {where}{'  ' + s.detail if s.detail else ''}"
+            )
 
 
 @models.command()
@@ -80,7 +96,9 @@ def download(name: str) -> None:
     from salmonn.hub import download as fetch
 
     if name not in PRESETS:
-        raise click.BadParameter(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}", param_hint="NAME")
+        raise click.BadParameter(
+            f"unknown preset {name!r}; choose from {', '.join(PRESETS)}", param_hint="NAME"
+        )
     resolved = fetch(name)
     for component in COMPONENTS:
         click.echo(f"{component:<10} {getattr(resolved, component)}")
@@ -100,8 +118,14 @@ def _ffmpeg_version() -> str:
     from salmonn.audio import find_ffmpeg
 
     exe = find_ffmpeg()
-    out = subprocess.run([exe, "-hide_banner", "-version"], capture_output=True, text=True, timeout=30)
-    first = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "unknown version"
+    out = subprocess.run(
+        [exe, "-hide_banner", "-version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    first = (
+        (out.stdout or out.stderr).splitlines()[0]
+        if (out.stdout or out.stderr)
+        else "unknown version"
+    )
     return f"{exe} ({first})"
 
 
@@ -137,12 +161,16 @@ def _match(comps: Any) -> str:
     check_llm(layout, comps.llm)
     beats = verify_beats_file(comps.beats)
     check_encoders(layout, comps.whisper, comps.beats, beats.encoder_embed_dim)
-    return (f"LLM width {layout.llm_width}, LoRA rank {layout.lora_rank} x {layout.lora_layers} layers, "
-            f"Q-Former reads {layout.qformer.encoder_width} channels")
+    return (
+        f"LLM width {layout.llm_width}, LoRA rank {layout.lora_rank} x {layout.lora_layers} layers, "
+        f"Q-Former reads {layout.qformer.encoder_width} channels"
+    )
 
 
 @click.command()
-@click.option("--model", metavar="PRESET", help="Preset to check. [default: as for the task commands]")
+@click.option(
+    "--model", metavar="PRESET", help="Preset to check. [default: as for the task commands]"
+)
 @click.option("--whisper", metavar="PATH")
 @click.option("--beats", metavar="PATH")
 @click.option("--llm", metavar="PATH")
@@ -154,7 +182,9 @@ def doctor(**flags: Any) -> None:
     """
     from salmonn import __version__
 
-    click.echo(f"salmonn {__version__}, Python {platform.python_version()} on {platform.platform()}")
+    click.echo(
+        f"salmonn {__version__}, Python {platform.python_version()} on {platform.platform()}"
+    )
     ok = True
     for label, func in (("ffmpeg", _ffmpeg_version), ("torch", _torch_report), ("memory", _memory)):
         good, value = _check(label, func)
@@ -173,8 +203,12 @@ def doctor(**flags: Any) -> None:
         click.echo(f"  {key:<12} {value}  [{setting.origin}]")
     from salmonn.hub import resolve_components
 
-    good, comps = _check("components", lambda: resolve_components(
-        kwargs["preset"], *(kwargs[c] for c in COMPONENTS), download=False))
+    good, comps = _check(
+        "components",
+        lambda: resolve_components(
+            kwargs["preset"], *(kwargs[c] for c in COMPONENTS), download=False
+        ),
+    )
     ok &= good
     if good:
         for component in COMPONENTS:

@@ -21,9 +21,22 @@ DEBUG_ENV = "SALMONN_DEBUG"
 TRAINED_LANGUAGES = {"zh": "Chinese"}  # English -> Chinese was trained
 EMERGENT_LANGUAGES = {"de": "German", "ja": "Japanese"}  # the paper's zero-shot abilities
 LANGUAGE_NAMES = {
-    "en": "English", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian",
-    "ko": "Korean", "ar": "Arabic", "nl": "Dutch", "pl": "Polish", "tr": "Turkish", "sv": "Swedish",
-    "hi": "Hindi", "vi": "Vietnamese", "uk": "Ukrainian", "cs": "Czech",
+    "en": "English",
+    "fr": "French",
+    "es": "Spanish",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "ru": "Russian",
+    "ko": "Korean",
+    "ar": "Arabic",
+    "nl": "Dutch",
+    "pl": "Polish",
+    "tr": "Turkish",
+    "sv": "Swedish",
+    "hi": "Hindi",
+    "vi": "Vietnamese",
+    "uk": "Ukrainian",
+    "cs": "Czech",
 }
 NO_SPACE_LANGUAGES = ("zh", "ja")  # chunk texts are joined without a space
 
@@ -48,7 +61,10 @@ class SalmonnGroup(click.Group):
             raise click.ClickException(_one_line(err)) from None
 
 
-@click.group(cls=SalmonnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=SalmonnGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="salmonn")
 def cli() -> None:
     """SALMONN: speech, audio and music understanding with an LLM, over files and folders.
@@ -69,8 +85,13 @@ def _run(params: dict[str, Any], request: TaskRequest) -> None:
 
 @cli.command()
 @_paths_arg
-@click.option("--language", type=click.Choice(["en", "zh", "de"]), default="en", show_default=True,
-              help="Language of the speech (picks the trained prompt of that language).")
+@click.option(
+    "--language",
+    type=click.Choice(["en", "zh", "de"]),
+    default="en",
+    show_default=True,
+    help="Language of the speech (picks the trained prompt of that language).",
+)
 @common_options
 def transcribe(language: str, **params: Any) -> None:
     """Speech recognition: the words spoken, chunk by chunk with their times.
@@ -83,8 +104,13 @@ def transcribe(language: str, **params: Any) -> None:
 
 @cli.command()
 @_paths_arg
-@click.option("--to", "target", required=True, metavar="LANG",
-              help="Target language: zh (trained), de or ja (emergent), or another code or name (warned).")
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="LANG",
+    help="Target language: zh (trained), de or ja (emergent), or another code or name (warned).",
+)
 @common_options
 def translate(target: str, **params: Any) -> None:
     """Speech translation from English (English -> Chinese was trained)."""
@@ -94,8 +120,11 @@ def translate(target: str, **params: Any) -> None:
         request = TaskRequest("translate", f"translate.{code}")
     else:
         language = LANGUAGE_NAMES.get(code, target)
-        click.echo(f"warning: translation into {language} was neither trained nor evaluated; "
-                   "expect weak results", err=True)
+        click.echo(
+            f"warning: translation into {language} was neither trained nor evaluated; "
+            "expect weak results",
+            err=True,
+        )
         request = TaskRequest("translate", "translate.any", {"language": language})
     request.joiner = "" if code in NO_SPACE_LANGUAGES else " "
     _run(params, request)
@@ -145,7 +174,9 @@ def reason(question: str | None, **params: Any) -> None:
         _run(params, TaskRequest("reason", "reason.question", {"question": question}))
 
 
-def _parse_vars(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+def _parse_vars(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
     result = {}
     for value in values:
         key, sep, val = value.partition("=")
@@ -159,11 +190,19 @@ def _parse_vars(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @_paths_arg
 @click.option("-t", "--template", metavar="NAME", help="A template of `salmonn prompts`.")
 @click.option("--text", metavar="INSTRUCTION", help="A raw instruction for the audio.")
-@click.option("--var", "variables", multiple=True, callback=_parse_vars, metavar="NAME=VALUE",
-              help="Value of a template variable (repeatable).")
+@click.option(
+    "--var",
+    "variables",
+    multiple=True,
+    callback=_parse_vars,
+    metavar="NAME=VALUE",
+    help="Value of a template variable (repeatable).",
+)
 @PER_CHUNK_OPTION
 @common_options
-def prompt(template: str | None, text: str | None, variables: dict[str, str], **params: Any) -> None:
+def prompt(
+    template: str | None, text: str | None, variables: dict[str, str], **params: Any
+) -> None:
     """Run any prompt template, or a raw instruction, over the audio."""
     if (template is None) == (text is None):
         raise click.UsageError("give exactly one of --template NAME and --text INSTRUCTION")

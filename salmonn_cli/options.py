@@ -41,80 +41,192 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 
 
 MODEL_OPTIONS = [
-    click.option("--model", "model", metavar="PRESET",
-                 help=f"Preset: salmonn-7b or salmonn-13b. [default: {DEFAULT_MODEL}; {_env_help('model')}]"),
-    click.option("--whisper", metavar="PATH", help=f"Whisper folder (HF format). [{_env_help('whisper')}]"),
+    click.option(
+        "--model",
+        "model",
+        metavar="PRESET",
+        help=f"Preset: salmonn-7b or salmonn-13b. [default: {DEFAULT_MODEL}; {_env_help('model')}]",
+    ),
+    click.option(
+        "--whisper", metavar="PATH", help=f"Whisper folder (HF format). [{_env_help('whisper')}]"
+    ),
     click.option("--beats", metavar="PATH", help=f"BEATs checkpoint file. [{_env_help('beats')}]"),
-    click.option("--llm", metavar="PATH", help=f"Vicuna/LLaMA folder (HF format). [{_env_help('llm')}]"),
-    click.option("--checkpoint", metavar="PATH", help=f"SALMONN checkpoint (.pth). [{_env_help('checkpoint')}]"),
-    click.option("--device", metavar="DEVICE",
-                 help=f"cpu, cuda, cuda:1 ... [default: cuda when available; {_env_help('device')}]"),
-    click.option("--dtype", type=click.Choice(DTYPES),
-                 help=f"LLM dtype. [default: float16 on cuda, float32 on cpu; {_env_help('dtype')}]"),
-    click.option("--load-in-8bit", is_flag=True, help="Quantize the LLM to 8 bits (bitsandbytes, CUDA)."),
-    click.option("--load-in-4bit", is_flag=True, help="Quantize the LLM to 4 bits (bitsandbytes, CUDA)."),
-    click.option("--lora-scaling", type=float, metavar="X",
-                 help="LoRA alpha/r at inference. [default: the preset's]"),
-    click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
-                 help=f"Chunks per model call, across files. "
-                 f"[default: {DEFAULT_BATCH_SIZE}; {_env_help('batch_size')}]"),
+    click.option(
+        "--llm", metavar="PATH", help=f"Vicuna/LLaMA folder (HF format). [{_env_help('llm')}]"
+    ),
+    click.option(
+        "--checkpoint",
+        metavar="PATH",
+        help=f"SALMONN checkpoint (.pth). [{_env_help('checkpoint')}]",
+    ),
+    click.option(
+        "--device",
+        metavar="DEVICE",
+        help=f"cpu, cuda, cuda:1 ... [default: cuda when available; {_env_help('device')}]",
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(DTYPES),
+        help=f"LLM dtype. [default: float16 on cuda, float32 on cpu; {_env_help('dtype')}]",
+    ),
+    click.option(
+        "--load-in-8bit", is_flag=True, help="Quantize the LLM to 8 bits (bitsandbytes, CUDA)."
+    ),
+    click.option(
+        "--load-in-4bit", is_flag=True, help="Quantize the LLM to 4 bits (bitsandbytes, CUDA)."
+    ),
+    click.option(
+        "--lora-scaling",
+        type=float,
+        metavar="X",
+        help="LoRA alpha/r at inference. [default: the preset's]",
+    ),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help=f"Chunks per model call, across files. "
+        f"[default: {DEFAULT_BATCH_SIZE}; {_env_help('batch_size')}]",
+    ),
 ]
 
 DECODING_OPTIONS = [
-    click.option("--num-beams", type=int, metavar="N",
-                 help=f"Beam width (1 = greedy). [default: {_GEN.num_beams}]"),
-    click.option("--max-new-tokens", type=int, metavar="N",
-                 help=f"Most tokens generated per answer. [default: {_GEN.max_new_tokens}]"),
-    click.option("--do-sample", is_flag=True, default=None, help="Sample instead of beam/greedy search."),
-    click.option("--temperature", type=float, metavar="T",
-                 help=f"Sampling temperature (with --do-sample). [default: {_GEN.temperature}]"),
-    click.option("--top-k", type=int, metavar="K",
-                 help=f"Sampling top-k (with --do-sample). [default: {_GEN.top_k}]"),
-    click.option("--top-p", type=float, metavar="P",
-                 help=f"Sampling nucleus (with --do-sample). [default: {_GEN.top_p}]"),
-    click.option("--repetition-penalty", type=float, metavar="X",
-                 help=f"Penalty on repeated tokens (1.0 = off). [default: {_GEN.repetition_penalty}]"),
-    click.option("--length-penalty", type=float, metavar="X",
-                 help=f"Beam length penalty exponent. [default: {_GEN.length_penalty}]"),
+    click.option(
+        "--num-beams",
+        type=int,
+        metavar="N",
+        help=f"Beam width (1 = greedy). [default: {_GEN.num_beams}]",
+    ),
+    click.option(
+        "--max-new-tokens",
+        type=int,
+        metavar="N",
+        help=f"Most tokens generated per answer. [default: {_GEN.max_new_tokens}]",
+    ),
+    click.option(
+        "--do-sample", is_flag=True, default=None, help="Sample instead of beam/greedy search."
+    ),
+    click.option(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help=f"Sampling temperature (with --do-sample). [default: {_GEN.temperature}]",
+    ),
+    click.option(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help=f"Sampling top-k (with --do-sample). [default: {_GEN.top_k}]",
+    ),
+    click.option(
+        "--top-p",
+        type=float,
+        metavar="P",
+        help=f"Sampling nucleus (with --do-sample). [default: {_GEN.top_p}]",
+    ),
+    click.option(
+        "--repetition-penalty",
+        type=float,
+        metavar="X",
+        help=f"Penalty on repeated tokens (1.0 = off). [default: {_GEN.repetition_penalty}]",
+    ),
+    click.option(
+        "--length-penalty",
+        type=float,
+        metavar="X",
+        help=f"Beam length penalty exponent. [default: {_GEN.length_penalty}]",
+    ),
     click.option("--seed", type=int, metavar="N", help="Random seed for sampling."),
 ]
 
 INPUT_OPTIONS = [
-    click.option("--recursive/--no-recursive", default=True, show_default=True,
-                 help="Descend into sub-folders."),
-    click.option("--hidden", "include_hidden", is_flag=True, help="Include hidden files and folders."),
-    click.option("--ext", "extensions", multiple=True, metavar="EXT",
-                 help="Audio/video extension to take from folders (repeatable). [default: common ones]"),
-    click.option("--files-from", "list_file", metavar="FILE",
-                 help="Read more input paths from FILE, one per line ('-' for stdin)."),
-    click.option("--shard", callback=_shard, metavar="K/N",
-                 help="Process only the K-th of N deterministic slices of the inputs (1-based)."),
-    click.option("--chunk-seconds", type=float, metavar="S",
-                 help=f"Longest chunk fed to the model (at most 30). [default: {_CHUNK.max_seconds}]"),
-    click.option("--chunk-strategy", type=click.Choice(["quiet", "fixed"]),
-                 help="Cut long audio at the quietest point near the limit, or at fixed times. "
-                 f"[default: {_CHUNK.strategy}]"),
-    click.option("--overlap", "overlap_seconds", type=float, metavar="S",
-                 help=f"Seconds shared by consecutive chunks. [default: {_CHUNK.overlap_seconds}]"),
-    click.option("--channel", type=click.IntRange(min=0), metavar="N",
-                 help="Keep this channel only. [default: mix all channels]"),
+    click.option(
+        "--recursive/--no-recursive",
+        default=True,
+        show_default=True,
+        help="Descend into sub-folders.",
+    ),
+    click.option(
+        "--hidden", "include_hidden", is_flag=True, help="Include hidden files and folders."
+    ),
+    click.option(
+        "--ext",
+        "extensions",
+        multiple=True,
+        metavar="EXT",
+        help="Audio/video extension to take from folders (repeatable). [default: common ones]",
+    ),
+    click.option(
+        "--files-from",
+        "list_file",
+        metavar="FILE",
+        help="Read more input paths from FILE, one per line ('-' for stdin).",
+    ),
+    click.option(
+        "--shard",
+        callback=_shard,
+        metavar="K/N",
+        help="Process only the K-th of N deterministic slices of the inputs (1-based).",
+    ),
+    click.option(
+        "--chunk-seconds",
+        type=float,
+        metavar="S",
+        help=f"Longest chunk fed to the model (at most 30). [default: {_CHUNK.max_seconds}]",
+    ),
+    click.option(
+        "--chunk-strategy",
+        type=click.Choice(["quiet", "fixed"]),
+        help="Cut long audio at the quietest point near the limit, or at fixed times. "
+        f"[default: {_CHUNK.strategy}]",
+    ),
+    click.option(
+        "--overlap",
+        "overlap_seconds",
+        type=float,
+        metavar="S",
+        help=f"Seconds shared by consecutive chunks. [default: {_CHUNK.overlap_seconds}]",
+    ),
+    click.option(
+        "--channel",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="Keep this channel only. [default: mix all channels]",
+    ),
 ]
 
 OUTPUT_OPTIONS = [
-    click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True,
-                 help="Output format."),
-    click.option("-o", "--output", metavar="FILE|DIR/",
-                 help="Write to FILE (all records), or to DIR/ (one file per input, mirroring the input "
-                 "tree). [default: stdout]"),
-    click.option("--resume", is_flag=True,
-                 help="Skip inputs already in the output (same path, task, prompt and settings)."),
+    click.option(
+        "-f",
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="jsonl",
+        show_default=True,
+        help="Output format.",
+    ),
+    click.option(
+        "-o",
+        "--output",
+        metavar="FILE|DIR/",
+        help="Write to FILE (all records), or to DIR/ (one file per input, mirroring the input "
+        "tree). [default: stdout]",
+    ),
+    click.option(
+        "--resume",
+        is_flag=True,
+        help="Skip inputs already in the output (same path, task, prompt and settings).",
+    ),
     click.option("--fail-fast", is_flag=True, help="Stop at the first file that fails."),
-    click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes on stderr (errors only)."),
+    click.option(
+        "-q", "--quiet", is_flag=True, help="No progress bar or notes on stderr (errors only)."
+    ),
     click.option("-v", "--verbose", count=True, help="Log to stderr (-v info, -vv debug)."),
 ]
 
 PER_CHUNK_OPTION = click.option(
-    "--per-chunk", is_flag=True,
+    "--per-chunk",
+    is_flag=True,
     help="Long audio: give the chunk answers with their times, without the final whole-file pass.",
 )
 
@@ -135,6 +247,15 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return apply(MODEL_OPTIONS + DECODING_OPTIONS + INPUT_OPTIONS + OUTPUT_OPTIONS)(func)
 
 
-GENERATION_KEYS = ("num_beams", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
-                   "repetition_penalty", "length_penalty", "seed")
+GENERATION_KEYS = (
+    "num_beams",
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "length_penalty",
+    "seed",
+)
 CHUNKING_KEYS = ("chunk_seconds", "chunk_strategy", "overlap_seconds", "channel")

@@ -16,7 +16,9 @@ from typing import Any
 
 import click
 
-MANIFEST = ".salmonn-done.jsonl"  # -o DIR/ with a non-JSON format: resume keys of the finished inputs
+MANIFEST = (
+    ".salmonn-done.jsonl"  # -o DIR/ with a non-JSON format: resume keys of the finished inputs
+)
 JSON_FORMATS = ("json", "jsonl")
 
 
@@ -54,10 +56,15 @@ def output_names(items: Sequence[Any], extension: str) -> list[str]:
     rels = ["stdin" if i.relpath == "-" else i.relpath for i in items]
     same_rel = Counter(rels)
     rels = [
-        str(PurePath(*_safe_parts(os.path.normpath(str(i.path))))) if same_rel[r] > 1 else str(PurePath(*_safe_parts(r)))
+        str(PurePath(*_safe_parts(os.path.normpath(str(i.path)))))
+        if same_rel[r] > 1
+        else str(PurePath(*_safe_parts(r)))
         for i, r in zip(items, rels)
     ]
-    names = [str(PurePath(r).with_suffix(extension)) if PurePath(r).suffix else r + extension for r in rels]
+    names = [
+        str(PurePath(r).with_suffix(extension)) if PurePath(r).suffix else r + extension
+        for r in rels
+    ]
     clash = Counter(names)
     names = [r + extension if clash[n] > 1 else n for r, n in zip(rels, names)]
     dupes = sorted(n for n, c in Counter(names).items() if c > 1)

@@ -15,7 +15,9 @@ def setup_logging(verbose: int) -> None:
     if verbose <= 0:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
     logger = logging.getLogger("salmonn")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
@@ -60,7 +62,7 @@ class Reporter:
         self._echo(f"error: {message}")
 
     # -- progress bar ------------------------------------------------------------------------------
-    def __enter__(self) -> Reporter:
+    def __enter__(self) -> Reporter:  # noqa: PYI034 (typing.Self needs 3.11)
         if self.enabled:
             from rich.console import Console
             from rich.progress import (
@@ -85,11 +87,17 @@ class Reporter:
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("loading model", total=None, chunks=0, audio="0:00", speed="")
+            self._task = self._progress.add_task(
+                "loading model", total=None, chunks=0, audio="0:00", speed=""
+            )
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
@@ -103,7 +111,9 @@ class Reporter:
         """The engine's ``on_progress`` callback (a :class:`salmonn.engine.ProgressEvent`)."""
         if self._progress is None:
             return
-        speed = f"{event.speed:.1f}x real time (RTF {1 / event.speed:.3f})" if event.speed > 0 else ""
+        speed = (
+            f"{event.speed:.1f}x real time (RTF {1 / event.speed:.3f})" if event.speed > 0 else ""
+        )
         self._progress.update(
             self._task,
             total=event.files_total,

@@ -45,7 +45,11 @@ def build_spec(request: TaskRequest) -> Any:
 
     templates = load_templates()
     if request.text is not None:
-        raw = request.text if SPEECH_PLACEHOLDER in request.text else SPEECH_PREFIX + request.text.strip()
+        raw = (
+            request.text
+            if SPEECH_PLACEHOLDER in request.text
+            else SPEECH_PREFIX + request.text.strip()
+        )
         escaped = raw.replace("{", "{{").replace("}", "}}")
         template = parse_template(request.task, escaped, source="--text", summary="summary.prompt")
     else:
@@ -55,8 +59,10 @@ def build_spec(request: TaskRequest) -> Any:
             get_template(request.template or "")  # raises with close names
         template = templates[request.template]  # type: ignore[index]
         if template.kind != "audio":
-            raise PromptError(f"template {template.name!r} is a text template (the long-audio pass), "
-                              "not an instruction for audio")
+            raise PromptError(
+                f"template {template.name!r} is a text template (the long-audio pass), "
+                "not an instruction for audio"
+            )
     prompt = render(template, **request.variables)
     summary_name = request.summary or template.summary
     if summary_name is None:
@@ -67,15 +73,22 @@ def build_spec(request: TaskRequest) -> Any:
     def summary_prompt(segments: list[Any]) -> str:
         return render_summary(summary, segments, prompt, **variables)
 
-    return TaskSpec(request.task, prompt, join="summary", summary_prompt=summary_prompt,
-                    per_chunk=request.per_chunk)
+    return TaskSpec(
+        request.task,
+        prompt,
+        join="summary",
+        summary_prompt=summary_prompt,
+        per_chunk=request.per_chunk,
+    )
 
 
 def _usage(message: str) -> click.UsageError:
     return click.UsageError(message, ctx=click.get_current_context(silent=True))
 
 
-def build_options(params: dict[str, Any], reporter: Reporter) -> tuple[GenerationOptions, ChunkingOptions]:
+def build_options(
+    params: dict[str, Any], reporter: Reporter
+) -> tuple[GenerationOptions, ChunkingOptions]:
     """Decoding and chunking options from the flags (only those given override the defaults)."""
     given = {k: params.get(k) for k in GENERATION_KEYS}
     try:
@@ -115,7 +128,9 @@ def collect_inputs(params: dict[str, Any]) -> list[Any]:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise _usage(f"{problems[0]}{more}")
     if not items:
-        raise _usage(f"no audio or video files found in {', '.join(params['paths']) or '--files-from'}")
+        raise _usage(
+            f"no audio or video files found in {', '.join(params['paths']) or '--files-from'}"
+        )
     return items
 
 
@@ -127,7 +142,12 @@ class Sink:
 
         self.plan, self.fmt, self.resume = plan, fmt, resume
         self.writer_class = get_writer(fmt)
-        self.names = dict(zip((str(i.path) for i in items), outputs.output_names(items, self.writer_class.extension)))
+        self.names = dict(
+            zip(
+                (str(i.path) for i in items),
+                outputs.output_names(items, self.writer_class.extension),
+            )
+        )
         self.multi = len(items) > 1
         self._stream: Any = None
         self._writer: Any = None
@@ -154,7 +174,9 @@ class Sink:
             append = self.resume and target.is_file()
             if append:
                 outputs.repair_jsonl_tail(target)
-            self._stream = open(target, "a" if append else "w", encoding="utf-8", newline="")
+            mode = "a" if append else "w"
+            # kept open across write() calls; close() closes it
+            self._stream = open(target, mode, encoding="utf-8", newline="")  # noqa: SIM115
             self._writer = self.writer_class(self._stream, multi=self.multi)
 
     def write(self, record: Any) -> None:
@@ -195,9 +217,22 @@ def run_task(params: dict[str, Any], request: TaskRequest) -> None:
     reporter = Reporter(quiet=params["quiet"])
     with _errors_as_usage():
         spec = build_spec(request)
-        settings = resolve({k: params.get(k) for k in ("whisper", "beats", "llm", "checkpoint", "model",
-                                                        "device", "dtype", "batch_size")},
-                           warn=reporter.warn)
+        settings = resolve(
+            {
+                k: params.get(k)
+                for k in (
+                    "whisper",
+                    "beats",
+                    "llm",
+                    "checkpoint",
+                    "model",
+                    "device",
+                    "dtype",
+                    "batch_size",
+                )
+            },
+            warn=reporter.warn,
+        )
     generation, chunking = build_options(params, reporter)
     if params["load_in_8bit"] and params["load_in_4bit"]:
         raise _usage("choose one of --load-in-8bit and --load-in-4bit")
@@ -227,27 +262,40 @@ def _process(params, settings, spec, todo, sink, reporter, generation, chunking)
     from salmonn.prefetch import Prefetcher
 
     batch_size = settings["batch_size"].value
+    paths = [str(i.path) for i in todo]
+    # decoding starts at once and overlaps the model load
+    with Prefetcher(paths, chunking, max_chunks=max(16, 2 * batch_size)) as chunks, reporter:
+        model = _load_model(params, settings, reporter)
+        reporter.status("running")
+        sink.open()
+        records = process(
+            model,
+            todo,
+            spec,
+            chunking=chunking,
+            generation=generation,
+            batch_size=batch_size,
+            on_progress=reporter,
+            chunks=chunks,
+        )
+        try:
+            return _drain(records, sink, reporter, params["fail_fast"])
+        finally:
+            records.close()
+            sink.close()
+
+
+def _drain(records: Iterator[Any], sink: Sink, reporter: Reporter, fail_fast: bool) -> int:
+    """Write each record as it comes; one stderr line per failed input. Returns the failures."""
     failed = 0
-    # decoding starts now and overlaps the model load
-    with Prefetcher([str(i.path) for i in todo], chunking, max_chunks=max(16, 2 * batch_size)) as chunks:
-        with reporter:
-            model = _load_model(params, settings, reporter)
-            reporter.status("running")
-            sink.open()
-            records = process(model, todo, spec, chunking=chunking, generation=generation,
-                              batch_size=batch_size, on_progress=reporter, chunks=chunks)
-            try:
-                for record in records:
-                    sink.write(record)
-                    if record.error is not None:
-                        failed += 1
-                        reporter.error(f"{record.path}: {record.error}")
-                        if params["fail_fast"]:
-                            reporter.info("stopping at the first failure (--fail-fast)")
-                            break
-            finally:
-                records.close()
-                sink.close()
+    for record in records:
+        sink.write(record)
+        if record.error is not None:
+            failed += 1
+            reporter.error(f"{record.path}: {record.error}")
+            if fail_fast:
+                reporter.info("stopping at the first failure (--fail-fast)")
+                break
     return failed
 
 

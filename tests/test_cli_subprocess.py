@@ -29,7 +29,12 @@ def salmonn_command() -> list[str]:
 
 def env() -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SALMONN_")}
-    return {**clean, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "XDG_CONFIG_HOME": "/nonexistent"}
+    return {
+        **clean,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "XDG_CONFIG_HOME": "/nonexistent",
+    }
 
 
 PROBE = r"""
@@ -46,20 +51,29 @@ print("@@" + json.dumps({"code": code, "heavy": heavy, "seconds": time.perf_coun
 """
 
 
-@pytest.mark.parametrize("args, code", [
-    (["--help"], 0),
-    (["transcribe", "--help"], 0),
-    (["prompts"], 0),
-    (["prompts", "ask"], 0),
-    (["transcribe", "/nonexistent/x.wav"], 2),
-    (["transcribe", "x.wav", "--num-beams", "0"], 2),
-    (["ask", "x.wav"], 2),
-    (["translate", "x.wav"], 2),
-    (["prompt", "--template", "nope", "x.wav"], 2),
-])
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["--help"], 0),
+        (["transcribe", "--help"], 0),
+        (["prompts"], 0),
+        (["prompts", "ask"], 0),
+        (["transcribe", "/nonexistent/x.wav"], 2),
+        (["transcribe", "x.wav", "--num-beams", "0"], 2),
+        (["ask", "x.wav"], 2),
+        (["translate", "x.wav"], 2),
+        (["prompt", "--template", "nope", "x.wav"], 2),
+    ],
+)
 def test_help_prompts_and_usage_errors_do_not_import_torch(args, code):
-    out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env(),
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+        check=False,
+    )
     report = json.loads(out.stderr.rsplit("@@", 1)[1])
     assert report["code"] == code, out.stderr
     assert report["heavy"] == [], f"{args} imported {report['heavy']}"
@@ -69,8 +83,14 @@ def test_console_script_help_is_fast():
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        out = subprocess.run([*salmonn_command(), "--help"], capture_output=True, text=True, env=env(),
-                             timeout=60)
+        out = subprocess.run(
+            [*salmonn_command(), "--help"],
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=60,
+            check=False,
+        )
         best = min(best, time.perf_counter() - t0)
         assert out.returncode == 0 and "transcribe" in out.stdout and out.stderr == ""
     assert best < 3.0, f"salmonn --help took {best:.2f} s"
@@ -89,15 +109,36 @@ def six_files(tmp_path):
 
 
 def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def test_kill_9_mid_run_then_resume_gives_one_record_per_input(six_files, tiny_paths, tmp_path):
     out = tmp_path / "out.jsonl"
-    args = [*salmonn_command(), "transcribe", str(six_files), "-o", str(out), "--batch-size", "1",
-            "--whisper", tiny_paths.whisper, "--beats", tiny_paths.beats, "--llm", tiny_paths.llm,
-            "--checkpoint", tiny_paths.checkpoint, "--device", "cpu", "--max-new-tokens", "4",
-            "--num-beams", "1"]
+    args = [
+        *salmonn_command(),
+        "transcribe",
+        str(six_files),
+        "-o",
+        str(out),
+        "--batch-size",
+        "1",
+        "--whisper",
+        tiny_paths.whisper,
+        "--beats",
+        tiny_paths.beats,
+        "--llm",
+        tiny_paths.llm,
+        "--checkpoint",
+        tiny_paths.checkpoint,
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "4",
+        "--num-beams",
+        "1",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -111,12 +152,16 @@ def test_kill_9_mid_run_then_resume_gives_one_record_per_input(six_files, tiny_p
     assert 1 <= first.count("\n") < 6
     assert all(json.loads(line)["path"] for line in first.splitlines())  # only whole lines
 
-    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=env(), timeout=240)
+    done = subprocess.run(
+        [*args, "--resume"], capture_output=True, text=True, env=env(), timeout=240, check=False
+    )
     assert done.returncode == 1, done.stderr  # the broken file fails, the others succeed
     assert done.stdout == ""
     assert "already done" in done.stderr and "c2_broken.wav" in done.stderr
     records = _records(out)
     names = [Path(r["path"]).name for r in records]
-    assert sorted(names) == sorted(p.name for p in six_files.iterdir())  # exactly one record per input
+    assert sorted(names) == sorted(
+        p.name for p in six_files.iterdir()
+    )  # exactly one record per input
     assert [r["error"] is not None for r in records].count(True) == 1
     assert out.read_text(encoding="utf-8").startswith(first)
