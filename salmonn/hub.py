@@ -262,10 +262,12 @@ def resolve_components(
     paths: dict[str, Path] = {}
     for c in COMPONENTS:
         source = explicit[c]
+        from_preset = source is None  # only then can `salmonn models download` fetch it
         if source is None:
             assert chosen is not None  # a missing source without a preset was rejected above
             source = chosen.source(c)
-        paths[c] = resolve_source(c, source, download=download, cache_dir=cache_dir, preset=name)
+        hint = name if from_preset else None
+        paths[c] = resolve_source(c, source, download=download, cache_dir=cache_dir, preset=hint)
     return ResolvedComponents(**paths, preset=name)
 
 

@@ -196,6 +196,8 @@ def test_missing_repo_without_preset_names_the_repo(cache):
         hub.resolve_source("checkpoint", "hf://spaces/org/absent/w.pt")
     with pytest.raises(CheckpointError, match="salmonn models download salmonn-13b"):
         resolve_components("salmonn-13b")
+    with pytest.raises(CheckpointError, match="`hf download me/whisper`"):  # not the preset's
+        resolve_components("salmonn-13b", whisper="me/whisper")
 
 
 def test_incomplete_cached_folder_is_reported(cache, tiny_paths):
