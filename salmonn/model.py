@@ -13,7 +13,7 @@ weights; the LLM holds ``dtype`` weights. With ``dtype`` other than float32 ever
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,15 +170,18 @@ class SalmonnModel(nn.Module):
             "lora_scaling": self.lora_scaling,
         }
 
-    def _lora_layers(self) -> Iterator[nn.Module]:
-        for module in self.llama_model.modules():
-            if isinstance(getattr(module, "scaling", None), dict) and hasattr(module, "lora_A"):
-                yield module
+    def _lora_layers(self) -> list[nn.Module]:
+        return [
+            module
+            for module in self.llama_model.modules()
+            if isinstance(getattr(module, "scaling", None), dict) and hasattr(module, "lora_A")
+        ]
 
     @property
     def lora_scaling(self) -> float:
         """LoRA alpha / r applied at inference (4.0 official; 0 disables the adapters)."""
-        return float(next(iter(self._lora_layers())).scaling["default"])
+        layers = self._lora_layers()
+        return float(layers[0].scaling["default"]) if layers else 0.0
 
     @lora_scaling.setter
     def lora_scaling(self, value: float) -> None:
