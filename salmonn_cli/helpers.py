@@ -89,10 +89,14 @@ def models(ctx: click.Context) -> None:
 
 
 @models.command()
-@click.argument("name")
-def download(name: str) -> None:
-    """Download every component of the preset NAME into the Hugging Face cache."""
+@click.argument("name", required=False)
+def download(name: str | None) -> None:
+    """Download every component of the preset NAME (default: as for the task commands) into the
+    Hugging Face cache."""
     from salmonn.hub import PRESETS
+
+    if name is None:
+        name = resolve({})["model"].value
     from salmonn.hub import download as fetch
 
     if name not in PRESETS:

@@ -16,6 +16,7 @@ from salmonn.errors import SalmonnError
 
 from .options import PER_CHUNK_OPTION, common_options
 from .run import TaskRequest, run_task
+from .settings import SettingsError
 
 DEBUG_ENV = "SALMONN_DEBUG"
 TRAINED_LANGUAGES = {"zh": "Chinese"}  # English -> Chinese was trained
@@ -55,6 +56,8 @@ class SalmonnGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except SettingsError as err:
+            raise click.UsageError(str(err)) from None
         except SalmonnError as err:
             if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise

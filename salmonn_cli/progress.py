@@ -80,15 +80,14 @@ class Reporter:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("files  {task.fields[chunks]} chunks  {task.fields[audio]} audio"),
-                TextColumn("{task.fields[speed]}"),
-                TextColumn("ETA"),
+                TextColumn("{task.fields[speed]}  ETA"),
                 TimeRemainingColumn(),
                 console=self.console or Console(stderr=True),
                 transient=False,
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                "loading model", total=None, chunks=0, audio="0:00", speed=""
+                "loading model", total=None, chunks=0, audio="0:00", speed="RTF -"
             )
         return self
 
@@ -111,9 +110,7 @@ class Reporter:
         """The engine's ``on_progress`` callback (a :class:`salmonn.engine.ProgressEvent`)."""
         if self._progress is None:
             return
-        speed = (
-            f"{event.speed:.1f}x real time (RTF {1 / event.speed:.3f})" if event.speed > 0 else ""
-        )
+        speed = f"RTF {1 / event.speed:.3f} ({event.speed:.1f}x)" if event.speed > 0 else "RTF -"
         self._progress.update(
             self._task,
             total=event.files_total,

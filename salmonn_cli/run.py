@@ -86,6 +86,15 @@ def _usage(message: str) -> click.UsageError:
     return click.UsageError(message, ctx=click.get_current_context(silent=True))
 
 
+def _check_preset(settings: dict[str, Any]) -> None:
+    from salmonn.hub import PRESETS
+
+    preset = model_kwargs(settings)["preset"]
+    if preset is not None and preset not in PRESETS:
+        origin = settings["model"].origin
+        raise _usage(f"unknown model {preset!r} ({origin}); choose from {', '.join(PRESETS)}")
+
+
 def build_options(
     params: dict[str, Any], reporter: Reporter
 ) -> tuple[GenerationOptions, ChunkingOptions]:
@@ -233,6 +242,7 @@ def run_task(params: dict[str, Any], request: TaskRequest) -> None:
             },
             warn=reporter.warn,
         )
+    _check_preset(settings)
     generation, chunking = build_options(params, reporter)
     if params["load_in_8bit"] and params["load_in_4bit"]:
         raise _usage("choose one of --load-in-8bit and --load-in-4bit")

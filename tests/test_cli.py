@@ -424,6 +424,7 @@ def test_prompts_list_show_and_validation(tmp_path, monkeypatch, tree):
         (["prompt", "{in}"], "exactly one of"),
         (["transcribe", "{in}", "--load-in-8bit", "--load-in-4bit"], "choose one"),
         (["transcribe", "{empty}"], "no audio or video files"),
+        (["transcribe", "{in}", "--model", "salmonn-1b"], "unknown model 'salmonn-1b' (flag)"),
     ],
 )
 def test_usage_errors_exit_2(args, needle, tree, tmp_path):
@@ -487,5 +488,17 @@ def test_progress_bar_renders_on_a_terminal():
         )
         reporter.error("x.wav: broken")
     out = buffer.getvalue()
-    assert "1/4" in out and "3 chunks" in out and "1:30 audio" in out and "30.0x real time" in out
+    assert "1/4" in out and "3 chunks" in out and "1:30 audio" in out and "RTF 0.033 (30.0x)" in out
     assert "error: x.wav: broken" in out
+
+
+def test_bad_environment_value_is_a_usage_error(tree, monkeypatch):
+    monkeypatch.setenv("SALMONN_BATCH_SIZE", "many")
+    result = invoke(["transcribe", tree / "in" / "a.wav"])
+    assert result.exit_code == 2 and "env SALMONN_BATCH_SIZE" in result.stderr
+    config = Path(str(tree)).parent / "cfg.toml"
+    config.write_text("batch_size = [")
+    monkeypatch.delenv("SALMONN_BATCH_SIZE")
+    monkeypatch.setenv("SALMONN_CONFIG", str(config))
+    broken = invoke(["doctor"])
+    assert broken.exit_code == 2 and "cfg.toml" in broken.stderr

@@ -61,6 +61,7 @@ print("@@" + json.dumps({"code": code, "heavy": heavy, "seconds": time.perf_coun
         (["transcribe", "/nonexistent/x.wav"], 2),
         (["transcribe", "x.wav", "--num-beams", "0"], 2),
         (["ask", "x.wav"], 2),
+        (["transcribe", "x.wav", "--model", "salmonn-1b"], 2),
         (["translate", "x.wav"], 2),
         (["prompt", "--template", "nope", "x.wav"], 2),
     ],
