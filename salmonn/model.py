@@ -289,6 +289,27 @@ class SalmonnModel(nn.Module):
             rows.append(torch.cat([head, audio[b].to(head.dtype), self._embed(after)]))
         return self._left_pad(rows)
 
+    def first_logits(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """LLM logits for the first generated token (the "step-0 logits" of a golden comparison).
+
+        Args:
+            inputs_embeds, attention_mask: from :meth:`build_inputs` (left-padded).
+        Returns:
+            ``[B, vocab + 1]`` float32, computed like generation's first step (same autocast,
+            positions ``cumsum(mask) - 1``).
+        """
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode(), self._autocast():
+            out = self.llama_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                use_cache=False,
+            )
+        return out.logits[:, -1].float()
+
     @staticmethod
     def _left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(r.shape[0] for r in rows)

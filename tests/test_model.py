@@ -131,6 +131,16 @@ def test_llm_input_layout(model, clips):
         torch.testing.assert_close(row[-len(after) :], table[after])
 
 
+def test_first_logits_match_the_first_greedy_token(model, clips, greedy):
+    embeds, mask = model.build_inputs(model.encode_audio(clips), [PROMPT] * len(clips))
+    logits = model.first_logits(embeds, mask)
+    assert logits.shape == (3, model.tokenizer.vocab_size + 1)
+    assert logits[:, model.tokenizer.pad_id].abs().max() == 0  # the zero [PAD] row
+    assert logits.argmax(-1).tolist() == [r.token_ids[0] for r in greedy]
+    alone = model.first_logits(*model.build_inputs(model.encode_audio(clips[1:2]), [PROMPT]))
+    torch.testing.assert_close(alone[0], logits[1], rtol=1e-4, atol=1e-4)
+
+
 def test_pad_row_is_zero(model, sp):
     lm = model.llama_model
     vocab = sp.get_piece_size()
