@@ -8,6 +8,7 @@ reordering and the scorer logic of the real implementation.
 from __future__ import annotations
 
 import copy
+import types
 
 import pytest
 import torch
@@ -60,12 +61,7 @@ def prompts() -> list[torch.Tensor]:
 
 def _run(lm, prompts: list[torch.Tensor], **option_fields) -> list[list[int]]:
     """generate_ids over a left-padded batch of prompts [L_i, D]."""
-    longest = max(p.shape[0] for p in prompts)
-    embeds = torch.zeros(len(prompts), longest, HIDDEN)
-    mask = torch.zeros(len(prompts), longest, dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        embeds[i, longest - prompt.shape[0]:] = prompt
-        mask[i, longest - prompt.shape[0]:] = 1
+    embeds, mask = _left_pad(prompts)
     options = GenerationOptions(**option_fields)
     return generate_ids(lm, embeds, mask, options, eos_token_id=EOS, pad_token_id=PAD,
                         embed_tokens=lm.get_input_embeddings())
@@ -128,7 +124,7 @@ def _slow_beam(lm, prompt, max_new: int, beams: int = 4, length_penalty: float =
         order = torch.argsort(flat, descending=True)[: 2 * beams].tolist()
         nxt = []
         for rank, index in enumerate(order):
-            beam, token = divmod(index, VOCAB)
+            beam, token = divmod(index, scores.shape[1])
             if token == EOS:
                 if rank < beams:
                     keep(running[beam][0], flat[index].item())
@@ -147,6 +143,116 @@ def _slow_beam(lm, prompt, max_new: int, beams: int = 4, length_penalty: float =
             break
     best = sorted(finished, key=lambda f: f[0])[-1][1]
     return best[1:] + [EOS] if len(best) < max_len else best[1:]
+
+
+class _ScriptedLM(torch.nn.Module):
+    """A fake causal LM whose next-token logits are a seeded random function of the whole history.
+
+    Embeddings are one float per position (a token id embeds as its own value), so the "cache" is the list
+    of values each row has seen. A small vocabulary with a strong, often top-ranked EOS exercises every
+    scorer rule (EOS candidates inside and outside the top num_beams ranks, early "done").
+    """
+
+    def __init__(self, seed: int, vocab: int = 7) -> None:
+        super().__init__()
+        self.seed, self.vocab = seed, vocab
+
+    def get_input_embeddings(self):
+        return lambda ids: ids.float()[..., None]
+
+    def _logits(self, history: tuple[int, ...]) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(hash((self.seed,) + history) % 2**62)
+        logits = torch.randn(self.vocab, generator=gen) * 3
+        logits[EOS] = logits.max() - 4 * torch.rand(1, generator=gen).item()
+        return logits
+
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, use_cache=False):
+        values = inputs_embeds[..., 0].round().long().tolist()
+        if attention_mask is not None and cache is None:
+            mask = attention_mask[:, -len(values[0]):].tolist()
+            values = [[v for v, m in zip(row, mrow) if m] for row, mrow in zip(values, mask)]
+        rows = [a + b for a, b in zip(cache.rows, values)] if cache is not None else values
+        logits = torch.stack([self._logits(tuple(r)) for r in rows])[:, None]
+        return types.SimpleNamespace(logits=logits, cache=_ListCache(rows) if use_cache else None)
+
+
+class _ListCache:
+    def __init__(self, rows: list[list[int]]) -> None:
+        self.rows = rows
+
+    def reorder_cache(self, index: torch.Tensor) -> None:
+        self.rows = [list(self.rows[i]) for i in index.tolist()]
+
+    def batch_repeat_interleave(self, times: int) -> None:
+        self.rows = [list(r) for r in self.rows for _ in range(times)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_beam_scorer_rules_on_scripted_lm(seed):
+    model = _ScriptedLM(seed)
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(10, 99, (n, 1), generator=gen).float() for n in (2, 3, 5, 4)]
+    for beams, length_penalty in ((2, 1.0), (3, 0.6), (2, 2.0), (3, 3.0)):
+        expected = [_slow_beam(model, p, 6, beams=beams, length_penalty=length_penalty) for p in prompts]
+        got = generate_ids(model, *_left_pad(prompts), GenerationOptions(
+            max_new_tokens=6, num_beams=beams, length_penalty=length_penalty),
+            eos_token_id=EOS, embed_tokens=model.get_input_embeddings())
+        assert got == expected
+
+
+class _TableLM(_ScriptedLM):
+    """Scripted LM with given next-token probabilities after some generated prefixes (prompt = 1 value)."""
+
+    def __init__(self, table: dict[tuple[int, ...], dict[int, float]], vocab: int) -> None:
+        super().__init__(seed=0, vocab=vocab)
+        self.table = table
+
+    def _logits(self, history: tuple[int, ...]) -> torch.Tensor:
+        probs = self.table.get(history[1:])
+        if probs is None:  # near-uniform over the non-EOS tokens, EOS very unlikely
+            logits = super()._logits(history) * 0.01
+            logits[EOS] = -30.0
+            return logits
+        rest = (1 - sum(probs.values())) / (self.vocab - len(probs))
+        return torch.tensor([probs.get(t, rest) for t in range(self.vocab)]).log()
+
+
+def test_eos_candidate_after_the_beams_are_filled_is_not_kept():
+    # step 0 ranks: 3 (p .5), 4 (p .3), EOS (p .15): the two beams are filled before the EOS is reached, so
+    # it is not a hypothesis. Had it been kept, [BOS] alone (score log .15 = -1.9) would beat every
+    # continuation (about -2.3 per token).
+    model = _TableLM({(): {3: 0.5, 4: 0.3, EOS: 0.15}}, vocab=40)
+    prompt = torch.tensor([[50.0]])
+    got = generate_ids(model, prompt[None], torch.ones(1, 1, dtype=torch.long),
+                       GenerationOptions(max_new_tokens=4, num_beams=2), eos_token_id=EOS,
+                       embed_tokens=model.get_input_embeddings())[0]
+    assert got[0] == 3 and len(got) == 4 and EOS not in got
+    assert got == _slow_beam(model, prompt, 4, beams=2)
+
+
+def test_finished_hypotheses_keep_the_best_num_beams():
+    from salmonn.generation import _Hypotheses
+
+    hyps = _Hypotheses(num_beams=2, length_penalty=1.0)
+    hyps.add([1, 5], -2.0)  # score -1.0
+    hyps.add([1, 5, 6, 7], -2.0)  # -0.5
+    assert hyps.worst_score == -1.0
+    hyps.add([1], -3.0)  # -3.0 < worst: rejected
+    assert sorted(s for s, _ in hyps.beams) == [-1.0, -0.5]
+    hyps.add([1, 8], -1.0)  # -0.5 > worst: kept, -1.0 dropped, worst is now -0.5
+    assert sorted(s for s, _ in hyps.beams) == [-0.5, -0.5] and hyps.worst_score == -0.5
+    assert hyps.best() == [1, 8]  # equal scores: the last added wins
+    assert not hyps.is_done(-1.4, 3) and hyps.is_done(-1.5, 3)  # worst >= best / length
+
+
+def _left_pad(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(p.shape[0] for p in prompts)
+    embeds = torch.zeros(len(prompts), longest, prompts[0].shape[1])
+    mask = torch.zeros(len(prompts), longest, dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        embeds[i, longest - prompt.shape[0]:] = prompt
+        mask[i, longest - prompt.shape[0]:] = 1
+    return embeds, mask
 
 
 # ---------------------------------------------------------------------------------------------------------
