@@ -54,10 +54,14 @@ def prompts(name: str | None, as_json: bool) -> None:
         click.echo(f"text:\n{t.text}")
         return
     width = max(len(t.name) for t in chosen)
+    vwidth = max(len(_braced(t.variables)) for t in chosen)
     for t in chosen:
-        variables = f" {{{', '.join(t.variables)}}}" if t.variables else ""
-        kind = "" if t.kind == "audio" else " [text]"
-        click.echo(f"{t.name:<{width}}  {t.description}{variables}{kind}")
+        description = t.description + ("" if t.kind == "audio" else " [text]")
+        click.echo(f"{t.name:<{width}}  {_braced(t.variables):<{vwidth}}  {description}".rstrip())
+
+
+def _braced(variables: tuple[str, ...]) -> str:
+    return " ".join(f"{{{v}}}" for v in variables)
 
 
 def _size(n: int) -> str:
@@ -130,7 +134,7 @@ def _ffmpeg_version() -> str:
         if (out.stdout or out.stderr)
         else "unknown version"
     )
-    return f"{exe} ({first})"
+    return f"{exe} ({first.split(' Copyright')[0]})"
 
 
 def _memory() -> str:
