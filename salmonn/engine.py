@@ -33,6 +33,7 @@ from .templates import format_segments
 logger = logging.getLogger("salmonn.engine")
 
 JOIN_MODES = ("concat", "summary")
+SUMMARY_MARGIN_TOKENS = 8  # room between the summary prompt plus answer and the LLM's context
 
 
 class EngineModel(Protocol):
@@ -274,7 +275,17 @@ class _Run:
         if not states:
             return
         assert self.spec.summary_prompt is not None
-        prompts = [self.spec.summary_prompt(s.segments()) for s in states]
+        prompts = []
+        for state in states:
+            try:
+                prompts.append(self.spec.summary_prompt(self.fit_context(state.segments())))
+            except Exception as exc:  # noqa: BLE001 - becomes this file's error record
+                state.error = f"summary pass: {one_line(exc)}"
+                prompts.append(None)
+        states = [s for s, p in zip(states, prompts) if p is not None]
+        prompts = [p for p in prompts if p is not None]
+        if not states:
+            return
         t = time.perf_counter()
         try:
             results = self.model.generate_text(prompts, self.generation)
@@ -293,6 +304,36 @@ class _Run:
                 except Exception as exc:  # noqa: BLE001 - becomes this file's error record
                     state.error = f"summary pass: {one_line(exc)}"
                 state.summary_s = time.perf_counter() - t
+
+    def fit_context(self, segments: list[Segment]) -> list[Segment]:
+        """Shrink ``segments`` until the summary prompt fits the LLM's context.
+
+        A long recording gives more chunk answers than one prompt holds (about 50 tokens per 30 s
+        chunk; Vicuna v1.1 has 2048 positions). While the prompt is too long, consecutive segments
+        are grouped into prompts that fit, each group is summarised by the same text-only pass, and
+        the group answers (spanning the group's times) replace the group.
+        """
+        count = getattr(self.model, "count_tokens", None)
+        limit = getattr(self.model, "context_length", None)
+        if count is None or limit is None:
+            return segments
+        budget = int(limit) - self.generation.max_new_tokens - SUMMARY_MARGIN_TOKENS
+        assert self.spec.summary_prompt is not None
+        render = self.spec.summary_prompt
+        while len(segments) > 1 and count(render(segments)) > budget:
+            groups: list[list[Segment]] = [[]]
+            for segment in segments:
+                if groups[-1] and count(render([*groups[-1], segment])) > budget:
+                    groups.append([])
+                groups[-1].append(segment)
+            if len(groups) == len(segments):
+                groups = [segments[i : i + 2] for i in range(0, len(segments), 2)]
+            results = self.model.generate_text([render(g) for g in groups], self.generation)
+            segments = [
+                Segment(group[0].start, group[-1].end, result.text)
+                for group, result in zip(groups, results)
+            ]
+        return segments
 
     # -- output ----------------------------------------------------------------------------------
     def ready(self) -> Iterator[Record]:

@@ -170,6 +170,15 @@ class SalmonnModel(nn.Module):
             "lora_scaling": self.lora_scaling,
         }
 
+    @property
+    def context_length(self) -> int:
+        """Positions the LLM was trained for (2048 for Vicuna v1.1, 4096 for v1.5)."""
+        return int(self.llama_model.config.max_position_embeddings)
+
+    def count_tokens(self, text: str) -> int:
+        """LLM input length of the text-only prompt for ``text`` (BOS and chat template included)."""
+        return 1 + len(self.tokenizer.encode(text_prompt(text)))
+
     def _lora_layers(self) -> list[nn.Module]:
         return [
             module

@@ -147,6 +147,35 @@ def test_summary_pass_for_long_files_only_and_per_chunk():
     assert records[0].options["per_chunk"] is True
 
 
+class SmallContextModel(FakeModel):
+    """A fake LLM with a small context: one token per word, 20 positions."""
+
+    context_length = 20
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def generate_text(self, prompts, options):
+        first = len(self.text_prompts)
+        self.text_prompts.extend(prompts)
+        return [SimpleNamespace(text=f"s{first + i}") for i in range(len(prompts))]
+
+
+def test_summary_of_a_long_file_is_reduced_in_stages_to_fit_the_context():
+    model = SmallContextModel()
+    plan = {"long": [(i, 30.0) for i in range(1, 11)]}  # 10 chunks = 20 words; budget 20 - 1 - 8
+    gen = GenerationOptions(max_new_tokens=1, num_beams=1)
+    records = list(
+        process(model, items("long"), summary_spec(), generation=gen, chunk_source=FakeSource(plan))
+    )
+    groups, final = model.text_prompts[:-1], model.text_prompts[-1]
+    assert [len(g.splitlines()) for g in groups] == [5, 5]
+    assert final.splitlines() == ["0.0-150.0 s0", "150.0-300.0 s1"]
+    assert all(model.count_tokens(p) <= 20 - 1 - 8 for p in model.text_prompts)
+    assert records[0].error is None and records[0].text == "s2"
+    assert len(records[0].segments) == 10  # the record keeps every chunk answer
+
+
 def test_decode_error_gives_an_error_record_and_drops_partial_chunks():
     model = FakeModel()
     plan = {"a": [(1, 3.0)], "bad": [(7, 30.0), "error"], "c": [(2, 3.0)]}
