@@ -38,6 +38,12 @@ _LAZY = {
     "expand_inputs": "inputs",
     "InputItem": "inputs",
     "write_tiny_model": "tiny",
+    "process": "engine",
+    "TaskSpec": "engine",
+    "ProgressEvent": "engine",
+    "Record": "records",
+    "Segment": "records",
+    "resolve_components": "hub",
     "PRESETS": "hub",
 }
 
@@ -76,4 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .inputs import InputItem, expand_inputs
     from .prefetch import FileChunk, Prefetcher
     from .model import GenerationResult, SalmonnModel
+    from .engine import ProgressEvent, TaskSpec, process
+    from .hub import resolve_components
+    from .records import Record, Segment
     from .tiny import write_tiny_model
