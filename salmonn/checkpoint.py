@@ -347,10 +347,10 @@ def load_model(
     )
     identity = {
         "preset": comps.preset,
-        "whisper": str(comps.whisper),
-        "beats": str(comps.beats),
-        "llm": str(comps.llm),
-        "checkpoint": str(comps.checkpoint),
+        "whisper": str(Path(comps.whisper).resolve()),
+        "beats": str(Path(comps.beats).resolve()),
+        "llm": str(Path(comps.llm).resolve()),
+        "checkpoint": str(Path(comps.checkpoint).resolve()),
         "quantization": "8bit" if load_in_8bit else "4bit" if load_in_4bit else None,
     }
     model = SalmonnModel(
