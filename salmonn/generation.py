@@ -1,18 +1,18 @@
-"""Text generation over ``inputs_embeds`` with transformers-4.28 semantics, exact per batch item (spec §8.2).
+"""Generation over ``inputs_embeds`` with transformers-4.28 semantics, exact per item (spec §8.2).
 
-The original SALMONN calls transformers 4.28 ``generate(inputs_embeds=...)``. What decides its outputs:
+The original calls transformers 4.28 ``generate(inputs_embeds=...)``. What decides its output:
 
 * the bookkeeping ids start as ``[[BOS]]`` (a dummy BOS that is never fed), so ``max_length`` is
   ``max_new_tokens + 1`` and beam-hypothesis lengths count that BOS;
-* step 0 runs the LM over the whole embedding sequence; later steps feed the embedding of the last token
-  with the KV cache, at position "attended positions - 1";
-* beam search is 4.28 ``beam_search`` + ``BeamSearchScorer`` (early_stopping False); beam-sample is 4.28
-  ``beam_sample``; greedy and sampling are 4.28 ``greedy_search`` / ``sample``.
+* step 0 runs the LM over the whole embedding sequence; later steps feed the embedding of the last
+  token with the KV cache, at position "attended positions - 1";
+* beam search is 4.28 ``beam_search`` + ``BeamSearchScorer`` (early_stopping False); beam-sample is
+  4.28 ``beam_sample``; greedy and sampling are 4.28 ``greedy_search`` / ``sample``.
 
-Two reference bugs are fixed on purpose, so that a batched item gives what it gives alone: the beam "done"
-test uses ``cur_len + 1`` for every item (4.28 uses ``cur_len + k`` for the k-th unfinished item), and a
-greedy row stops on its own EOS (the reference stops the batch on row 0's EOS). Finished items are dropped
-from the running batch, which changes nothing for the others.
+Two reference bugs are fixed on purpose, so that a batched item gives what it gives alone: the beam
+"done" test uses ``cur_len + 1`` for every item (4.28 uses ``cur_len + k`` for the k-th unfinished
+item), and a greedy row stops on its own EOS (the reference stops the whole batch on row 0's EOS).
+Finished items are dropped from the running batch, which changes nothing for the others.
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ def generate_ids(
             ``attention_mask``, ``position_ids`` and a KV cache, returning ``.logits`` [N, T, V].
         inputs_embeds: [B, L, D] prompt embeddings, left-padded.
         attention_mask: [B, L] with 1 for real positions; every row's last position must be real.
-        options: decoding settings; ``num_beams`` / ``do_sample`` select greedy, sampling, beam search
-            or beam-sample.
+        options: decoding settings; ``num_beams`` / ``do_sample`` select greedy, sampling, beam
+            search or beam-sample.
         eos_token_id: end-of-sequence id.
         pad_token_id: kept for interface compatibility; finished items are dropped, never padded.
         embed_tokens: maps ids [N, 1] to embeddings [N, 1, D] (the LM's input table).
-        bos_token_id: id of the dummy BOS that starts the bookkeeping ids (only the repetition penalty sees it).
+        bos_token_id: the dummy BOS that starts the bookkeeping ids (only the repetition penalty
+            sees it).
 
     Returns:
         Per item, the generated ids without the dummy BOS; they end with ``eos_token_id`` when the
@@ -75,13 +76,18 @@ def generate_ids(
 
 def _check_inputs(inputs_embeds: Tensor, attention_mask: Tensor) -> None:
     if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] == 0 or inputs_embeds.shape[1] == 0:
-        raise ConfigError(f"inputs_embeds must be [B, L, D] with B, L >= 1, got {tuple(inputs_embeds.shape)}")
-    if tuple(attention_mask.shape) != tuple(inputs_embeds.shape[:2]):
         raise ConfigError(
-            f"attention_mask must be [B, L] = {tuple(inputs_embeds.shape[:2])}, got {tuple(attention_mask.shape)}"
+            f"inputs_embeds must be [B, L, D] with B, L >= 1, got {tuple(inputs_embeds.shape)}"
+        )
+    expected = tuple(inputs_embeds.shape[:2])
+    if tuple(attention_mask.shape) != expected:
+        raise ConfigError(
+            f"attention_mask must be [B, L] = {expected}, got {tuple(attention_mask.shape)}"
         )
     if not bool((attention_mask[:, -1] == 1).all()):
-        raise ConfigError("attention_mask must be left-padded: the last position of every row must be 1")
+        raise ConfigError(
+            "attention_mask must be left-padded: the last position of every row must be 1"
+        )
 
 
 def _make_generator(options: GenerationOptions, device: torch.device) -> torch.Generator | None:
@@ -118,7 +124,7 @@ class _Runner:
         return self._forward(embeds, position_ids)
 
     def repeat(self, times: int) -> None:
-        """Repeat every row ``times`` times in place (row r becomes rows r*times .. r*times+times-1)."""
+        """Repeat every row ``times`` times (row r becomes rows r*times .. r*times + times-1)."""
         assert self.mask is not None
         self.cache.batch_repeat_interleave(times)
         self.mask = self.mask.repeat_interleave(times, dim=0)
@@ -151,7 +157,7 @@ def _cache_kwarg(lm: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Logits processors and warpers (4.28 order: processors, then temperature, top-k, top-p)
 
 
@@ -182,7 +188,7 @@ def _warp(scores: Tensor, options: GenerationOptions, min_keep: int) -> Tensor:
     return scores
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Greedy and sampling (num_beams == 1)
 
 
@@ -194,7 +200,7 @@ def _decode_single(
     bos: int,
     generator: torch.Generator | None,
 ) -> list[list[int]]:
-    """4.28 greedy_search / sample; a row leaves the batch after its EOS. logits: [B, V] from step 0."""
+    """4.28 greedy_search / sample; a row leaves the batch after its EOS. logits: [B, V], step 0."""
     batch = logits.shape[0]
     results: list[list[int]] = [[] for _ in range(batch)]
     items = torch.arange(batch)  # item of each running row
@@ -221,7 +227,7 @@ def _decode_single(
     return results
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Beam search and beam-sample (num_beams > 1)
 
 
@@ -277,8 +283,8 @@ def _decode_beams(
         beam_scores[:, 1:] = _BEAM_INIT
     beam_scores = beam_scores.view(-1)
     while True:
-        cand_scores, cand_tokens, cand_rows = _candidates(logits, seqs, beam_scores, options, generator)
-        rows, tokens, scores, items = _process(hyps, items, seqs, cand_scores, cand_tokens, cand_rows, eos)
+        candidates = _candidates(logits, seqs, beam_scores, options, generator)
+        rows, tokens, scores, items = _process(hyps, items, seqs, *candidates, eos)
         seqs = torch.cat([seqs[rows], tokens[:, None]], dim=1)
         beam_scores = scores
         if not items or seqs.shape[1] >= max_length:
@@ -312,7 +318,7 @@ def _candidates(
     scores = _repetition_penalty(scores, seqs, options.repetition_penalty)
     scores = scores + beam_scores[:, None]
     vocab = scores.shape[-1]
-    if options.do_sample:  # 4.28 beam_sample: warpers on the running sums, sample without replacement
+    if options.do_sample:  # 4.28 beam_sample: warp the running sums, sample without replacement
         scores = _warp(scores, options, min_keep=2).view(-1, num_beams * vocab)
         picked = torch.multinomial(scores.softmax(dim=-1), 2 * num_beams, generator=generator)
         top_scores, order = torch.sort(scores.gather(1, picked), descending=True, dim=1)
@@ -333,12 +339,13 @@ def _process(
 ) -> tuple[Tensor, Tensor, Tensor, list[int]]:
     """4.28 BeamSearchScorer.process for the running items; items that become done are dropped.
 
-    Returns (rows [M*nb] into the current rows, next tokens [M*nb], next beam scores [M*nb], items still
-    running (M of them)).
+    Returns (rows [M*nb] into the current rows, next tokens [M*nb], next beam scores [M*nb],
+    the M items still running).
     """
     num_beams = cand_scores.shape[1] // 2
     cur_len = seqs.shape[1]
-    all_scores, all_tokens, all_beams = cand_scores.tolist(), cand_tokens.tolist(), cand_beams.tolist()
+    all_scores, all_tokens = cand_scores.tolist(), cand_tokens.tolist()
+    all_beams = cand_beams.tolist()
     rows: list[int] = []
     tokens: list[int] = []
     scores: list[float] = []
@@ -356,7 +363,7 @@ def _process(
             if len(chosen) == num_beams:
                 break
         if len(chosen) < num_beams:
-            raise RuntimeError(f"beam search found only {len(chosen)} non-EOS candidates of {num_beams}")
+            raise RuntimeError(f"only {len(chosen)} non-EOS beam candidates, {num_beams} needed")
         # cur_len + 1 for every item: the 4.28 "cur_len + k" batch bug is not reproduced
         if hyps[item].is_done(max(all_scores[k]), cur_len + 1):
             continue

@@ -59,6 +59,16 @@ def prompts() -> list[torch.Tensor]:
     return [torch.randn(n, HIDDEN, generator=gen) for n in PROMPT_LENGTHS]
 
 
+def _left_pad(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(p.shape[0] for p in prompts)
+    embeds = torch.zeros(len(prompts), longest, prompts[0].shape[1])
+    mask = torch.zeros(len(prompts), longest, dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        embeds[i, longest - prompt.shape[0]:] = prompt
+        mask[i, longest - prompt.shape[0]:] = 1
+    return embeds, mask
+
+
 def _run(lm, prompts: list[torch.Tensor], **option_fields) -> list[list[int]]:
     """generate_ids over a left-padded batch of prompts [L_i, D]."""
     embeds, mask = _left_pad(prompts)
@@ -71,13 +81,13 @@ def _alone(lm, prompts, **option_fields) -> list[list[int]]:
     return [_run(lm, [p], **option_fields)[0] for p in prompts]
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Slow, independent references (no cache, one item)
 
 
 @torch.no_grad()
 def _next_logprobs(lm, prompt: torch.Tensor, histories: list[list[int]], log: bool) -> torch.Tensor:
-    """Full forward of prompt + generated tokens (dummy BOS not fed) for each history -> [n, V] f32."""
+    """Full forward of prompt + generated ids (dummy BOS not fed), per history -> [n, V] f32."""
     table = lm.get_input_embeddings()
     rows = [torch.cat([prompt, table(torch.tensor(h[1:], dtype=torch.long))]) for h in histories]
     logits = lm(inputs_embeds=torch.stack(rows), use_cache=False).logits[:, -1].float()
@@ -145,12 +155,141 @@ def _slow_beam(lm, prompt, max_new: int, beams: int = 4, length_penalty: float =
     return best[1:] + [EOS] if len(best) < max_len else best[1:]
 
 
+# --------------------------------------------------------------------------------------------------
+# Greedy
+
+
+def test_greedy_matches_transformers_generate(lm, prompts):
+    ours = _alone(lm, prompts, num_beams=1, max_new_tokens=12)
+    for prompt, mine in zip(prompts, ours):
+        mask = torch.ones(1, len(prompt), dtype=torch.long)
+        theirs = lm.generate(inputs_embeds=prompt[None], attention_mask=mask, do_sample=False,
+                             num_beams=1, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD,
+                             bos_token_id=BOS)
+        assert mine == theirs[0].tolist()
+    assert any(o[-1] == EOS for o in ours) and any(o[-1] != EOS for o in ours)
+
+
+@pytest.mark.parametrize("which", ["lm", "eos_lm"])
+def test_greedy_batched_equals_alone(which, request, prompts):
+    model = request.getfixturevalue(which)
+    alone = _alone(model, prompts, num_beams=1, max_new_tokens=12)
+    assert _run(model, prompts, num_beams=1, max_new_tokens=12) == alone
+    assert alone == [_slow_greedy(model, p, 12) for p in prompts]
+
+
+def test_greedy_repetition_penalty(lm, prompts):
+    plain = _alone(lm, prompts, num_beams=1, max_new_tokens=12)
+    penalised = _run(lm, prompts, num_beams=1, max_new_tokens=12, repetition_penalty=1.8)
+    assert penalised != plain
+    assert penalised == [_slow_greedy(lm, p, 12, penalty=1.8) for p in prompts]
+
+
+# --------------------------------------------------------------------------------------------------
+# Beam search
+
+
+@pytest.mark.parametrize("which", ["lm", "eos_lm"])
+def test_beam_matches_slow_reference_alone_and_batched(which, request, prompts):
+    model = request.getfixturevalue(which)
+    expected = [_slow_beam(model, p, 12) for p in prompts]
+    assert _alone(model, prompts, max_new_tokens=12) == expected
+    assert _run(model, prompts, max_new_tokens=12) == expected
+    assert any(e[-1] == EOS for e in expected)
+
+
+def test_beam_length_and_repetition_penalty(lm, prompts):
+    for fields in ({"length_penalty": 0.5}, {"repetition_penalty": 1.8}):
+        expected = [_slow_beam(lm, p, 10, length_penalty=fields.get("length_penalty", 1.0),
+                               penalty=fields.get("repetition_penalty", 1.0)) for p in prompts]
+        assert _run(lm, prompts, max_new_tokens=10, **fields) == expected
+    plain = _run(lm, prompts, max_new_tokens=10)
+    assert _run(lm, prompts, max_new_tokens=10, repetition_penalty=1.8) != plain
+
+
+def test_beam_width_two_and_six(eos_lm, prompts):
+    for beams in (2, 6):
+        expected = [_slow_beam(eos_lm, p, 8, beams=beams) for p in prompts[:3]]
+        assert _run(eos_lm, prompts[:3], max_new_tokens=8, num_beams=beams) == expected
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_max_new_tokens_and_eos_placement(eos_lm, lm, prompts, beams):
+    for model in (lm, eos_lm):
+        for max_new in (1, 2, 5):
+            for ids in _run(model, prompts, num_beams=beams, max_new_tokens=max_new):
+                assert 1 <= len(ids) <= max_new
+                assert EOS not in ids[:-1]
+                if ids[-1] != EOS:
+                    assert len(ids) == max_new  # no EOS only when the limit was reached
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_sampling_is_seeded(lm, prompts, beams):
+    fields = dict(do_sample=True, num_beams=beams, max_new_tokens=10, temperature=1.5, top_p=0.95)
+    first = _run(lm, prompts, seed=7, **fields)
+    assert _run(lm, prompts, seed=7, **fields) == first
+    others = [_run(lm, prompts, seed=s, **fields) for s in (8, 9)]
+    assert any(o != first for o in others)
+    for ids in first:
+        assert 1 <= len(ids) <= 10 and EOS not in ids[:-1]
+
+
+def test_sampling_with_one_candidate_left_is_greedy(lm, prompts):
+    fields = dict(num_beams=1, max_new_tokens=10)
+    greedy = _run(lm, prompts, **fields)
+    assert _run(lm, prompts, do_sample=True, top_k=1, seed=3, **fields) == greedy
+    assert _run(lm, prompts, do_sample=True, top_k=0, top_p=1e-6, seed=3, **fields) == greedy
+
+
+# --------------------------------------------------------------------------------------------------
+# peft and input checks
+
+
+def test_through_peft_lora(lm, prompts):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, lora_alpha=32, lora_dropout=0.0,
+                        target_modules=["q_proj", "v_proj"])
+    wrapped = get_peft_model(copy.deepcopy(lm), config).eval()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    few = prompts[:4]
+    ours = _run(wrapped, few, max_new_tokens=10)
+    assert ours == [_slow_beam(wrapped, p, 10) for p in few]
+    assert ours != _run(lm, few, max_new_tokens=10)  # the adapters matter
+    greedy = _run(wrapped, few, num_beams=1, max_new_tokens=10)
+    assert greedy == [_slow_greedy(wrapped, p, 10) for p in few]
+
+
+def test_rejects_bad_inputs(lm):
+    options = GenerationOptions(max_new_tokens=2)
+    table = lm.get_input_embeddings()
+    with pytest.raises(ConfigError, match="left-padded"):
+        generate_ids(lm, torch.randn(1, 3, HIDDEN), torch.tensor([[1, 1, 0]]), options,
+                     eos_token_id=EOS, embed_tokens=table)
+    with pytest.raises(ConfigError, match="attention_mask"):
+        generate_ids(lm, torch.randn(1, 3, HIDDEN), torch.ones(1, 4, dtype=torch.long), options,
+                     eos_token_id=EOS, embed_tokens=table)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scorer rules on scripted LMs
+
+
 class _ScriptedLM(torch.nn.Module):
     """A fake causal LM whose next-token logits are a seeded random function of the whole history.
 
-    Embeddings are one float per position (a token id embeds as its own value), so the "cache" is the list
-    of values each row has seen. A small vocabulary with a strong, often top-ranked EOS exercises every
-    scorer rule (EOS candidates inside and outside the top num_beams ranks, early "done").
+    Embeddings are one float per position (a token id embeds as its own value), so the "cache" is
+    the list of values each row has seen. A small vocabulary with a strong, often top-ranked EOS
+    makes hypotheses finish at many different steps; length penalties 2-3 make the "done" test decisive.
     """
 
     def __init__(self, seed: int, vocab: int = 7) -> None:
@@ -166,7 +305,8 @@ class _ScriptedLM(torch.nn.Module):
         logits[EOS] = logits.max() - 4 * torch.rand(1, generator=gen).item()
         return logits
 
-    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, use_cache=False):
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None,
+                use_cache=False):
         values = inputs_embeds[..., 0].round().long().tolist()
         if attention_mask is not None and cache is None:
             mask = attention_mask[:, -len(values[0]):].tolist()
@@ -193,15 +333,20 @@ def test_beam_scorer_rules_on_scripted_lm(seed):
     gen = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(10, 99, (n, 1), generator=gen).float() for n in (2, 3, 5, 4)]
     for beams, length_penalty in ((2, 1.0), (3, 0.6), (2, 2.0), (3, 3.0)):
-        expected = [_slow_beam(model, p, 6, beams=beams, length_penalty=length_penalty) for p in prompts]
-        got = generate_ids(model, *_left_pad(prompts), GenerationOptions(
-            max_new_tokens=6, num_beams=beams, length_penalty=length_penalty),
-            eos_token_id=EOS, embed_tokens=model.get_input_embeddings())
+        expected = [_slow_beam(model, p, 6, beams=beams, length_penalty=length_penalty)
+                    for p in prompts]
+        options = GenerationOptions(max_new_tokens=6, num_beams=beams,
+                                    length_penalty=length_penalty)
+        got = generate_ids(model, *_left_pad(prompts), options, eos_token_id=EOS,
+                           embed_tokens=model.get_input_embeddings())
         assert got == expected
 
 
 class _TableLM(_ScriptedLM):
-    """Scripted LM with given next-token probabilities after some generated prefixes (prompt = 1 value)."""
+    """Scripted LM with given next-token probabilities after given generated prefixes.
+
+    The prompt is one value; any prefix not in the table gets near-uniform non-EOS probabilities.
+    """
 
     def __init__(self, table: dict[tuple[int, ...], dict[int, float]], vocab: int) -> None:
         super().__init__(seed=0, vocab=vocab)
@@ -209,7 +354,7 @@ class _TableLM(_ScriptedLM):
 
     def _logits(self, history: tuple[int, ...]) -> torch.Tensor:
         probs = self.table.get(history[1:])
-        if probs is None:  # near-uniform over the non-EOS tokens, EOS very unlikely
+        if probs is None:
             logits = super()._logits(history) * 0.01
             logits[EOS] = -30.0
             return logits
@@ -218,9 +363,9 @@ class _TableLM(_ScriptedLM):
 
 
 def test_eos_candidate_after_the_beams_are_filled_is_not_kept():
-    # step 0 ranks: 3 (p .5), 4 (p .3), EOS (p .15): the two beams are filled before the EOS is reached, so
-    # it is not a hypothesis. Had it been kept, [BOS] alone (score log .15 = -1.9) would beat every
-    # continuation (about -2.3 per token).
+    # step 0 ranks: 3 (p .5), 4 (p .3), EOS (p .15): both beams are filled before the EOS is
+    # reached, so it is not a hypothesis. Had it been kept, [BOS] alone (score log .15 = -1.9) would
+    # beat every continuation (about -2.3 per token).
     model = _TableLM({(): {3: 0.5, 4: 0.3, EOS: 0.15}}, vocab=40)
     prompt = torch.tensor([[50.0]])
     got = generate_ids(model, prompt[None], torch.ones(1, 1, dtype=torch.long),
@@ -243,133 +388,3 @@ def test_finished_hypotheses_keep_the_best_num_beams():
     assert sorted(s for s, _ in hyps.beams) == [-0.5, -0.5] and hyps.worst_score == -0.5
     assert hyps.best() == [1, 8]  # equal scores: the last added wins
     assert not hyps.is_done(-1.4, 3) and hyps.is_done(-1.5, 3)  # worst >= best / length
-
-
-def _left_pad(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(p.shape[0] for p in prompts)
-    embeds = torch.zeros(len(prompts), longest, prompts[0].shape[1])
-    mask = torch.zeros(len(prompts), longest, dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        embeds[i, longest - prompt.shape[0]:] = prompt
-        mask[i, longest - prompt.shape[0]:] = 1
-    return embeds, mask
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Greedy
-
-
-def test_greedy_matches_transformers_generate(lm, prompts):
-    ours = _alone(lm, prompts, num_beams=1, max_new_tokens=12)
-    for prompt, mine in zip(prompts, ours):
-        theirs = lm.generate(inputs_embeds=prompt[None], attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             do_sample=False, num_beams=1, max_new_tokens=12, eos_token_id=EOS,
-                             pad_token_id=PAD, bos_token_id=BOS)
-        assert mine == theirs[0].tolist()
-    assert any(o[-1] == EOS for o in ours) and any(o[-1] != EOS for o in ours)
-
-
-@pytest.mark.parametrize("which", ["lm", "eos_lm"])
-def test_greedy_batched_equals_alone(which, request, prompts):
-    model = request.getfixturevalue(which)
-    alone = _alone(model, prompts, num_beams=1, max_new_tokens=12)
-    assert _run(model, prompts, num_beams=1, max_new_tokens=12) == alone
-    assert alone == [_slow_greedy(model, p, 12) for p in prompts]
-
-
-def test_greedy_repetition_penalty(lm, prompts):
-    plain = _alone(lm, prompts, num_beams=1, max_new_tokens=12)
-    penalised = _run(lm, prompts, num_beams=1, max_new_tokens=12, repetition_penalty=1.8)
-    assert penalised != plain
-    assert penalised == [_slow_greedy(lm, p, 12, penalty=1.8) for p in prompts]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Beam search
-
-
-@pytest.mark.parametrize("which", ["lm", "eos_lm"])
-def test_beam_matches_slow_reference_alone_and_batched(which, request, prompts):
-    model = request.getfixturevalue(which)
-    expected = [_slow_beam(model, p, 12) for p in prompts]
-    assert _alone(model, prompts, max_new_tokens=12) == expected
-    assert _run(model, prompts, max_new_tokens=12) == expected
-    assert any(e[-1] == EOS for e in expected)
-
-
-def test_beam_length_and_repetition_penalty(lm, prompts):
-    for fields in ({"length_penalty": 0.5}, {"repetition_penalty": 1.8}):
-        expected = [_slow_beam(lm, p, 10, length_penalty=fields.get("length_penalty", 1.0),
-                               penalty=fields.get("repetition_penalty", 1.0)) for p in prompts]
-        assert _run(lm, prompts, max_new_tokens=10, **fields) == expected
-    assert _run(lm, prompts, max_new_tokens=10, repetition_penalty=1.8) != _run(lm, prompts, max_new_tokens=10)
-
-
-def test_beam_width_two_and_six(eos_lm, prompts):
-    for beams in (2, 6):
-        expected = [_slow_beam(eos_lm, p, 8, beams=beams) for p in prompts[:3]]
-        assert _run(eos_lm, prompts[:3], max_new_tokens=8, num_beams=beams) == expected
-
-
-@pytest.mark.parametrize("beams", [1, 4])
-def test_max_new_tokens_and_eos_placement(eos_lm, lm, prompts, beams):
-    for model in (lm, eos_lm):
-        for max_new in (1, 2, 5):
-            for ids in _run(model, prompts, num_beams=beams, max_new_tokens=max_new):
-                assert 1 <= len(ids) <= max_new
-                assert EOS not in ids[:-1]
-                if ids[-1] != EOS:
-                    assert len(ids) == max_new  # no EOS only when the limit was reached
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Sampling
-
-
-@pytest.mark.parametrize("beams", [1, 3])
-def test_sampling_is_seeded(lm, prompts, beams):
-    fields = dict(do_sample=True, num_beams=beams, max_new_tokens=10, temperature=1.5, top_p=0.95)
-    first = _run(lm, prompts, seed=7, **fields)
-    assert _run(lm, prompts, seed=7, **fields) == first
-    others = [_run(lm, prompts, seed=s, **fields) for s in (8, 9)]
-    assert any(o != first for o in others)
-    for ids in first:
-        assert 1 <= len(ids) <= 10 and EOS not in ids[:-1]
-
-
-def test_top_k_one_sampling_is_greedy(lm, prompts):
-    greedy = _run(lm, prompts, num_beams=1, max_new_tokens=10)
-    assert _run(lm, prompts, num_beams=1, max_new_tokens=10, do_sample=True, top_k=1, seed=3) == greedy
-
-
-# ---------------------------------------------------------------------------------------------------------
-# peft and input checks
-
-
-def test_through_peft_lora(lm, prompts):
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, lora_alpha=32, lora_dropout=0.0,
-                        target_modules=["q_proj", "v_proj"])
-    wrapped = get_peft_model(copy.deepcopy(lm), config).eval()
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for name, param in wrapped.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.3)
-    few = prompts[:4]
-    ours = _run(wrapped, few, max_new_tokens=10)
-    assert ours == [_slow_beam(wrapped, p, 10) for p in few]
-    assert ours != _run(lm, few, max_new_tokens=10)  # the adapters matter
-    assert _run(wrapped, few, num_beams=1, max_new_tokens=10) == [_slow_greedy(wrapped, p, 10) for p in few]
-
-
-def test_rejects_bad_inputs(lm):
-    options = GenerationOptions(max_new_tokens=2)
-    table = lm.get_input_embeddings()
-    with pytest.raises(ConfigError, match="left-padded"):
-        generate_ids(lm, torch.randn(1, 3, HIDDEN), torch.tensor([[1, 1, 0]]), options,
-                     eos_token_id=EOS, embed_tokens=table)
-    with pytest.raises(ConfigError, match="attention_mask"):
-        generate_ids(lm, torch.randn(1, 3, HIDDEN), torch.ones(1, 4, dtype=torch.long), options,
-                     eos_token_id=EOS, embed_tokens=table)
