@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .constants import DEFAULT_LORA_SCALING
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, name_some
 from .model import SalmonnModel
 from .qformer import QFormerConfig
 
@@ -89,11 +89,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return _DTYPES[str(dtype).lower().removeprefix("torch.")]
     except KeyError:
         raise ConfigError(f"unknown dtype {dtype!r}; use float16, bfloat16 or float32") from None
-
-
-def _shorten(keys: list[str], limit: int = 3) -> str:
-    head = ", ".join(keys[:limit])
-    return f"{head} (+{len(keys) - limit} more)" if len(keys) > limit else head
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -234,11 +229,11 @@ def apply_checkpoint(
     if unexpected:
         raise CheckpointError(
             f"{path}: {len(unexpected)} checkpoint key(s) match no model parameter: "
-            f"{_shorten(unexpected)}"
+            f"{name_some(unexpected)}"
         )
     if wrong_shape:
         raise CheckpointError(
-            f"{path}: {len(wrong_shape)} shape mismatch(es): {_shorten(wrong_shape)}"
+            f"{path}: {len(wrong_shape)} shape mismatch(es): {name_some(wrong_shape)}"
         )
     missing = sorted(k for k in own if _is_trainable(k) and k not in loaded)
     if missing:
@@ -246,7 +241,7 @@ def apply_checkpoint(
         what = f" ({len(lora)} of them LoRA)" if lora else ""
         raise CheckpointError(
             f"{path}: the checkpoint lacks {len(missing)} SALMONN weight(s){what}: "
-            f"{_shorten(missing)}"
+            f"{name_some(missing)}"
         )
     with torch.no_grad():
         for key, value in loaded.items():

@@ -84,7 +84,9 @@ class ChunkingOptions:
 
     def __post_init__(self) -> None:
         if not 0 < self.max_seconds <= WINDOW_SECONDS:
-            raise ConfigError(f"max_seconds must be in (0, {WINDOW_SECONDS}], got {self.max_seconds}")
+            raise ConfigError(
+                f"max_seconds must be in (0, {WINDOW_SECONDS}], got {self.max_seconds}"
+            )
         if self.strategy not in ("quiet", "fixed"):
             raise ConfigError(f"strategy must be 'quiet' or 'fixed', got {self.strategy!r}")
         if not 0 <= self.overlap_seconds < self.max_seconds / 2:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class SalmonnError(Exception):
     """Base class of every error salmonn raises on purpose."""
@@ -37,3 +39,22 @@ class CheckpointError(SalmonnError):
 
 class PromptError(SalmonnError):
     """A prompt template is invalid or is missing variables."""
+
+
+def name_some(keys: Sequence[str], limit: int = 3) -> str:
+    """``"a, b, c (+4 more)"``: the first ``limit`` names and how many were left out."""
+    head = ", ".join(keys[:limit])
+    return f"{head} (+{len(keys) - limit} more)" if len(keys) > limit else head
+
+
+def key_mismatch(expected: Sequence[str], given: Sequence[str], what: str = "keys") -> str:
+    """One-line description of the missing and unexpected names of a state dict ("" when equal)."""
+    given_set, expected_set = set(given), set(expected)
+    missing = [k for k in expected if k not in given_set]
+    unexpected = [k for k in given if k not in expected_set]
+    parts = []
+    if missing:
+        parts.append(f"missing {what} {name_some(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {what} {name_some(unexpected)}")
+    return "; ".join(parts)

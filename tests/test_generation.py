@@ -27,9 +27,16 @@ def _tiny_lm(seed: int, eos_boost: float) -> LlamaForCausalLM:
     """Tiny LLaMA with large random weights (peaky, prompt-dependent outputs); EOS row scaled up."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
     )
     lm = LlamaForCausalLM(config).eval()
     with torch.no_grad():
@@ -64,8 +71,8 @@ def _left_pad(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     embeds = torch.zeros(len(prompts), longest, prompts[0].shape[1])
     mask = torch.zeros(len(prompts), longest, dtype=torch.long)
     for i, prompt in enumerate(prompts):
-        embeds[i, longest - prompt.shape[0]:] = prompt
-        mask[i, longest - prompt.shape[0]:] = 1
+        embeds[i, longest - prompt.shape[0] :] = prompt
+        mask[i, longest - prompt.shape[0] :] = 1
     return embeds, mask
 
 
@@ -73,8 +80,15 @@ def _run(lm, prompts: list[torch.Tensor], **option_fields) -> list[list[int]]:
     """generate_ids over a left-padded batch of prompts [L_i, D]."""
     embeds, mask = _left_pad(prompts)
     options = GenerationOptions(**option_fields)
-    return generate_ids(lm, embeds, mask, options, eos_token_id=EOS, pad_token_id=PAD,
-                        embed_tokens=lm.get_input_embeddings())
+    return generate_ids(
+        lm,
+        embeds,
+        mask,
+        options,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        embed_tokens=lm.get_input_embeddings(),
+    )
 
 
 def _alone(lm, prompts, **option_fields) -> list[list[int]]:
@@ -113,8 +127,9 @@ def _slow_greedy(lm, prompt, max_new: int, penalty: float = 1.0) -> list[int]:
     return ids[1:]
 
 
-def _slow_beam(lm, prompt, max_new: int, beams: int = 4, length_penalty: float = 1.0,
-               penalty: float = 1.0) -> list[int]:
+def _slow_beam(
+    lm, prompt, max_new: int, beams: int = 4, length_penalty: float = 1.0, penalty: float = 1.0
+) -> list[int]:
     max_len = max_new + 1
     running = [([BOS], 0.0)] + [([BOS], -1e9)] * (beams - 1)
     finished: list[tuple[float, list[int]]] = []  # (normalised score, ids without EOS)
@@ -163,9 +178,16 @@ def test_greedy_matches_transformers_generate(lm, prompts):
     ours = _alone(lm, prompts, num_beams=1, max_new_tokens=12)
     for prompt, mine in zip(prompts, ours):
         mask = torch.ones(1, len(prompt), dtype=torch.long)
-        theirs = lm.generate(inputs_embeds=prompt[None], attention_mask=mask, do_sample=False,
-                             num_beams=1, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD,
-                             bos_token_id=BOS)
+        theirs = lm.generate(
+            inputs_embeds=prompt[None],
+            attention_mask=mask,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=12,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            bos_token_id=BOS,
+        )
         assert mine == theirs[0].tolist()
     assert any(o[-1] == EOS for o in ours) and any(o[-1] != EOS for o in ours)
 
@@ -200,8 +222,16 @@ def test_beam_matches_slow_reference_alone_and_batched(which, request, prompts):
 
 def test_beam_length_and_repetition_penalty(lm, prompts):
     for fields in ({"length_penalty": 0.5}, {"repetition_penalty": 1.8}):
-        expected = [_slow_beam(lm, p, 10, length_penalty=fields.get("length_penalty", 1.0),
-                               penalty=fields.get("repetition_penalty", 1.0)) for p in prompts]
+        expected = [
+            _slow_beam(
+                lm,
+                p,
+                10,
+                length_penalty=fields.get("length_penalty", 1.0),
+                penalty=fields.get("repetition_penalty", 1.0),
+            )
+            for p in prompts
+        ]
         assert _run(lm, prompts, max_new_tokens=10, **fields) == expected
     plain = _run(lm, prompts, max_new_tokens=10)
     assert _run(lm, prompts, max_new_tokens=10, repetition_penalty=1.8) != plain
@@ -253,8 +283,13 @@ def test_sampling_with_one_candidate_left_is_greedy(lm, prompts):
 def test_through_peft_lora(lm, prompts):
     from peft import LoraConfig, TaskType, get_peft_model
 
-    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, lora_alpha=32, lora_dropout=0.0,
-                        target_modules=["q_proj", "v_proj"])
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=8,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+    )
     wrapped = get_peft_model(copy.deepcopy(lm), config).eval()
     torch.manual_seed(5)
     with torch.no_grad():
@@ -273,11 +308,23 @@ def test_rejects_bad_inputs(lm):
     options = GenerationOptions(max_new_tokens=2)
     table = lm.get_input_embeddings()
     with pytest.raises(ConfigError, match="left-padded"):
-        generate_ids(lm, torch.randn(1, 3, HIDDEN), torch.tensor([[1, 1, 0]]), options,
-                     eos_token_id=EOS, embed_tokens=table)
+        generate_ids(
+            lm,
+            torch.randn(1, 3, HIDDEN),
+            torch.tensor([[1, 1, 0]]),
+            options,
+            eos_token_id=EOS,
+            embed_tokens=table,
+        )
     with pytest.raises(ConfigError, match="attention_mask"):
-        generate_ids(lm, torch.randn(1, 3, HIDDEN), torch.ones(1, 4, dtype=torch.long), options,
-                     eos_token_id=EOS, embed_tokens=table)
+        generate_ids(
+            lm,
+            torch.randn(1, 3, HIDDEN),
+            torch.ones(1, 4, dtype=torch.long),
+            options,
+            eos_token_id=EOS,
+            embed_tokens=table,
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,11 +352,12 @@ class _ScriptedLM(torch.nn.Module):
         logits[EOS] = logits.max() - 4 * torch.rand(1, generator=gen).item()
         return logits
 
-    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None,
-                use_cache=False):
+    def forward(
+        self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, use_cache=False
+    ):
         values = inputs_embeds[..., 0].round().long().tolist()
         if attention_mask is not None and cache is None:
-            mask = attention_mask[:, -len(values[0]):].tolist()
+            mask = attention_mask[:, -len(values[0]) :].tolist()
             values = [[v for v, m in zip(row, mrow) if m] for row, mrow in zip(values, mask)]
         rows = [a + b for a, b in zip(cache.rows, values)] if cache is not None else values
         logits = torch.stack([self._logits(tuple(r)) for r in rows])[:, None]
@@ -333,12 +381,19 @@ def test_beam_scorer_rules_on_scripted_lm(seed):
     gen = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(10, 99, (n, 1), generator=gen).float() for n in (2, 3, 5, 4)]
     for beams, length_penalty in ((2, 1.0), (3, 0.6), (2, 2.0), (3, 3.0)):
-        expected = [_slow_beam(model, p, 6, beams=beams, length_penalty=length_penalty)
-                    for p in prompts]
-        options = GenerationOptions(max_new_tokens=6, num_beams=beams,
-                                    length_penalty=length_penalty)
-        got = generate_ids(model, *_left_pad(prompts), options, eos_token_id=EOS,
-                           embed_tokens=model.get_input_embeddings())
+        expected = [
+            _slow_beam(model, p, 6, beams=beams, length_penalty=length_penalty) for p in prompts
+        ]
+        options = GenerationOptions(
+            max_new_tokens=6, num_beams=beams, length_penalty=length_penalty
+        )
+        got = generate_ids(
+            model,
+            *_left_pad(prompts),
+            options,
+            eos_token_id=EOS,
+            embed_tokens=model.get_input_embeddings(),
+        )
         assert got == expected
 
 
@@ -368,9 +423,14 @@ def test_eos_candidate_after_the_beams_are_filled_is_not_kept():
     # beat every continuation (about -2.3 per token).
     model = _TableLM({(): {3: 0.5, 4: 0.3, EOS: 0.15}}, vocab=40)
     prompt = torch.tensor([[50.0]])
-    got = generate_ids(model, prompt[None], torch.ones(1, 1, dtype=torch.long),
-                       GenerationOptions(max_new_tokens=4, num_beams=2), eos_token_id=EOS,
-                       embed_tokens=model.get_input_embeddings())[0]
+    got = generate_ids(
+        model,
+        prompt[None],
+        torch.ones(1, 1, dtype=torch.long),
+        GenerationOptions(max_new_tokens=4, num_beams=2),
+        eos_token_id=EOS,
+        embed_tokens=model.get_input_embeddings(),
+    )[0]
     assert got[0] == 3 and len(got) == 4 and EOS not in got
     assert got == _slow_beam(model, prompt, 4, beams=2)
 

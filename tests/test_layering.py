@@ -36,13 +36,19 @@ def test_no_shell_true_and_safe_torch_load(path):
             continue
         keywords = {kw.arg: kw.value for kw in node.keywords}
         shell = keywords.get("shell")
-        assert not (isinstance(shell, ast.Constant) and shell.value is True), f"shell=True in {path}"
+        assert not (isinstance(shell, ast.Constant) and shell.value is True), (
+            f"shell=True in {path}"
+        )
         assert "trust_remote_code" not in keywords or (
             isinstance(keywords["trust_remote_code"], ast.Constant)
             and keywords["trust_remote_code"].value is False
         ), f"trust_remote_code in {path}"
         func = node.func
-        if isinstance(func, ast.Attribute) and func.attr == "load" and getattr(func.value, "id", "") == "torch":
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr == "load"
+            and getattr(func.value, "id", "") == "torch"
+        ):
             wo = keywords.get("weights_only")
             assert isinstance(wo, ast.Constant) and wo.value is True, (
                 f"torch.load without weights_only=True in {path}:{node.lineno}"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, key_mismatch
 from ..features import beats_fbank
 
 __all__ = ["Beats", "BeatsConfig", "load_beats", "relative_position_buckets"]
@@ -349,20 +349,6 @@ def _legacy_weight_norm_names(state: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-def _key_problems(expected: Sequence[str], given: Sequence[str], limit: int = 3) -> str:
-    given_set, expected_set = set(given), set(expected)
-    missing = [k for k in expected if k not in given_set]
-    unexpected = [k for k in given if k not in expected_set]
-    parts = []
-    if missing:
-        more = f" (+{len(missing) - limit} more)" if len(missing) > limit else ""
-        parts.append(f"missing keys {', '.join(missing[:limit])}{more}")
-    if unexpected:
-        more = f" (+{len(unexpected) - limit} more)" if len(unexpected) > limit else ""
-        parts.append(f"unexpected keys {', '.join(unexpected[:limit])}{more}")
-    return "; ".join(parts)
-
-
 def load_beats(path: str | Path, device: torch.device | str = "cpu") -> Beats:
     """Load an official BEATs checkpoint (a ``torch.save`` dict with ``cfg`` and ``model``),
     strictly.
@@ -393,7 +379,7 @@ def load_beats(path: str | Path, device: torch.device | str = "cpu") -> Beats:
     state = _legacy_weight_norm_names(dict(ckpt["model"]))
     with torch.device("meta"):
         model = Beats(cfg)
-    problems = _key_problems(list(model.state_dict()), list(state))
+    problems = key_mismatch(list(model.state_dict()), list(state))
     if problems:
         raise CheckpointError(f"{path} is not a BEATs checkpoint: {problems}")
     try:

@@ -20,7 +20,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from ..constants import WHISPER_ENCODER_FRAMES, WHISPER_N_MELS
-from ..errors import CheckpointError
+from ..errors import CheckpointError, key_mismatch
 
 __all__ = ["is_large_v2_shaped", "load_whisper_encoder", "whisper_encoder_width"]
 
@@ -147,24 +147,6 @@ def _read_encoder_state(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _key_report(expected: list[str], given: list[str], limit: int = 3) -> str:
-    given_set, expected_set = set(given), set(expected)
-    missing = [k for k in expected if k not in given_set]
-    unexpected = [k for k in given if k not in expected_set]
-    parts = []
-    if missing:
-        parts.append(
-            f"missing encoder keys {', '.join(missing[:limit])}"
-            + ("..." if len(missing) > limit else "")
-        )
-    if unexpected:
-        parts.append(
-            f"unexpected encoder keys {', '.join(unexpected[:limit])}"
-            + ("..." if len(unexpected) > limit else "")
-        )
-    return "; ".join(parts)
-
-
 def load_whisper_encoder(
     path: str | Path,
     device: torch.device | str = "cpu",
@@ -194,7 +176,7 @@ def load_whisper_encoder(
     state = _read_encoder_state(folder)
     with torch.device("meta"):
         encoder = WhisperEncoder(config)
-    problems = _key_report(list(encoder.state_dict()), list(state))
+    problems = key_mismatch(list(encoder.state_dict()), list(state), "encoder keys")
     if problems:
         raise CheckpointError(f"{folder}: {problems}")
     try:
