@@ -15,6 +15,8 @@ class GenerationOptions:
 
     Attributes:
         max_new_tokens: generated tokens at most (the final EOS included).
+        min_length: EOS is banned while the generated ids plus the dummy BOS number fewer than
+            this (transformers 4.28's count); the original's 1 never bans it.
         num_beams: beam width; 1 means greedy (or plain sampling with ``do_sample``).
         do_sample: sample instead of taking the best token (beam-sample when ``num_beams > 1``).
         temperature, top_k, top_p: sampling filters, used only when ``do_sample``.
@@ -24,6 +26,7 @@ class GenerationOptions:
     """
 
     max_new_tokens: int = 200
+    min_length: int = 1
     num_beams: int = 4
     do_sample: bool = False
     temperature: float = 1.0
@@ -36,6 +39,8 @@ class GenerationOptions:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.min_length < 0:
+            raise ConfigError(f"min_length must be >= 0, got {self.min_length}")
         if self.num_beams < 1:
             raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
         if self.temperature <= 0:

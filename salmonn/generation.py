@@ -170,6 +170,19 @@ def _repetition_penalty(scores: Tensor, ids: Tensor, penalty: float) -> Tensor:
     return scores.scatter(1, ids, picked)
 
 
+def _processors(scores: Tensor, ids: Tensor, options: GenerationOptions, eos: int) -> Tensor:
+    """4.28 logits processors in order: repetition penalty, then min length.
+
+    ``ids`` [N, T] hold the dummy BOS, so ``T`` is 4.28's ``cur_len``: EOS is banned while
+    ``T < min_length`` (``min_length=1``, the original's setting, never bans it).
+    """
+    scores = _repetition_penalty(scores, ids, options.repetition_penalty)
+    if ids.shape[1] < options.min_length:
+        scores = scores.clone()
+        scores[:, eos] = -float("inf")
+    return scores
+
+
 def _warp(scores: Tensor, options: GenerationOptions, min_keep: int) -> Tensor:
     """4.28 temperature, top-k and top-p warpers over scores [N, V]; removed entries become -inf."""
     if options.temperature != 1.0:
@@ -206,7 +219,7 @@ def _decode_single(
     items = torch.arange(batch)  # item of each running row
     history = torch.full((batch, 1), bos, dtype=torch.long, device=logits.device)
     for step in range(options.max_new_tokens):
-        scores = _repetition_penalty(logits, history, options.repetition_penalty)
+        scores = _processors(logits, history, options, eos)
         if options.do_sample:
             probs = _warp(scores, options, min_keep=1).softmax(dim=-1)
             tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
@@ -283,7 +296,7 @@ def _decode_beams(
         beam_scores[:, 1:] = _BEAM_INIT
     beam_scores = beam_scores.view(-1)
     while True:
-        candidates = _candidates(logits, seqs, beam_scores, options, generator)
+        candidates = _candidates(logits, seqs, beam_scores, options, generator, eos)
         rows, tokens, scores, items = _process(hyps, items, seqs, *candidates, eos)
         seqs = torch.cat([seqs[rows], tokens[:, None]], dim=1)
         beam_scores = scores
@@ -307,6 +320,7 @@ def _candidates(
     beam_scores: Tensor,
     options: GenerationOptions,
     generator: torch.Generator | None,
+    eos: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Score the next tokens of every beam and pick 2*num_beams candidates per item, best first.
 
@@ -315,7 +329,7 @@ def _candidates(
     """
     num_beams = options.num_beams
     scores = torch.log_softmax(logits, dim=-1)
-    scores = _repetition_penalty(scores, seqs, options.repetition_penalty)
+    scores = _processors(scores, seqs, options, eos)
     scores = scores + beam_scores[:, None]
     vocab = scores.shape[-1]
     if options.do_sample:  # 4.28 beam_sample: warp the running sums, sample without replacement

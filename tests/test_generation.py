@@ -207,6 +207,15 @@ def test_greedy_repetition_penalty(lm, prompts):
     assert penalised == [_slow_greedy(lm, p, 12, penalty=1.8) for p in prompts]
 
 
+def test_min_length_bans_eos_until_reached(eos_lm, prompts):
+    plain = _run(eos_lm, prompts, num_beams=1, max_new_tokens=12)
+    assert any(EOS in ids[:5] for ids in plain)  # the EOS-heavy model stops early somewhere
+    for beams in (1, 4):
+        held = _run(eos_lm, prompts, num_beams=beams, max_new_tokens=12, min_length=6)
+        # 4.28 counts the dummy BOS: ids of length 6 = BOS + 5 tokens, so tokens 1..5 are not EOS
+        assert all(EOS not in ids[:5] for ids in held)
+
+
 # --------------------------------------------------------------------------------------------------
 # Beam search
 
