@@ -41,6 +41,12 @@ _TRAINABLE_PREFIXES = (
 _ROTARY = re.compile(r"^llama_model\..*\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 _ROTARY_OWN = "llama_model.base_model.model.model.rotary_emb.inv_freq"  # transformers 5: one table
 _POSITION_IDS = "speech_Qformer.bert.embeddings.position_ids"
+# The Q-Former's text branch: the October 2023 code kept these modules (R24 deletes them); the query
+# path never uses them (spec §5.3, §9.1), so a checkpoint that carries them loads all the same.
+_QFORMER_TEXT_BRANCH = re.compile(
+    r"^speech_Qformer\.(cls\.|bert\.embeddings\.(word|position)_embeddings\."
+    r"|bert\.encoder\.layer\.\d+\.(intermediate|output)\.)"
+)
 _BEATS_BIAS = re.compile(
     r"^beats\.encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.weight$"
 )
@@ -262,8 +268,8 @@ def _known_extra(
     own: Mapping[str, torch.Tensor], key: str, value: torch.Tensor, path: str | Path
 ) -> bool:
     """Non-trainable tensors the original's checkpoint carries (spec Appendix C.2)."""
-    if key == _POSITION_IDS:
-        return True  # unused buffer
+    if key == _POSITION_IDS or _QFORMER_TEXT_BRANCH.match(key):
+        return True  # unused by the query path
     if _ROTARY.match(key):  # derived from the LLM config: check it against the loaded LLM's table
         table = own.get(_ROTARY_OWN)
         if (

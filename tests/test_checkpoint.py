@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,6 +110,20 @@ def test_unknown_key(tiny_paths, tmp_path):
         match=r"1 checkpoint key\(s\) match no model parameter: speech_Qformer\.bert\.pooler",
     ):
         _load(tiny_paths, checkpoint=path)
+
+
+def test_unused_qformer_text_branch_of_the_2023_code_is_accepted(tiny_paths, tmp_path):
+    prefix = "speech_Qformer.bert."
+    extra = {
+        prefix + "embeddings.word_embeddings.weight": torch.randn(30, 128),
+        prefix + "encoder.layer.0.intermediate.dense.weight": torch.randn(512, 128),
+        prefix + "encoder.layer.1.output.LayerNorm.bias": torch.randn(128),
+        "speech_Qformer.cls.predictions.bias": torch.randn(30),
+    }
+    plain = _load(tiny_paths)
+    model = _load(tiny_paths, checkpoint=_variant(tiny_paths, tmp_path, lambda s: s.update(extra)))
+    wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    torch.testing.assert_close(model.encode_audio([wave]), plain.encode_audio([wave]))
 
 
 def test_shape_mismatch(tiny_paths, tmp_path):
