@@ -16,3 +16,18 @@ def tiny_paths(tmp_path_factory):
     from salmonn.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny-salmonn"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_flags(tiny_paths):
+    """CLI flags that select the tiny model."""
+    return [
+        "--whisper",
+        tiny_paths.whisper,
+        "--beats",
+        tiny_paths.beats,
+        "--llm",
+        tiny_paths.llm,
+        "--checkpoint",
+        tiny_paths.checkpoint,
+    ]

@@ -47,20 +47,6 @@ def tree(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def model_flags(tiny_paths):
-    return [
-        "--whisper",
-        tiny_paths.whisper,
-        "--beats",
-        tiny_paths.beats,
-        "--llm",
-        tiny_paths.llm,
-        "--checkpoint",
-        tiny_paths.checkpoint,
-    ]
-
-
 def invoke(args, **kw):
     return CliRunner().invoke(
         cli, [str(a) for a in args], catch_exceptions=kw.pop("catch", True), **kw

@@ -115,7 +115,7 @@ def _records(path: Path) -> list[dict]:
     ]
 
 
-def test_kill_9_mid_run_then_resume_gives_one_record_per_input(six_files, tiny_paths, tmp_path):
+def test_kill_9_mid_run_then_resume_gives_one_record_per_input(six_files, model_flags, tmp_path):
     out = tmp_path / "out.jsonl"
     args = [
         *salmonn_command(),
@@ -125,14 +125,7 @@ def test_kill_9_mid_run_then_resume_gives_one_record_per_input(six_files, tiny_p
         str(out),
         "--batch-size",
         "1",
-        "--whisper",
-        tiny_paths.whisper,
-        "--beats",
-        tiny_paths.beats,
-        "--llm",
-        tiny_paths.llm,
-        "--checkpoint",
-        tiny_paths.checkpoint,
+        *model_flags,
         "--device",
         "cpu",
         "--max-new-tokens",
