@@ -44,6 +44,10 @@ _LAZY = {
     "Record": "records",
     "Segment": "records",
     "resolve_components": "hub",
+    "run_task": "tasks",
+    "make_task": "tasks",
+    "Task": "tasks",
+    "TASKS": "tasks",
     "PRESETS": "hub",
 }
 
@@ -85,4 +89,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import ProgressEvent, TaskSpec, process  # noqa: F401
     from .hub import resolve_components  # noqa: F401
     from .records import Record, Segment  # noqa: F401
+    from .tasks import TASKS, Task, make_task, run_task  # noqa: F401
     from .tiny import write_tiny_model  # noqa: F401

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .constants import PROMPT_TEMPLATE, SPEECH_PLACEHOLDER, SPEECH_PREFIX
-from .errors import CheckpointError, ConfigError, PromptError
+from .constants import PROMPT_TEMPLATE, SPEECH_PLACEHOLDER
+from .errors import CheckpointError, ConfigError
+from .tasks import audio_instruction
 
 log = logging.getLogger("salmonn")
 
@@ -92,10 +93,7 @@ def wrap_prompt(user_text: str) -> str:
     ``"Describe it."`` -> ``"USER: <Speech><SpeechHere></Speech> Describe it.\\nASSISTANT:"``. A
     text that already contains ``<SpeechHere>`` is used as is inside the template.
     """
-    count = user_text.count(SPEECH_PLACEHOLDER)
-    if count > 1:
-        raise PromptError(f"a prompt may contain {SPEECH_PLACEHOLDER} once, found {count} times")
-    body = user_text if count == 1 else SPEECH_PREFIX + user_text.strip()
+    body = audio_instruction(user_text)
     return PROMPT_TEMPLATE.format(body)
 
 

@@ -12,34 +12,14 @@ from typing import Any
 import click
 
 from salmonn import __version__
-from salmonn.errors import SalmonnError
+from salmonn.errors import PromptError, SalmonnError
+from salmonn.tasks import TRANSCRIBE_LANGUAGES, make_task
 
 from .options import PER_CHUNK_OPTION, common_options
-from .run import TaskRequest, run_task
+from .run import run_task
 from .settings import SettingsError
 
 DEBUG_ENV = "SALMONN_DEBUG"
-TRAINED_LANGUAGES = {"zh": "Chinese"}  # English -> Chinese was trained
-EMERGENT_LANGUAGES = {"de": "German", "ja": "Japanese"}  # the paper's zero-shot abilities
-LANGUAGE_NAMES = {
-    "en": "English",
-    "fr": "French",
-    "es": "Spanish",
-    "it": "Italian",
-    "pt": "Portuguese",
-    "ru": "Russian",
-    "ko": "Korean",
-    "ar": "Arabic",
-    "nl": "Dutch",
-    "pl": "Polish",
-    "tr": "Turkish",
-    "sv": "Swedish",
-    "hi": "Hindi",
-    "vi": "Vietnamese",
-    "uk": "Ukrainian",
-    "cs": "Czech",
-}
-NO_SPACE_LANGUAGES = ("zh", "ja")  # chunk texts are joined without a space
 
 
 def _one_line(err: BaseException) -> str:
@@ -81,16 +61,25 @@ def _paths_arg(func: Any) -> Any:
     return click.argument("paths", nargs=-1, required=True, metavar="PATH...")(func)
 
 
-def _run(params: dict[str, Any], request: TaskRequest) -> None:
-    request.per_chunk = params.pop("per_chunk", False)
-    run_task(params, request)
+def _run(params: dict[str, Any], task: str, **task_args: Any) -> None:
+    """Build the library task from the command's arguments and run it."""
+    per_chunk = params.pop("per_chunk", False)
+    if task not in ("transcribe", "translate"):
+        task_args["per_chunk"] = per_chunk
+    try:
+        chosen = make_task(task, **task_args)
+    except PromptError as err:
+        raise click.UsageError(str(err)) from None
+    if chosen.note:
+        click.echo(f"warning: {chosen.note}", err=True)
+    run_task(params, chosen)
 
 
 @cli.command()
 @_paths_arg
 @click.option(
     "--language",
-    type=click.Choice(["en", "zh", "de"]),
+    type=click.Choice(TRANSCRIBE_LANGUAGES),
     default="en",
     show_default=True,
     help="Language of the speech (picks the trained prompt of that language).",
@@ -101,8 +90,7 @@ def transcribe(language: str, **params: Any) -> None:
 
     PATH: files, folders, glob patterns, or - for standard input.
     """
-    joiner = "" if language in NO_SPACE_LANGUAGES else " "
-    _run(params, TaskRequest("transcribe", f"transcribe.{language}", joiner=joiner))
+    _run(params, "transcribe", language=language)
 
 
 @cli.command()
@@ -117,20 +105,7 @@ def transcribe(language: str, **params: Any) -> None:
 @common_options
 def translate(target: str, **params: Any) -> None:
     """Speech translation from English (English -> Chinese was trained)."""
-    code = target.lower()
-    names = {**TRAINED_LANGUAGES, **EMERGENT_LANGUAGES}
-    if code in names:
-        request = TaskRequest("translate", f"translate.{code}")
-    else:
-        language = LANGUAGE_NAMES.get(code, target)
-        click.echo(
-            f"warning: translation into {language} was neither trained nor evaluated; "
-            "expect weak results",
-            err=True,
-        )
-        request = TaskRequest("translate", "translate.any", {"language": language})
-    request.joiner = "" if code in NO_SPACE_LANGUAGES else " "
-    _run(params, request)
+    _run(params, "translate", to=target)
 
 
 @cli.command()
@@ -140,7 +115,7 @@ def translate(target: str, **params: Any) -> None:
 @common_options
 def caption(music: bool, **params: Any) -> None:
     """Describe the audio (speech, sounds, music)."""
-    _run(params, TaskRequest("caption", "caption.music" if music else "caption.audio"))
+    _run(params, "caption", music=music)
 
 
 @cli.command()
@@ -152,7 +127,7 @@ def ask(question: str, **params: Any) -> None:
     """Ask a free QUESTION about the audio, e.g. salmonn ask meeting.wav "who is angry?"."""
     if not question.strip():
         raise click.BadParameter("the question is empty", param_hint="QUESTION")
-    _run(params, TaskRequest("ask", "ask", {"question": question}))
+    _run(params, "ask", question=question)
 
 
 @cli.command()
@@ -161,7 +136,7 @@ def ask(question: str, **params: Any) -> None:
 @common_options
 def story(**params: Any) -> None:
     """Audio-based storytelling: a story inspired by what is heard."""
-    _run(params, TaskRequest("story", "story"))
+    _run(params, "story")
 
 
 @cli.command()
@@ -171,10 +146,7 @@ def story(**params: Any) -> None:
 @common_options
 def reason(question: str | None, **params: Any) -> None:
     """Speech-audio co-reasoning: the speaker's question answered using the background sound."""
-    if question is None:
-        _run(params, TaskRequest("reason", "reason"))
-    else:
-        _run(params, TaskRequest("reason", "reason.question", {"question": question}))
+    _run(params, "reason", question=question)
 
 
 def _parse_vars(
@@ -212,9 +184,9 @@ def prompt(
     if text is not None:
         if variables:
             raise click.UsageError("--var goes with --template, not --text")
-        _run(params, TaskRequest("prompt", text=text))
+        _run(params, "prompt", text=text)
     else:
-        _run(params, TaskRequest(template, template, variables))  # type: ignore[arg-type]
+        _run(params, "prompt", template=template, variables=variables)
 
 
 def _register_helpers() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,64 +21,6 @@ from . import paths as outputs
 from .options import GENERATION_KEYS
 from .progress import Reporter, setup_logging
 from .settings import SettingsError, model_kwargs, resolve
-
-
-@dataclass
-class TaskRequest:
-    """What a task command asks for: a template and its variables (or a raw instruction)."""
-
-    task: str
-    template: str | None = None
-    variables: dict[str, str] = field(default_factory=dict)
-    text: str | None = None
-    per_chunk: bool = False
-    joiner: str = " "
-    summary: str | None = None  # override of the template's summary template (raw --text)
-
-
-def build_spec(request: TaskRequest) -> Any:
-    """The engine's :class:`TaskSpec` for ``request``; template problems raise :class:`PromptError`."""
-    from salmonn.constants import SPEECH_PLACEHOLDER, SPEECH_PREFIX
-    from salmonn.engine import TaskSpec
-    from salmonn.templates import load_templates, parse_template, render, render_summary
-
-    templates = load_templates()
-    if request.text is not None:
-        raw = (
-            request.text
-            if SPEECH_PLACEHOLDER in request.text
-            else SPEECH_PREFIX + request.text.strip()
-        )
-        escaped = raw.replace("{", "{{").replace("}", "}}")
-        template = parse_template(request.task, escaped, source="--text", summary="summary.prompt")
-    else:
-        if request.template not in templates:
-            from salmonn.templates import get_template
-
-            get_template(request.template or "")  # raises with close names
-        template = templates[request.template]  # type: ignore[index]
-        if template.kind != "audio":
-            raise PromptError(
-                f"template {template.name!r} is a text template (the long-audio pass), "
-                "not an instruction for audio"
-            )
-    prompt = render(template, **request.variables)
-    summary_name = request.summary or template.summary
-    if summary_name is None:
-        return TaskSpec(request.task, prompt, join="concat", joiner=request.joiner)
-    summary = templates[summary_name]
-    variables = dict(request.variables)
-
-    def summary_prompt(segments: list[Any]) -> str:
-        return render_summary(summary, segments, prompt, **variables)
-
-    return TaskSpec(
-        request.task,
-        prompt,
-        join="summary",
-        summary_prompt=summary_prompt,
-        per_chunk=request.per_chunk,
-    )
 
 
 def _usage(message: str) -> click.UsageError:
@@ -220,12 +161,12 @@ def _errors_as_usage() -> Iterator[None]:
         raise _usage(str(err)) from None
 
 
-def run_task(params: dict[str, Any], request: TaskRequest) -> None:
+def run_task(params: dict[str, Any], task: Any) -> None:
     """Run one task command; exits 0 (all good), 1 (a file failed) or 2 (usage)."""
     setup_logging(params["verbose"])
     reporter = Reporter(quiet=params["quiet"])
     with _errors_as_usage():
-        spec = build_spec(request)
+        spec = task.spec()
         settings = resolve(
             {
                 k: params.get(k)
