@@ -8,6 +8,32 @@ from typing import Any
 from .constants import MIN_SECONDS, WINDOW_SECONDS
 from .errors import ConfigError
 
+DEFAULT_BATCH_SIZE = 4  # chunks per model call, taken across files
+
+
+def check_batch_size(value: Any) -> int:
+    """``value`` as a batch size (an integer >= 1).
+
+    Raises:
+        ConfigError: not an integer, or below 1.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"batch_size must be an integer, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"batch_size must be an integer, got {value!r}") from None
+    if number != value and not isinstance(value, str):
+        raise ConfigError(f"batch_size must be an integer, got {value!r}")
+    if number < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {number}")
+    return number
+
+
+def prefetch_depth(batch_size: int) -> int:
+    """How many decoded chunks to keep ready ahead of the model: two batches, at least 16."""
+    return max(16, 2 * batch_size)
+
 
 @dataclass(frozen=True)
 class GenerationOptions:

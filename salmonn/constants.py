@@ -41,3 +41,6 @@ PAD_TOKEN = "[PAD]"
 
 # Default LoRA scaling: lora_alpha 32 / r 8 (spec §7); the official 7B demo uses 3.0.
 DEFAULT_LORA_SCALING = 4.0
+
+# The four files or folders a SALMONN model is loaded from
+COMPONENTS = ("whisper", "beats", "llm", "checkpoint")

@@ -24,7 +24,13 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .config import ChunkingOptions, GenerationOptions
+from .config import (
+    DEFAULT_BATCH_SIZE,
+    ChunkingOptions,
+    GenerationOptions,
+    check_batch_size,
+    prefetch_depth,
+)
 from .errors import ConfigError
 from .records import Record, Segment
 from .records import resume_key as records_resume_key
@@ -420,7 +426,7 @@ def process(
     *,
     chunking: ChunkingOptions | None = None,
     generation: GenerationOptions | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     resume_keys: Collection[str] = (),
     on_progress: Callable[[ProgressEvent], None] | None = None,
     chunks: Iterable[Any] | None = None,
@@ -444,8 +450,7 @@ def process(
 
     Closing the generator early (``--fail-fast``) stops the decoding threads.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
     chunking = chunking or ChunkingOptions()
     generation = generation or GenerationOptions()
     if chunks is not None and resume_keys:
@@ -459,7 +464,7 @@ def process(
     source = chunks
     if source is None:
         source = (chunk_source or _prefetch)(
-            [str(i.path) for i in todo], chunking, max(16, 2 * batch_size)
+            [str(i.path) for i in todo], chunking, prefetch_depth(batch_size)
         )
     try:
         for fc in source:

@@ -2,7 +2,10 @@
 
 Options that may also come from the environment or the config file default to ``None`` here and are
 resolved in :mod:`salmonn_cli.settings`; decoding and chunking options default to ``None`` too, so that
-only what the user typed overrides :class:`GenerationOptions` / :class:`ChunkingOptions`.
+only what the user typed overrides :class:`GenerationOptions` / :class:`ChunkingOptions`. Their
+destination names are the dataclass field names (``--chunk-seconds`` -> ``max_seconds``), which is how
+:mod:`salmonn_cli.settings` finds them. Validation is the settings' job, not Click's, so that a flag, an
+environment variable and a config key are checked by the same code.
 """
 
 from __future__ import annotations
@@ -83,7 +86,6 @@ MODEL_OPTIONS = [
     ),
     click.option(
         "--batch-size",
-        type=click.IntRange(min=1),
         metavar="N",
         help=f"Chunks per model call, across files. "
         f"[default: {DEFAULT_BATCH_SIZE}; {_env_help('batch_size')}]",
@@ -170,12 +172,14 @@ INPUT_OPTIONS = [
     ),
     click.option(
         "--chunk-seconds",
+        "max_seconds",
         type=float,
         metavar="S",
         help=f"Longest chunk fed to the model (at most 30). [default: {_CHUNK.max_seconds}]",
     ),
     click.option(
         "--chunk-strategy",
+        "strategy",
         type=click.Choice(["quiet", "fixed"]),
         help="Cut long audio at the quietest point near the limit, or at fixed times. "
         f"[default: {_CHUNK.strategy}]",
@@ -189,7 +193,7 @@ INPUT_OPTIONS = [
     ),
     click.option(
         "--channel",
-        type=click.IntRange(min=0),
+        type=int,
         metavar="N",
         help="Keep this channel only. [default: mix all channels]",
     ),
@@ -245,17 +249,3 @@ def apply(options: list[Decorator]) -> Decorator:
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Every option group of the task commands."""
     return apply(MODEL_OPTIONS + DECODING_OPTIONS + INPUT_OPTIONS + OUTPUT_OPTIONS)(func)
-
-
-GENERATION_KEYS = (
-    "num_beams",
-    "max_new_tokens",
-    "do_sample",
-    "temperature",
-    "top_k",
-    "top_p",
-    "repetition_penalty",
-    "length_penalty",
-    "seed",
-)
-CHUNKING_KEYS = ("chunk_seconds", "chunk_strategy", "overlap_seconds", "channel")

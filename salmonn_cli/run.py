@@ -1,75 +1,77 @@
-"""One task run: options -> inputs -> outputs/resume -> model -> engine -> writers -> exit code.
+"""One task run: settings -> inputs -> outputs/resume -> a :class:`Job` -> executor -> writers -> exit code.
 
-Everything that can be checked without torch (options, templates, inputs, outputs) is checked before the
+Everything that can be checked without torch (settings, templates, inputs, outputs) is checked before the
 model is imported, so usage errors answer instantly and exit 2.
+
+The seam between planning and running is :data:`Executor`: a callable that takes a :class:`Job` (inputs,
+task spec, options, model settings) and a :class:`Reporter` and returns the job's records, in input
+order. :func:`local_executor` runs the job in this process; another executor (e.g. one that spreads the
+inputs over a cluster) can be passed to :func:`run_task` instead.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from salmonn.config import ChunkingOptions, GenerationOptions
+from salmonn.config import ChunkingOptions, GenerationOptions, prefetch_depth
 from salmonn.errors import AudioError, ConfigError, PromptError
 
 from . import paths as outputs
-from .options import GENERATION_KEYS
 from .progress import Reporter, setup_logging
-from .settings import SettingsError, model_kwargs, resolve
+from .settings import InputSettings, ModelSettings, OutputSettings, SettingsError, TaskSettings
 
 
 def _usage(message: str) -> click.UsageError:
     return click.UsageError(message, ctx=click.get_current_context(silent=True))
 
 
-def _check_preset(settings: dict[str, Any]) -> None:
-    from salmonn.hub import PRESETS
+@dataclass(frozen=True)
+class Job:
+    """What to run: the inputs still to do, the task, the options and the model to load.
 
-    preset = model_kwargs(settings)["preset"]
-    if preset is not None and preset not in PRESETS:
-        origin = settings["model"].origin
-        raise _usage(f"unknown model {preset!r} ({origin}); choose from {', '.join(PRESETS)}")
+    Attributes:
+        items: the inputs (``InputItem``), in the order their records must come out.
+        spec: the task (:meth:`salmonn.Task.spec`).
+        model: which model to load, and how.
+        generation, chunking: decoding and chunking options.
+        batch_size: chunks per model call, taken across files.
+        verbose, quiet: how much the model load may say on stderr.
+    """
 
-
-def build_options(
-    params: dict[str, Any], reporter: Reporter
-) -> tuple[GenerationOptions, ChunkingOptions]:
-    """Decoding and chunking options from the flags (only those given override the defaults)."""
-    given = {k: params.get(k) for k in GENERATION_KEYS}
-    try:
-        generation = GenerationOptions().with_overrides(**given)
-        chunking = ChunkingOptions().with_overrides(
-            max_seconds=params.get("chunk_seconds"),
-            strategy=params.get("chunk_strategy"),
-            overlap_seconds=params.get("overlap_seconds"),
-            channel=params.get("channel"),
-        )
-    except ConfigError as err:
-        raise _usage(str(err)) from None
-    sampling = [k for k in ("temperature", "top_k", "top_p") if given.get(k) is not None]
-    if sampling and not generation.do_sample:
-        names = ", ".join("--" + k.replace("_", "-") for k in sampling)
-        reporter.warn(f"{names} only matter with --do-sample")
-    return generation, chunking
+    items: list[Any]
+    spec: Any
+    model: ModelSettings
+    generation: GenerationOptions
+    chunking: ChunkingOptions
+    batch_size: int
+    verbose: int = 0
+    quiet: bool = False
 
 
-def collect_inputs(params: dict[str, Any]) -> list[Any]:
+Executor = Callable[[Job, Reporter], Iterator[Any]]
+"""Runs a :class:`Job`: returns an iterator of its records (one per item, in order) once the model is
+ready (so a failed load leaves the output untouched); closing the iterator stops the work."""
+
+
+def collect_inputs(settings: InputSettings) -> list[Any]:
     """Expanded inputs; a missing path or an empty selection is a usage error."""
     from salmonn.inputs import expand_inputs
 
     problems: list[AudioError] = []
     try:
         items = expand_inputs(
-            params["paths"],
-            recursive=params["recursive"],
-            include_hidden=params["include_hidden"],
-            extensions=params["extensions"] or None,
-            list_file=params["list_file"],
+            settings.paths,
+            recursive=settings.recursive,
+            include_hidden=settings.include_hidden,
+            extensions=settings.extensions or None,
+            list_file=settings.list_file,
             on_error=problems.append,
         )
     except (ConfigError, AudioError) as err:
@@ -79,7 +81,7 @@ def collect_inputs(params: dict[str, Any]) -> list[Any]:
         raise _usage(f"{problems[0]}{more}")
     if not items:
         raise _usage(
-            f"no audio or video files found in {', '.join(params['paths']) or '--files-from'}"
+            f"no audio or video files found in {', '.join(settings.paths) or '--files-from'}"
         )
     return items
 
@@ -87,15 +89,17 @@ def collect_inputs(params: dict[str, Any]) -> list[Any]:
 class Sink:
     """Writes each record where ``-o`` says, flushed as soon as it arrives."""
 
-    def __init__(self, plan: outputs.OutputPlan, fmt: str, items: list[Any], resume: bool) -> None:
+    def __init__(self, settings: OutputSettings, items: list[Any]) -> None:
         from salmonn.writers import get_writer
 
-        self.plan, self.fmt, self.resume = plan, fmt, resume
-        self.writer_class = get_writer(fmt)
+        self.plan = outputs.plan_output(settings.target)
+        self.fmt, self.resume = settings.fmt, settings.resume
+        self.writer_class = get_writer(self.fmt)
         self.names = dict(
             zip(
                 (str(i.path) for i in items),
                 outputs.output_names(items, self.writer_class.extension),
+                strict=True,
             )
         )
         self.multi = len(items) > 1
@@ -161,108 +165,138 @@ def _errors_as_usage() -> Iterator[None]:
         raise _usage(str(err)) from None
 
 
-def run_task(params: dict[str, Any], task: Any) -> None:
-    """Run one task command; exits 0 (all good), 1 (a file failed) or 2 (usage)."""
+def run_task(params: dict[str, Any], task: Any, executor: Executor | None = None) -> None:
+    """Run one task command; exits 0 (all good), 1 (a file failed) or 2 (usage).
+
+    ``params`` are the command's Click values, ``task`` a :class:`salmonn.Task`; ``executor`` runs the
+    planned job (default: :func:`local_executor`).
+    """
     setup_logging(params["verbose"])
     reporter = Reporter(quiet=params["quiet"])
     with _errors_as_usage():
         spec = task.spec()
-        settings = resolve(
-            {
-                k: params.get(k)
-                for k in (
-                    "whisper",
-                    "beats",
-                    "llm",
-                    "checkpoint",
-                    "model",
-                    "device",
-                    "dtype",
-                    "batch_size",
-                )
-            },
-            warn=reporter.warn,
-        )
-    _check_preset(settings)
-    generation, chunking = build_options(params, reporter)
-    if params["load_in_8bit"] and params["load_in_4bit"]:
-        raise _usage("choose one of --load-in-8bit and --load-in-4bit")
-    items = collect_inputs(params)
-    sink = Sink(outputs.plan_output(params["output"]), params["fmt"], items, params["resume"])
-    if params["shard"] is not None:
+        settings = TaskSettings.from_params(params, warn=reporter.warn)
+    items = collect_inputs(settings.inputs)
+    sink = Sink(settings.output, items)
+    if settings.inputs.shard is not None:
         from salmonn.engine import select_shard
 
-        items = select_shard(items, *params["shard"])
-    from salmonn.engine import pending_items
-
-    done = sink.done_keys() if params["resume"] else set()
-    todo = pending_items(items, spec, done, chunking=chunking, generation=generation)
-    if len(todo) < len(items):
-        reporter.info(f"resume: {len(items) - len(todo)} of {len(items)} inputs already done")
+        items = select_shard(items, *settings.inputs.shard)
+    todo = _pending(items, spec, settings, sink, reporter)
     if not todo:
         return
-    failed = _process(params, settings, spec, todo, sink, reporter, generation, chunking)
+    job = Job(
+        items=todo,
+        spec=spec,
+        model=settings.model,
+        generation=settings.generation,
+        chunking=settings.chunking,
+        batch_size=settings.batch_size,
+        verbose=settings.output.verbose,
+        quiet=settings.output.quiet,
+    )
+    failed = _write(job, executor or local_executor, sink, reporter, settings.output.fail_fast)
     if failed:
         reporter.info(f"{failed} of {len(todo)} inputs failed")
         sys.exit(1)
 
 
-def _process(params, settings, spec, todo, sink, reporter, generation, chunking) -> int:
-    """Load the model, run the engine and write the records; return the number of failed inputs."""
-    from salmonn.engine import process
-    from salmonn.prefetch import Prefetcher
+def _pending(
+    items: list[Any], spec: Any, settings: TaskSettings, sink: Sink, reporter: Reporter
+) -> list[Any]:
+    """The inputs still to do: with ``--resume``, those whose record is not in the output yet."""
+    if not settings.output.resume:
+        return items
+    from salmonn.engine import pending_items
 
-    batch_size = settings["batch_size"].value
-    paths = [str(i.path) for i in todo]
-    # decoding starts at once and overlaps the model load
-    with Prefetcher(paths, chunking, max_chunks=max(16, 2 * batch_size)) as chunks, reporter:
-        model = _load_model(params, settings, reporter)
-        reporter.status("running")
-        sink.open()
-        records = process(
-            model,
-            todo,
-            spec,
-            chunking=chunking,
-            generation=generation,
-            batch_size=batch_size,
-            on_progress=reporter,
-            chunks=chunks,
-        )
+    done = sink.done_keys()
+    todo = pending_items(
+        items, spec, done, chunking=settings.chunking, generation=settings.generation
+    )
+    if len(todo) < len(items):
+        reporter.info(f"resume: {len(items) - len(todo)} of {len(items)} inputs already done")
+    return todo
+
+
+def _write(job: Job, executor: Executor, sink: Sink, reporter: Reporter, fail_fast: bool) -> int:
+    """Run the job and write each record as it comes; one stderr line per failed input.
+
+    Returns the number of failed inputs.
+    """
+    with reporter:
+        records = executor(job, reporter)
         try:
-            return _drain(records, sink, reporter, params["fail_fast"])
+            reporter.status("running")
+            sink.open()
+            failed = 0
+            for record in records:
+                sink.write(record)
+                if record.error is not None:
+                    failed += 1
+                    reporter.error(f"{record.path}: {record.error}")
+                    if fail_fast:
+                        reporter.info("stopping at the first failure (--fail-fast)")
+                        break
+            return failed
         finally:
-            records.close()
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
             sink.close()
 
 
-def _drain(records: Iterator[Any], sink: Sink, reporter: Reporter, fail_fast: bool) -> int:
-    """Write each record as it comes; one stderr line per failed input. Returns the failures."""
-    failed = 0
-    for record in records:
-        sink.write(record)
-        if record.error is not None:
-            failed += 1
-            reporter.error(f"{record.path}: {record.error}")
-            if fail_fast:
-                reporter.info("stopping at the first failure (--fail-fast)")
-                break
-    return failed
+def local_executor(job: Job, reporter: Reporter) -> Iterator[Any]:
+    """Run ``job`` in this process: decoding starts at once and overlaps the model load."""
+    from salmonn.engine import process
+    from salmonn.prefetch import Prefetcher
 
-
-def _load_model(params: dict[str, Any], settings: dict[str, Any], reporter: Reporter) -> Any:
-    from salmonn.checkpoint import load_model
-
-    kwargs = model_kwargs(settings)
-    if not params["verbose"]:
-        _quiet_transformers(keep_downloads=not params["quiet"])
+    paths = [str(i.path) for i in job.items]
+    chunks = Prefetcher(paths, job.chunking, max_chunks=prefetch_depth(job.batch_size))
     try:
-        return load_model(
-            **kwargs,
-            lora_scaling=params["lora_scaling"],
-            load_in_8bit=params["load_in_8bit"],
-            load_in_4bit=params["load_in_4bit"],
-        )
+        model = load_model(job.model, verbose=job.verbose, quiet=job.quiet)
+    except BaseException:
+        chunks.close()
+        raise
+    records = process(
+        model,
+        job.items,
+        job.spec,
+        chunking=job.chunking,
+        generation=job.generation,
+        batch_size=job.batch_size,
+        on_progress=reporter,
+        chunks=chunks,
+    )
+    return _Closing(records, chunks.close)
+
+
+class _Closing:
+    """An iterator whose ``close()`` also runs ``on_close`` (even when iteration never started)."""
+
+    def __init__(self, records: Iterator[Any], on_close: Callable[[], None]) -> None:
+        self._records, self._on_close = records, on_close
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._records)
+
+    def close(self) -> None:
+        try:
+            self._records.close()  # type: ignore[attr-defined]
+        finally:
+            self._on_close()
+
+
+def load_model(settings: ModelSettings, *, verbose: int = 0, quiet: bool = False) -> Any:
+    """Load the model of ``settings``; a library configuration error becomes a usage error."""
+    from salmonn.checkpoint import load_model as load
+
+    if not verbose:
+        _quiet_transformers(keep_downloads=not quiet)
+    try:
+        return load(**settings.load_kwargs(quantization=True))
     except ConfigError as err:
         raise _usage(str(err)) from None
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from salmonn.config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOptions, check_batch_size
+from salmonn.constants import COMPONENTS
+from salmonn.errors import ConfigError
+
 DEFAULT_MODEL = "salmonn-7b"  # the smaller preset
-DEFAULT_BATCH_SIZE = 4  # chunks per model call
-COMPONENTS = ("whisper", "beats", "llm", "checkpoint")
 ENV_VARS = {
     "whisper": "SALMONN_WHISPER",
     "beats": "SALMONN_BEATS",
@@ -81,12 +83,9 @@ def read_config(path: Path, warn: Warn) -> dict[str, Any]:
 def _convert(key: str, value: Any, origin: str) -> Any:
     if key == "batch_size":
         try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{origin}: batch_size must be an integer, got {value!r}") from None
-        if number < 1:
-            raise SettingsError(f"{origin}: batch_size must be >= 1, got {number}")
-        return number
+            return check_batch_size(value)
+        except ConfigError as err:
+            raise SettingsError(f"{origin}: {err}") from None
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise SettingsError(f"{origin}: {key} must be a string, got {value!r}")
     return str(value)
@@ -120,15 +119,217 @@ def resolve(
 
 
 def model_kwargs(settings: Mapping[str, Setting]) -> dict[str, Any]:
-    """``load_model`` keyword arguments from resolved settings.
+    """``load_model`` keyword arguments (components, preset, device, dtype) from resolved settings."""
+    return ModelSettings.from_resolved(settings).load_kwargs()
 
-    When all four components are given and the model name is only the default, no preset is used (the
-    record's identity then names the paths alone).
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model to load, and how: the model flags of any command, after env/config resolution.
+
+    ``preset`` is ``None`` when all four components are given and the model name is only the default
+    (the record's identity then names the paths alone). ``preset_origin`` says where the preset name
+    came from, for messages.
     """
-    kwargs = {key: settings[key].value for key in COMPONENTS}
-    model = settings["model"]
-    all_paths = all(kwargs[key] is not None for key in COMPONENTS)
-    kwargs["preset"] = None if all_paths and model.origin == "default" else model.value
-    kwargs["device"] = settings["device"].value
-    kwargs["dtype"] = settings["dtype"].value
-    return kwargs
+
+    preset: str | None = DEFAULT_MODEL
+    whisper: str | None = None
+    beats: str | None = None
+    llm: str | None = None
+    checkpoint: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    lora_scaling: float | None = None
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    preset_origin: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.load_in_8bit and self.load_in_4bit:
+            raise SettingsError("choose one of --load-in-8bit and --load-in-4bit")
+
+    @classmethod
+    def from_params(
+        cls,
+        params: Mapping[str, Any],
+        *,
+        env: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+        warn: Warn = lambda message: None,
+    ) -> ModelSettings:
+        """From the model flags of any command (``MODEL_OPTIONS``), resolved against the environment
+        and the config file, preset checked.
+
+        Raises:
+            SettingsError: a bad value, an unknown preset, both quantizations.
+        """
+        flags = {key: params.get(key) for key in ENV_VARS}
+        model = cls.from_resolved(
+            resolve(flags, env=env, config_file=config_file, warn=warn), params
+        )
+        model.check_preset()
+        return model
+
+    @classmethod
+    def from_resolved(
+        cls, settings: Mapping[str, Setting], params: Mapping[str, Any] | None = None
+    ) -> ModelSettings:
+        """From :func:`resolve`'s settings, plus the flag-only options found in ``params``
+        (``lora_scaling``, ``load_in_8bit``, ``load_in_4bit``)."""
+        params = params or {}
+        paths = {key: settings[key].value for key in COMPONENTS}
+        model = settings["model"]
+        all_paths = all(value is not None for value in paths.values())
+        return cls(
+            preset=None if all_paths and model.origin == "default" else model.value,
+            **paths,
+            device=settings["device"].value,
+            dtype=settings["dtype"].value,
+            lora_scaling=params.get("lora_scaling"),
+            load_in_8bit=bool(params.get("load_in_8bit")),
+            load_in_4bit=bool(params.get("load_in_4bit")),
+            preset_origin=model.origin,
+        )
+
+    def check_preset(self) -> None:
+        """Raise :class:`SettingsError` for a preset name the library does not know."""
+        from salmonn.hub import PRESETS
+
+        if self.preset is not None and self.preset not in PRESETS:
+            raise SettingsError(
+                f"unknown model {self.preset!r} ({self.preset_origin}); "
+                f"choose from {', '.join(PRESETS)}"
+            )
+
+    def load_kwargs(self, *, quantization: bool = False) -> dict[str, Any]:
+        """Keyword arguments of :func:`salmonn.load_model` (with ``quantization``: also
+        ``lora_scaling`` and the ``load_in_*`` flags)."""
+        kwargs: dict[str, Any] = {key: getattr(self, key) for key in COMPONENTS}
+        kwargs.update(preset=self.preset, device=self.device, dtype=self.dtype)
+        if quantization:
+            kwargs.update(
+                lora_scaling=self.lora_scaling,
+                load_in_8bit=self.load_in_8bit,
+                load_in_4bit=self.load_in_4bit,
+            )
+        return kwargs
+
+
+def generation_options(params: Mapping[str, Any]) -> GenerationOptions:
+    """Decoding options: the dataclass defaults, overridden by every field given in ``params``
+    (a Click value of ``None`` means "not given")."""
+    given = {f.name: params[f.name] for f in fields(GenerationOptions) if f.name in params}
+    try:
+        return GenerationOptions().with_overrides(**given)
+    except ConfigError as err:
+        raise SettingsError(str(err)) from None
+
+
+def chunking_options(params: Mapping[str, Any]) -> ChunkingOptions:
+    """Chunking options: the dataclass defaults, overridden by every field given in ``params``."""
+    given = {f.name: params[f.name] for f in fields(ChunkingOptions) if f.name in params}
+    try:
+        return ChunkingOptions().with_overrides(**given)
+    except ConfigError as err:
+        raise SettingsError(str(err)) from None
+
+
+def sampling_without_do_sample(params: Mapping[str, Any], options: GenerationOptions) -> list[str]:
+    """The sampling flags given although ``do_sample`` is off (they change nothing)."""
+    if options.do_sample:
+        return []
+    return ["--" + k.replace("_", "-") for k in SAMPLING_KEYS if params.get(k) is not None]
+
+
+SAMPLING_KEYS = ("temperature", "top_k", "top_p")
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """Which inputs to take: paths, folder walking, a list file, a shard."""
+
+    paths: tuple[str, ...]
+    recursive: bool = True
+    include_hidden: bool = False
+    extensions: tuple[str, ...] = ()
+    list_file: str | None = None
+    shard: tuple[int, int] | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> InputSettings:
+        return cls(
+            paths=tuple(params["paths"]),
+            recursive=params["recursive"],
+            include_hidden=params["include_hidden"],
+            extensions=tuple(params["extensions"] or ()),
+            list_file=params["list_file"],
+            shard=params["shard"],
+        )
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where records go and how the run reports."""
+
+    target: str | None = None
+    fmt: str = "jsonl"
+    resume: bool = False
+    fail_fast: bool = False
+    quiet: bool = False
+    verbose: int = 0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> OutputSettings:
+        return cls(
+            target=params["output"],
+            fmt=params["fmt"],
+            resume=params["resume"],
+            fail_fast=params["fail_fast"],
+            quiet=params["quiet"],
+            verbose=params["verbose"],
+        )
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Everything a task command was asked to do, checked once, before any input is read."""
+
+    model: ModelSettings
+    inputs: InputSettings
+    output: OutputSettings
+    generation: GenerationOptions
+    chunking: ChunkingOptions
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    @classmethod
+    def from_params(
+        cls,
+        params: Mapping[str, Any],
+        *,
+        env: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+        warn: Warn = lambda message: None,
+    ) -> TaskSettings:
+        """Build and check the settings of a task command from its Click values.
+
+        Raises:
+            SettingsError: a bad flag, environment or config value (a usage error).
+        """
+        resolved = resolve(
+            {key: params.get(key) for key in ENV_VARS}, env=env, config_file=config_file, warn=warn
+        )
+        model = ModelSettings.from_resolved(resolved, params)
+        model.check_preset()
+        generation = generation_options(params)
+        chunking = chunking_options(params)
+        sampling = sampling_without_do_sample(params, generation)
+        if sampling:
+            warn(f"{', '.join(sampling)} only matter with --do-sample")
+        return cls(
+            model=model,
+            inputs=InputSettings.from_params(params),
+            output=OutputSettings.from_params(params),
+            generation=generation,
+            chunking=chunking,
+            batch_size=resolved["batch_size"].value,
+        )
