@@ -58,3 +58,13 @@ def key_mismatch(expected: Sequence[str], given: Sequence[str], what: str = "key
     if unexpected:
         parts.append(f"unexpected {what} {name_some(unexpected)}")
     return "; ".join(parts)
+
+
+def error_line(exc: BaseException) -> str:
+    """The line that says what went wrong: the last non-empty line of ``exc``'s message, after the
+    exception's type name when the error is not one of ours (``"RuntimeError: CUDA out of memory"``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = lines[-1] if lines else ""
+    if isinstance(exc, SalmonnError):
+        return message or type(exc).__name__
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from salmonn import __version__
-from salmonn.errors import PromptError, SalmonnError
+from salmonn.errors import PromptError, SalmonnError, error_line
 from salmonn.tasks import TRANSCRIBE_LANGUAGES, make_task
 
 from .options import PER_CHUNK_OPTION, common_options
@@ -20,11 +20,6 @@ from .run import run_task
 from .settings import SettingsError
 
 DEBUG_ENV = "SALMONN_DEBUG"
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__
 
 
 class SalmonnGroup(click.Group):
@@ -41,7 +36,7 @@ class SalmonnGroup(click.Group):
         except SalmonnError as err:
             if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise
-            raise click.ClickException(_one_line(err)) from None
+            raise click.ClickException(error_line(err)) from None
 
 
 @click.group(

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from salmonn.config import ChunkingOptions, GenerationOptions
-from salmonn.engine import ProgressEvent, TaskSpec, process, resume_key, select_shard
+from salmonn.engine import (
+    ProgressEvent,
+    TaskSpec,
+    pending_items,
+    process,
+    resume_key,
+    select_shard,
+)
 from salmonn.errors import AudioDecodeError, ConfigError
 from salmonn.records import Record
 
@@ -35,6 +42,11 @@ class FakeModel:
         self.text_prompts.extend(prompts)
         return [SimpleNamespace(text=f"summary of {p.count(chr(10)) + 1} parts") for p in prompts]
 
+    context_length = 10_000  # no summary prompt of these tests comes near it
+
+    def count_tokens(self, text):
+        return len(text.split())
+
 
 class FakeSource:
     """Plays FileChunks for ``plan``: path -> list of (marker, seconds) or an error after some chunks."""
@@ -42,9 +54,11 @@ class FakeSource:
     def __init__(self, plan: dict[str, list]) -> None:
         self.plan, self.produced, self.closed = plan, 0, False
 
-    def __call__(self, paths, chunking, max_chunks):
-        self.paths = list(paths)
-        return self._iter(paths)
+    def play(self, *paths):
+        """The FileChunk stream of ``paths`` (default: the plan's, in order); closing it marks the
+        source closed."""
+        self.paths = list(paths or self.plan)
+        return self._iter(self.paths)
 
     def _iter(self, paths):
         try:
@@ -102,7 +116,7 @@ def test_batches_span_files_and_records_come_in_input_order():
     source = FakeSource(
         {"a": [(1, 30.0)], "b": [(2, 30.0), (3, 30.0), (4, 15.0)], "c": [(5, 10.0), (6, 2.0)]}
     )
-    records = list(process(model, items("a", "b", "c"), CONCAT, batch_size=4, chunk_source=source))
+    records = list(process(model, items("a", "b", "c"), CONCAT, batch_size=4, chunks=source.play()))
     assert model.batches == [[1, 2, 3, 4], [5, 6]]
     assert [r.path for r in records] == ["a", "b", "c"]
     b = records[1]
@@ -127,7 +141,7 @@ def test_summary_pass_for_long_files_only_and_per_chunk():
             items("long", "short"),
             summary_spec(),
             batch_size=8,
-            chunk_source=FakeSource(plan),
+            chunks=FakeSource(plan).play(),
         )
     )
     assert model.text_prompts == ["0.0-30.0 m1\n30.0-60.0 m2\n60.0-75.0 m3"]
@@ -136,7 +150,9 @@ def test_summary_pass_for_long_files_only_and_per_chunk():
 
     model = FakeModel()
     records = list(
-        process(model, items("long"), summary_spec(per_chunk=True), chunk_source=FakeSource(plan))
+        process(
+            model, items("long"), summary_spec(per_chunk=True), chunks=FakeSource(plan).play("long")
+        )
     )
     assert model.text_prompts == []
     assert records[0].text.splitlines() == [
@@ -166,7 +182,9 @@ def test_summary_of_a_long_file_is_reduced_in_stages_to_fit_the_context():
     plan = {"long": [(i, 30.0) for i in range(1, 11)]}  # 10 chunks = 20 words; budget 20 - 1 - 8
     gen = GenerationOptions(max_new_tokens=1, num_beams=1)
     records = list(
-        process(model, items("long"), summary_spec(), generation=gen, chunk_source=FakeSource(plan))
+        process(
+            model, items("long"), summary_spec(), generation=gen, chunks=FakeSource(plan).play()
+        )
     )
     groups, final = model.text_prompts[:-1], model.text_prompts[-1]
     assert [len(g.splitlines()) for g in groups] == [5, 5]
@@ -180,7 +198,7 @@ def test_decode_error_gives_an_error_record_and_drops_partial_chunks():
     model = FakeModel()
     plan = {"a": [(1, 3.0)], "bad": [(7, 30.0), "error"], "c": [(2, 3.0)]}
     records = list(
-        process(model, items("a", "bad", "c"), CONCAT, batch_size=8, chunk_source=FakeSource(plan))
+        process(model, items("a", "bad", "c"), CONCAT, batch_size=8, chunks=FakeSource(plan).play())
     )
     assert [r.path for r in records] == ["a", "bad", "c"]
     assert (
@@ -198,7 +216,7 @@ def test_model_failure_is_retried_one_by_one():
     model = FakeModel()
     plan = {"a": [(1, 3.0)], "b": [(BAD, 3.0)], "c": [(3, 3.0), (4, 3.0)]}
     records = list(
-        process(model, items("a", "b", "c"), CONCAT, batch_size=8, chunk_source=FakeSource(plan))
+        process(model, items("a", "b", "c"), CONCAT, batch_size=8, chunks=FakeSource(plan).play())
     )
     assert model.batches[0] == [1, BAD, 3, 4] and sorted(map(len, model.batches[1:])) == [
         1,
@@ -212,32 +230,34 @@ def test_model_failure_is_retried_one_by_one():
 
 def test_records_are_yielded_as_soon_as_a_file_is_done():
     source = FakeSource({"a": [(1, 3.0)], "b": [(2, 3.0)], "c": [(3, 3.0)]})
-    gen = process(FakeModel(), items("a", "b", "c"), CONCAT, batch_size=1, chunk_source=source)
+    gen = process(FakeModel(), items("a", "b", "c"), CONCAT, batch_size=1, chunks=source.play())
     first = next(gen)
     assert first.path == "a" and source.produced == 1
     gen.close()  # --fail-fast: closing stops the source
     assert source.closed
 
 
-def test_resume_keys_skip_inputs_and_progress_events():
+def test_pending_items_skip_done_inputs_and_progress_events():
     model = FakeModel()
     plan = {"a": [(1, 3.0)], "b": [(2, 3.0), (3, 3.0)]}
     done = {resume_key(items("a")[0], CONCAT)}
+    todo = pending_items(items("a", "b"), CONCAT, done)
+    assert [i.path for i in todo] == ["b"]
     events: list[ProgressEvent] = []
     records = list(
         process(
             model,
-            items("a", "b"),
+            todo,
             CONCAT,
             batch_size=1,
-            resume_keys=done,
             on_progress=events.append,
-            chunk_source=FakeSource(plan),
+            chunks=FakeSource(plan).play("b"),
         )
     )
     assert [r.path for r in records] == ["b"]
     assert records[0].resume_key() not in done
-    assert events[0].kind == "start" and events[0].files_total == 1 and events[0].files_skipped == 1
+    assert events[0].kind == "start" and events[0].files_total == 1
+    assert [e.kind for e in events[1:]] == ["batch", "batch", "record"]
     last = events[-1]
     assert last.kind == "record" and last.files_done == 1 and last.chunks_done == 2
     assert last.audio_seconds == 6.0 and last.record is records[0]
@@ -270,7 +290,7 @@ def test_spec_and_batch_size_validation():
     with pytest.raises(ConfigError):
         TaskSpec("x", "x", join="bogus")
     with pytest.raises(ConfigError):
-        list(process(FakeModel(), items("a"), CONCAT, batch_size=0, chunk_source=FakeSource({})))
+        list(process(FakeModel(), items("a"), CONCAT, batch_size=0, chunks=FakeSource({}).play()))
 
 
 def test_real_prefetcher_long_file_and_corrupt_file(tmp_path):

@@ -92,7 +92,9 @@ def test_batch_size_is_checked_once_for_flag_env_and_config(monkeypatch, tmp_pat
     with pytest.raises(SettingsError, match="--batch-size: batch_size must be >= 1, got 0"):
         TaskSettings.from_params(params_of("a.wav", "--batch-size", "0"))
     monkeypatch.setenv("SALMONN_BATCH_SIZE", "1.5")
-    with pytest.raises(SettingsError, match="env SALMONN_BATCH_SIZE: batch_size must be an integer"):
+    with pytest.raises(
+        SettingsError, match="env SALMONN_BATCH_SIZE: batch_size must be an integer"
+    ):
         TaskSettings.from_params(params_of("a.wav"))
 
 
