@@ -48,6 +48,8 @@ _LAZY = {
     "make_task": "tasks",
     "Task": "tasks",
     "TASKS": "tasks",
+    "run_task_on_ray": "ray_runner",
+    "RayOptions": "ray_runner",
     "PRESETS": "hub",
 }
 
@@ -89,5 +91,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import ProgressEvent, TaskSpec, process  # noqa: F401
     from .hub import resolve_components  # noqa: F401
     from .records import Record, Segment  # noqa: F401
+    from .ray_runner import RayOptions, run_task_on_ray  # noqa: F401
     from .tasks import TASKS, Task, make_task, run_task  # noqa: F401
     from .tiny import write_tiny_model  # noqa: F401

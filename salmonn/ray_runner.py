@@ -1,0 +1,619 @@
+"""Run a task on a Ray cluster: model replicas on the workers, records streamed back to one driver.
+
+::
+
+    import salmonn
+
+    for record in salmonn.run_task_on_ray(
+        ["/shared/audio"], "transcribe", model={"preset": "salmonn-13b"}, address="auto"
+    ):
+        print(record.path, record.text)
+
+Each worker is a Ray actor holding one model replica (loaded once). It runs the ordinary engine
+(:func:`salmonn.engine.process`: decoding, chunking, batching across its files, the whole-recording
+pass) over the files the driver hands it, and streams back one record per file. The driver expands
+and orders the inputs as a local run does, hands them out in that order, and yields the records as
+files finish (completion order, not input order), so a caller that writes them at once loses
+nothing when it is killed.
+
+Why Ray actors with a driver-side queue rather than Ray Data's ``map_batches`` over an actor pool:
+
+* per-file streaming: an actor method that is a generator returns each record as soon as the engine
+  yields it; Ray Data hands results back per block, after the whole batch of files is done;
+* exact retries: the driver knows which files of a call it has received, so when a worker dies only
+  the others are handed out again. Ray's own retry of a call (or of a Ray Data block) replays the
+  whole call and would give some records twice;
+* one writer: records travel to the driver, which is the only process that writes output;
+* a file that keeps killing its worker (out of memory, a crash in a codec) is retried alone and
+  given up after ``max_attempts`` with an error record, instead of taking its batch-mates with it.
+
+Inputs and model files must be paths that every node can read (shared storage): workers open them
+by absolute path. A file a node cannot see gets an error record that says so.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import errors
+from .config import ChunkingOptions, GenerationOptions
+from .errors import ConfigError, SalmonnError
+from .records import Record
+
+logger = logging.getLogger("salmonn.ray")
+
+RAY_EXTRA = "salmonn[ray]"
+ADDRESS_FORMS = "'local', 'auto' or 'ray://HOST:PORT'"
+DEFAULT_BATCH_SIZE = 8  # chunks per model call, the engine's default
+DEFAULT_MAX_ATTEMPTS = 3  # hand-outs of a file whose worker died before giving it up
+DEFAULT_MAX_RESTARTS = 3  # times Ray restarts a dead worker (model reloaded)
+_WAIT_S = 1.0  # ray.wait timeout: how often the driver loop wakes up with nothing ready
+_RESTART_POLL_S = 0.5  # how often a restarting worker is asked whether it is back
+
+
+class RayUnavailableError(ConfigError):
+    """``ray`` is not installed (the ``salmonn[ray]`` extra)."""
+
+
+def import_ray() -> Any:
+    """The ``ray`` module; raises :class:`RayUnavailableError` (naming the extra) without it."""
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailableError(
+            f"running on Ray needs the ray package: pip install '{RAY_EXTRA}'"
+        ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how many model replicas run.
+
+    Attributes:
+        address: ``"local"`` (start Ray on this machine), ``"auto"`` (the cluster this node belongs
+            to, e.g. after ``ray start``) or ``"ray://HOST:PORT"`` (Ray Client).
+        workers: model replicas; ``None``: one per GPU of the cluster (per ``gpus_per_worker``), or 1
+            when the cluster has none.
+        gpus_per_worker: GPUs reserved per replica (fractions share a GPU); ``None``: 1 when the
+            cluster has GPUs, else 0.
+        cpus_per_worker: CPUs reserved per replica; Ray also sets the worker's thread count to it.
+        files_per_call: files handed to a worker at a time (the engine batches chunks across
+            them); ``None``: the batch size.
+        max_attempts: hand-outs of a file whose worker dies before it gets an error record.
+        max_restarts: times Ray restarts a dead worker (reloading the model).
+    """
+
+    address: str = "local"
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float = 1.0
+    files_per_call: int | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+
+    def __post_init__(self) -> None:
+        address = self.address
+        if address not in ("local", "auto") and not (
+            address.startswith("ray://") and len(address) > len("ray://")
+        ):
+            raise ConfigError(f"Ray address must be {ADDRESS_FORMS}, got {address!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"Ray workers must be >= 1, got {self.workers}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise ConfigError(f"GPUs per worker must be >= 0, got {self.gpus_per_worker}")
+        if self.cpus_per_worker < 0:
+            raise ConfigError(f"CPUs per worker must be >= 0, got {self.cpus_per_worker}")
+        if self.files_per_call is not None and self.files_per_call < 1:
+            raise ConfigError(f"files per call must be >= 1, got {self.files_per_call}")
+        if self.max_attempts < 1 or self.max_restarts < 0:
+            raise ConfigError("max_attempts must be >= 1 and max_restarts >= 0")
+
+    def placement(self, cluster: Mapping[str, float]) -> tuple[int, float]:
+        """``(workers, gpus_per_worker)`` for a cluster with these total resources."""
+        gpus = float(cluster.get("GPU", 0.0))
+        per = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+        if self.workers is not None:
+            return self.workers, per
+        if gpus and per > 0:
+            return max(1, math.floor(gpus / per + 1e-9)), per
+        return 1, per
+
+
+# -- worker -------------------------------------------------------------------------------------
+
+
+class SalmonnWorker:
+    """One model replica (a Ray actor): loads the model once, runs the engine over given files."""
+
+    def __init__(self, model_args: Mapping[str, Any]) -> None:
+        self.model: Any = None
+        self.load_error: tuple[str, str] | None = None
+        try:
+            _quiet_progress_bars()
+            from .checkpoint import load_model
+
+            self.model = load_model(**model_args)
+        except Exception as exc:  # noqa: BLE001 - reported by ready(), the driver raises it
+            from .engine import one_line
+
+            self.load_error = (type(exc).__name__, one_line(exc))
+
+    def ready(self) -> dict[str, Any]:
+        """Where this replica runs and the model's identity (or why the model did not load)."""
+        return {
+            "node": socket.gethostname(),
+            "pid": os.getpid(),
+            "identity": None if self.model is None else dict(self.model.identity),
+            "load_error": self.load_error,
+        }
+
+    def run(
+        self,
+        batch: Sequence[tuple[int, Any]],
+        spec: Any,
+        chunking: ChunkingOptions,
+        generation: GenerationOptions,
+        batch_size: int,
+    ) -> Iterator[tuple[int, Record]]:
+        """Yield ``(index, record)`` for each ``(index, InputItem)`` of ``batch``, in its order."""
+        from .engine import process
+
+        items = [item for _, item in batch]
+        records = process(
+            self.model, items, spec, chunking=chunking, generation=generation, batch_size=batch_size
+        )
+        for (index, item), record in zip(batch, records):
+            if record.error is not None and not os.path.exists(item.path):
+                record.error = (
+                    f"{record.error} (on Ray node {socket.gethostname()}: inputs must be on "
+                    "storage that every node can read)"
+                )
+            yield index, record
+
+
+def _quiet_progress_bars() -> None:
+    """No download or weight-loading bars from a worker: Ray forwards its output line by line."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
+# -- driver -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Input:
+    index: int
+    item: Any  # the InputItem as the caller gave it (its path goes into the record)
+    remote: Any  # the same item with an absolute path, for the worker
+    attempts: int = 0
+
+
+@dataclass
+class _Call:
+    actor: Any
+    inputs: list[_Input]
+    received: set[int] = field(default_factory=set)
+
+
+class _Driver:
+    """Hands files to the workers in input order and yields their records as they arrive."""
+
+    def __init__(self, ray: Any, actors: list[Any], inputs: list[_Input], job: dict[str, Any]):
+        self.ray, self.job = ray, job
+        self.pending: collections.deque[_Input] = collections.deque(inputs)
+        self.total = len(inputs)
+        self.running: dict[Any, _Call] = {}  # streaming generator -> its call
+        self.starting: dict[Any, Any] = {actor.ready.remote(): actor for actor in actors}
+        self.idle: list[Any] = []
+        self.restarting: list[tuple[float, Any]] = []  # (when to ask again, actor)
+        self.done: set[int] = set()
+        self.identity: dict[str, Any] = {}
+        self.counts = {"files_done": 0, "files_failed": 0, "chunks_done": 0, "audio_seconds": 0.0}
+        self.t0 = time.perf_counter()
+
+    def wait_for_a_worker(self) -> None:
+        """Block until one worker has loaded the model (raises the load error if it failed)."""
+        while not self.idle:
+            self.poll_restarting()
+            if not self.starting and not self.restarting:
+                raise SalmonnError("no Ray worker could start")
+            if not self.starting:
+                time.sleep(_RESTART_POLL_S)
+                continue
+            ready, _ = self.ray.wait(list(self.starting), num_returns=1, timeout=_WAIT_S)
+            for ref in ready:
+                self.started(ref)
+
+    def run(self) -> Iterator[Record]:
+        self.report("start")
+        while len(self.done) < self.total:
+            self.dispatch()
+            self.poll_restarting()
+            if not self.running and not self.starting and not self.restarting:
+                left = self.total - len(self.done)
+                raise SalmonnError(f"every Ray worker is gone; {left} inputs were not processed")
+            waiting = [*self.running, *self.starting]
+            if not waiting:
+                time.sleep(_RESTART_POLL_S)
+                continue
+            ready, _ = self.ray.wait(waiting, num_returns=1, timeout=_WAIT_S)
+            for ref in ready:
+                if ref in self.starting:
+                    self.started(ref)
+                else:
+                    yield from self.receive(ref)
+
+    def dispatch(self) -> None:
+        while self.idle and self.pending:
+            actor = self.idle.pop(0)
+            first = self.pending.popleft()
+            batch = [first]
+            if first.attempts == 0:  # a file whose worker died before goes alone
+                while (
+                    len(batch) < self.job["files_per_call"]
+                    and self.pending
+                    and self.pending[0].attempts == 0
+                ):
+                    batch.append(self.pending.popleft())
+            call = actor.run.options(num_returns="streaming").remote(
+                [(i.index, i.remote) for i in batch],
+                self.job["spec_ref"],
+                self.job["chunking"],
+                self.job["generation"],
+                self.job["batch_size"],
+            )
+            self.running[call] = _Call(actor, batch)
+
+    def started(self, ref: Any) -> None:
+        actor = self.starting.pop(ref)
+        try:
+            info = self.ray.get(ref)
+        except self.ray.exceptions.ActorUnavailableError:  # Ray is restarting it: ask again
+            self.restarting.append((time.monotonic() + _RESTART_POLL_S, actor))
+            return
+        except self.ray.exceptions.RayActorError as exc:
+            logger.warning("a Ray worker is gone for good: %s", _first_line(exc))
+            return
+        if info["load_error"] is not None:
+            if not self.identity:  # no worker ever loaded the model: a setup error, as locally
+                raise _load_error(*info["load_error"])
+            logger.warning(
+                "a restarted Ray worker could not load the model: %s", info["load_error"][1]
+            )
+            return
+        self.identity = self.identity or info["identity"]
+        logger.info("Ray worker ready on %s (pid %s)", info["node"], info["pid"])
+        self.idle.append(actor)
+
+    def poll_restarting(self) -> None:
+        now = time.monotonic()
+        due = [actor for when, actor in self.restarting if when <= now]
+        self.restarting = [(when, actor) for when, actor in self.restarting if when > now]
+        for actor in due:
+            self.starting[actor.ready.remote()] = actor
+
+    def receive(self, generator: Any) -> Iterator[Record]:
+        call = self.running[generator]
+        try:
+            index, record = self.ray.get(next(generator))
+        except StopIteration:
+            del self.running[generator]
+            self.idle.append(call.actor)
+            yield from self.lost(call, "the Ray worker returned too few records")
+            return
+        except self.ray.exceptions.RayActorError as exc:
+            del self.running[generator]
+            # back into service once Ray has restarted it (ready() fails if it cannot)
+            self.starting[call.actor.ready.remote()] = call.actor
+            yield from self.lost(call, f"the Ray worker died ({type(exc).__name__})")
+            return
+        except self.ray.exceptions.RayTaskError as exc:  # a bug, as a local run would raise it
+            cause = getattr(exc, "cause", None)
+            raise cause if isinstance(cause, Exception) else exc
+        call.received.add(index)
+        if index in self.done:  # never expected; the driver must not write a record twice
+            logger.warning("dropped a second record for input %d", index)
+            return
+        original = next(i for i in call.inputs if i.index == index)
+        yield self.emit(index, dataclasses.replace(record, path=str(original.item.path)))
+
+    def lost(self, call: _Call, why: str) -> Iterator[Record]:
+        """Hand the call's unfinished files out again, or give up on those tried too often."""
+        unfinished = [i for i in call.inputs if i.index not in call.received]
+        if not unfinished:
+            return
+        retry = []
+        for item in unfinished:
+            item.attempts += 1
+            if item.attempts >= self.job["max_attempts"]:
+                yield self.emit(item.index, self.gave_up(item, why))
+            else:
+                retry.append(item)
+        if retry:
+            logger.warning("%d inputs unfinished: %s; handing them out again", len(retry), why)
+            self.pending.extendleft(reversed(retry))
+
+    def gave_up(self, item: _Input, why: str) -> Record:
+        from .engine import record_options
+
+        spec = self.job["spec"]
+        return Record(
+            path=str(item.item.path),
+            task=spec.task,
+            prompt=spec.prompt,
+            error=f"not processed after {item.attempts} attempts: {why}",
+            model=self.identity,
+            options=record_options(self.job["generation"], self.job["chunking"], spec),
+        )
+
+    def emit(self, index: int, record: Record) -> Record:
+        self.done.add(index)
+        self.counts["files_done"] += 1
+        self.counts["files_failed"] += record.error is not None
+        self.counts["chunks_done"] += len(record.segments)
+        self.counts["audio_seconds"] += record.duration or 0.0
+        self.report("record", record)
+        return record
+
+    def report(self, kind: str, record: Record | None = None) -> None:
+        callback = self.job["on_progress"]
+        if callback is None:
+            return
+        from .engine import ProgressEvent
+
+        callback(
+            ProgressEvent(
+                kind=kind,
+                files_total=self.total,
+                elapsed=time.perf_counter() - self.t0,
+                record=record,
+                **self.counts,
+            )
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _load_error(name: str, message: str) -> SalmonnError:
+    """The worker's model-load failure as the same salmonn error a local load raises."""
+    cls = getattr(errors, name, None)
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, SalmonnError)
+        and not issubclass(cls, errors.AudioError)
+    ):
+        return cls(f"Ray worker: {message}")
+    return SalmonnError(f"Ray worker could not load the model: {message}")
+
+
+# -- public call --------------------------------------------------------------------------------
+
+# settings read from the environment that the workers should share with the driver
+_FORWARDED_ENV = (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "SALMONN_FFMPEG",
+)
+_COMPONENT_ARGS = ("whisper", "beats", "llm", "checkpoint")
+
+
+def run_task_on_ray(
+    inputs: Sequence[Any],
+    task: Any = "transcribe",
+    *,
+    model: Mapping[str, Any] | None = None,
+    address: str = "local",
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    cpus_per_worker: float = 1.0,
+    generation: GenerationOptions | None = None,
+    chunking: ChunkingOptions | None = None,
+    batch_size: int | None = None,
+    on_progress: Callable[[Any], None] | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    **task_args: Any,
+) -> RayTaskRun:
+    """Run a task over ``inputs`` on Ray workers; yield one record per input as each finishes.
+
+    The records are those :func:`salmonn.run_task` gives for the same inputs and options (only
+    ``timings`` differ) but they come in the order files finish, not in input order.
+
+    Args:
+        inputs: paths (files, folders, glob patterns) or :class:`~salmonn.inputs.InputItem` objects,
+            expanded and ordered as :func:`salmonn.run_task` does. They must be on storage that
+            every node can read; standard input cannot be used.
+        task: a task name of :data:`salmonn.TASKS` (arguments in ``task_args``) or a
+            :class:`~salmonn.tasks.Task`.
+        model: keyword arguments of :func:`salmonn.load_model` for each worker (``preset``,
+            component paths, ``device``, ``dtype`` ...); local component paths are made absolute.
+        address, workers, gpus_per_worker, cpus_per_worker: see :class:`RayOptions`. When this
+            process is already connected to Ray (``ray.init`` was called), that connection is used
+            and ``address`` is ignored.
+        generation, chunking, batch_size: as for :func:`salmonn.run_task`.
+        on_progress: called with :class:`~salmonn.engine.ProgressEvent` reports (``"start"`` once
+            the job is set up, then ``"record"`` for each record).
+        max_attempts: hand-outs of a file whose worker died before it gets an error record.
+
+    Raises:
+        RayUnavailableError: the ``ray`` package is missing (``pip install 'salmonn[ray]'``).
+        ConfigError: bad options or inputs; CheckpointError and others: as ``load_model`` raises
+            them when the workers cannot load the model.
+        SalmonnError: every worker is gone while inputs remain.
+
+    Returns:
+        A :class:`RayTaskRun`: iterate it for the records; nothing starts before the first
+        ``next()`` (or :meth:`RayTaskRun.start`). Closing it early (or Ctrl-C while iterating) stops
+        the workers and, when this call started Ray, Ray itself.
+    """
+    from .tasks import Task, _as_items, make_task
+
+    chosen = task if isinstance(task, Task) else make_task(task, **task_args)
+    if isinstance(task, Task) and task_args:
+        raise ConfigError(f"pass task arguments to make_task, not with a Task: {sorted(task_args)}")
+    spec = chosen.spec()  # rendered here, so user templates need not exist on the workers
+    items = _as_items(inputs)
+    if any(str(item.path) == "-" for item in items):
+        raise ConfigError("standard input cannot be sent to Ray workers; save the audio to a file")
+    options = RayOptions(
+        address=address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        max_attempts=max_attempts,
+    )
+    size = batch_size if batch_size is not None else DEFAULT_BATCH_SIZE
+    if size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {size}")
+    job = {
+        "spec": spec,
+        "chunking": chunking or ChunkingOptions(),
+        "generation": generation or GenerationOptions(),
+        "batch_size": size,
+        "files_per_call": options.files_per_call or size,
+        "max_attempts": options.max_attempts,
+        "on_progress": on_progress,
+    }
+    todo = [
+        _Input(i, item, dataclasses.replace(item, path=os.path.abspath(item.path)))
+        for i, item in enumerate(items)
+    ]
+    return RayTaskRun(import_ray(), options, _model_args(model), todo, job)
+
+
+def _model_args(model: Mapping[str, Any] | None) -> dict[str, Any]:
+    args = dict(model or {})
+    for key in _COMPONENT_ARGS:
+        value = args.get(key)
+        if value is not None and os.path.exists(value):
+            args[key] = os.path.abspath(value)
+    return args
+
+
+class RayTaskRun:
+    """The records of :func:`run_task_on_ray`: an iterator that owns the Ray job.
+
+    :meth:`start` connects to Ray, starts the workers and waits until one has loaded the model
+    (raising the load error if none could); iterating starts it when needed. :meth:`close` (also on
+    ``with`` exit or when iteration ends) kills the workers and, when this run started Ray, stops it.
+    """
+
+    def __init__(
+        self,
+        ray: Any,
+        options: RayOptions,
+        model_args: dict[str, Any],
+        todo: list[_Input],
+        job: dict,
+    ) -> None:
+        self._ray, self._options, self._model_args = ray, options, model_args
+        self._todo, self._job = todo, job
+        self._actors: list[Any] = []
+        self._records: Iterator[Record] | None = None
+        self._owns_ray = False
+        self._closed = False
+
+    def start(self) -> RayTaskRun:
+        """Connect, start the workers and wait for the first model replica. Idempotent."""
+        if self._records is not None or self._closed:
+            return self
+        ray, options = self._ray, self._options
+        if not self._todo:
+            self._records = iter(())
+            return self
+        try:
+            if not ray.is_initialized():
+                _connect(ray, options.address)
+                self._owns_ray = True
+            resources = ray.cluster_resources()
+            count, gpus = options.placement(resources)
+            _check_resources(resources, count, gpus, options.cpus_per_worker)
+            env = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
+            worker = ray.remote(SalmonnWorker).options(
+                num_cpus=options.cpus_per_worker,
+                num_gpus=gpus,
+                max_restarts=options.max_restarts,
+                max_task_retries=0,  # the driver retries unfinished files itself, not whole calls
+                runtime_env={"env_vars": env} if env else None,
+            )
+            self._actors = [worker.remote(self._model_args) for _ in range(count)]
+            self._job["spec_ref"] = ray.put(self._job["spec"])
+            driver = _Driver(ray, self._actors, self._todo, self._job)
+            driver.wait_for_a_worker()
+            self._records = driver.run()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __iter__(self) -> Iterator[Record]:
+        return self
+
+    def __next__(self) -> Record:
+        if self._closed:
+            raise StopIteration
+        self.start()
+        assert self._records is not None
+        try:
+            return next(self._records)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the job: kill the workers, and stop Ray if this run started it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._records is not None:
+            self._records.close()  # type: ignore[attr-defined]
+        for actor in self._actors:
+            with contextlib.suppress(Exception):  # already gone
+                self._ray.kill(actor, no_restart=True)
+        if self._owns_ray:
+            self._ray.shutdown()
+
+    def __enter__(self) -> RayTaskRun:  # noqa: PYI034 (typing.Self needs 3.11)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _connect(ray: Any, address: str) -> None:
+    if address == "local":
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    else:
+        ray.init(address=address, logging_level=logging.WARNING)
+
+
+def _check_resources(cluster: Mapping[str, float], count: int, gpus: float, cpus: float) -> None:
+    short = []
+    if count * gpus > float(cluster.get("GPU", 0.0)) + 1e-9:
+        short.append(f"{count * gpus:g} GPUs (the cluster has {cluster.get('GPU', 0):g})")
+    if count * cpus > float(cluster.get("CPU", 0.0)) + 1e-9:
+        short.append(f"{count * cpus:g} CPUs (the cluster has {cluster.get('CPU', 0):g})")
+    if short:
+        logger.warning(
+            "%d workers need %s; the others wait until the cluster grows",
+            count,
+            " and ".join(short),
+        )
