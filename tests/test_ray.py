@@ -1,0 +1,319 @@
+"""``--ray``: a real local Ray (one for the module) running the tiny model, compared with local runs.
+
+Covered: the same records as a local run on a folder with long, short and bad files; ``-o DIR/`` and
+``--resume``; a worker process killed mid-run; the driver killed (-9) and interrupted (Ctrl-C, exit
+130) then resumed; usage errors without Ray; the library call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from salmonn_cli.main import cli
+
+SR = 16_000
+FAST = ["--device", "cpu", "--max-new-tokens", "4", "--num-beams", "1", "-q"]
+COMPARED = ("path", "task", "prompt", "text", "segments", "duration", "error", "options")
+WORKER_TITLE = "ray::SalmonnWorker"  # the process title Ray gives our actor processes
+
+
+def tone(path: Path, seconds: float, freq: float) -> None:
+    t = np.arange(int(SR * seconds)) / SR
+    wave = 0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.3 * t))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave.astype(np.float32), SR)
+
+
+def invoke(args: list) -> object:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    # a line cut by kill -9 is not a record (--resume repairs it)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:-1]] + [
+        json.loads(line)
+        for line in path.read_text(encoding="utf-8").splitlines()[-1:]
+        if line.endswith("}")
+    ]
+
+
+def same_as_local(records: list[dict], local: dict[str, dict]) -> None:
+    """One record per input, each equal to the local run's in everything but timings."""
+    paths = [r["path"] for r in records]
+    assert sorted(paths) == sorted(local), "inputs missing or written twice"
+    for record in records:
+        expected = local[record["path"]]
+        assert {k: record[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+
+
+# -- processes (Linux /proc) ----------------------------------------------------------------------
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, process title)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                title = handle.read().split(b"\0")[0].decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        table[int(entry)] = (parent, title)
+    return table
+
+
+def descendants(root: int) -> dict[int, str]:
+    table = process_table()
+    found, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, (parent, _) in table.items():
+            if parent in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return {pid: table[pid][1] for pid in found - {root} if pid in table}
+
+
+def busy_workers(root: int) -> list[int]:
+    """Our actor processes under ``root`` that are running a call (not their ffmpeg children)."""
+    table = process_table()
+    mine = descendants(root)
+    return [
+        pid
+        for pid, title in mine.items()
+        if title.startswith(WORKER_TITLE + ".run")
+        and not table.get(table[pid][0], (0, ""))[1].startswith(WORKER_TITLE)
+    ]
+
+
+def alive(pids) -> list[int]:
+    return [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for the module; the CLI's ``--ray local`` reuses it (already connected)."""
+    ray = pytest.importorskip("ray")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")  # a throw-away cluster on this machine
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """long.wav (75 s: 3 chunks and the whole-recording pass), eight short clips, a bad file."""
+    root = tmp_path_factory.mktemp("ray-audio") / "in"
+    tone(root / "long.wav", 75.0, 180.0)
+    for i in range(8):
+        tone(root / "short" / f"s{i}.wav", 1.5 + 0.5 * i, 220.0 + 35 * i)
+    (root / "short" / "bad.wav").write_text("this is not audio")
+    return root
+
+
+@pytest.fixture(scope="module")
+def task_args(folder, model_flags):
+    return ["caption", folder, *model_flags, *FAST, "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def local(task_args):
+    """The local run's records by path."""
+    result = invoke(task_args)
+    assert result.exit_code == 1, result.output
+    records = jsonl(result.stdout)
+    assert len(records) == 10 and sum(r["error"] is not None for r in records) == 1
+    assert len(records[0]["segments"]) == 3  # long.wav: three chunks, one whole-file answer
+    return {r["path"]: r for r in records}
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+def test_same_records_as_local_into_a_folder_then_resume(ray_local, task_args, local, tmp_path):
+    out = tmp_path / "out"
+    ray_args = [*task_args, "--ray", "local", "--ray-workers", "2", "-o", f"{out}/"]
+    result = invoke(ray_args)
+    assert result.exit_code == 1, result.output
+    assert "bad.wav" in result.stderr
+    files = sorted(out.rglob("*.jsonl"))
+    same_as_local([r for f in files for r in read_jsonl(f)], local)
+
+    (out / "long.jsonl").unlink()
+    (out / "short" / "s3.jsonl").unlink()
+    again = invoke([*ray_args, "--resume", "--ray-workers", "1"])
+    assert again.exit_code == 0, again.output  # bad.wav's error record is already there
+    same_as_local([r for f in sorted(out.rglob("*.jsonl")) for r in read_jsonl(f)], local)
+
+
+def test_a_killed_worker_has_its_files_handed_to_another(ray_local, task_args, local, tmp_path):
+    out = tmp_path / "out.jsonl"
+    killed: list[int] = []
+
+    def kill_a_busy_worker() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            lines = out.read_bytes().count(b"\n") if out.is_file() else 0
+            busy = busy_workers(os.getpid()) if lines else []
+            if busy:
+                os.kill(busy[0], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    watcher.start()
+    result = invoke([*task_args, "--ray", "local", "--ray-workers", "2", "-o", out])
+    watcher.join(timeout=5)
+    assert killed, "no worker was killed"
+    assert result.exit_code == 1, result.output
+    assert "handing them out again" in result.stderr
+    same_as_local(read_jsonl(out), local)
+
+
+def cli_process(args: list, env_extra: dict | None = None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SALMONN_")}
+    env.update(HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled", XDG_CONFIG_HOME="/nonexistent")
+    return subprocess.Popen(
+        [sys.executable, "-m", "salmonn_cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**env, **(env_extra or {})},
+    )
+
+
+def wait_for_lines(proc: subprocess.Popen, out: Path, count: int, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_file() and out.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no {count} records in time: {proc.communicate()[1].decode()[-2000:]}")
+
+
+def test_driver_killed_then_interrupted_then_resumed(ray_local, task_args, local, tmp_path):
+    out = tmp_path / "out.jsonl"
+    ray_args = [*task_args, "--ray", "local", "--ray-workers", "1", "-o", out]
+
+    first = cli_process(ray_args)
+    wait_for_lines(first, out, 1)
+    family = descendants(first.pid)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    for pid in alive(family):  # Ray's helpers of a killed driver: not ours to keep
+        os.kill(pid, signal.SIGKILL)
+    after_kill = len(read_jsonl(out))
+
+    second = cli_process([*ray_args, "--resume"])
+    wait_for_lines(second, out, after_kill + 1)
+    workers = [pid for pid, title in descendants(second.pid).items() if WORKER_TITLE in title]
+    second.send_signal(signal.SIGINT)
+    assert second.wait(timeout=120) == 130, second.communicate()[1].decode()[-2000:]
+    time.sleep(2)
+    assert workers and not alive(workers), "the workers outlived the interrupted driver"
+    for pid in alive(descendants(second.pid)):
+        os.kill(pid, signal.SIGKILL)
+
+    last = invoke([*ray_args, "--resume"])
+    assert last.exit_code in (0, 1), last.output
+    same_as_local(read_jsonl(out), local)
+
+
+def test_library_call_streams_the_same_records(ray_local, folder, tiny_paths, local):
+    import salmonn
+    from salmonn.config import GenerationOptions
+
+    inputs = [folder / "short" / "bad.wav", folder / "short" / "s0.wav"]
+    model = {
+        "whisper": tiny_paths.whisper,
+        "beats": tiny_paths.beats,
+        "llm": tiny_paths.llm,
+        "checkpoint": tiny_paths.checkpoint,
+        "device": "cpu",
+    }
+    events = []
+    with salmonn.run_task_on_ray(
+        inputs,
+        "caption",
+        model=model,
+        workers=1,
+        generation=GenerationOptions(max_new_tokens=4, num_beams=1),
+        batch_size=2,
+        on_progress=events.append,
+    ) as records:
+        got = [r.to_dict() for r in records]
+    same_as_local(got, {str(p): local[str(p)] for p in inputs})
+    assert [e.kind for e in events] == ["start", "record", "record"]
+    assert events[-1].files_done == 2 and events[-1].files_failed == 1
+
+
+PROBE = r"""
+import json, sys
+from salmonn_cli.main import cli
+try:
+    cli.main(sys.argv[1:], prog_name="salmonn")
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(m for m in ("torch", "transformers", "ray") if m in sys.modules)
+print("@@" + json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["transcribe", "--help"], 0, ""),
+        (["transcribe", "x.wav", "--ray", "nowhere"], 2, "'local', 'auto' or 'ray://HOST:PORT'"),
+        (["transcribe", "x.wav", "--ray-workers", "2"], 2, "--ray-workers needs --ray"),
+        (["transcribe", "-", "--ray", "local"], 2, "standard input"),
+    ],
+)
+def test_ray_options_are_checked_before_anything_heavy(args, code, message, tmp_path):
+    (tmp_path / "x.wav").write_bytes(b"")
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CONFIG_HOME": "/nonexistent"},
+        timeout=60,
+        check=False,
+    )
+    report = json.loads(out.stderr.rsplit("@@", 1)[1])
+    assert report["code"] == code and message in out.stderr, out.stderr
+    assert report["heavy"] == [], f"{args} imported {report['heavy']}"
+
+
+def test_ray_without_the_extra_is_a_usage_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` does when it is not installed
+    (tmp_path / "x.wav").write_bytes(b"")
+    result = invoke(["transcribe", tmp_path / "x.wav", "--ray", "local"])
+    assert result.exit_code == 2
+    assert "pip install 'salmonn[ray]'" in result.stderr
