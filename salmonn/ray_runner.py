@@ -163,8 +163,8 @@ def run_task_on_ray(
         inputs: paths (files, folders, glob patterns) or :class:`~salmonn.inputs.InputItem` objects,
             expanded and ordered as :func:`salmonn.run_task` does. They must be on storage that
             every node can read; standard input cannot be used.
-        task: a task name of :data:`salmonn.TASKS` (arguments in ``task_args``) or a
-            :class:`~salmonn.tasks.Task`.
+        task: a task name of :data:`salmonn.TASKS` (arguments in ``task_args``), a
+            :class:`~salmonn.tasks.Task`, or its rendered :class:`~salmonn.engine.TaskSpec`.
         model: keyword arguments of :func:`salmonn.load_model` for each worker (``preset``,
             component paths, ``device``, ``dtype`` ...); local component paths are made absolute.
         address, workers, gpus_per_worker, cpus_per_worker: see :class:`RayOptions`. When this
@@ -186,12 +186,16 @@ def run_task_on_ray(
         ``next()`` (or :meth:`RayTaskRun.start`). Closing it early (or Ctrl-C while iterating) stops
         the workers and, when this call started Ray, Ray itself.
     """
+    from .engine import TaskSpec
     from .tasks import Task, _as_items, make_task
 
-    chosen = task if isinstance(task, Task) else make_task(task, **task_args)
-    if isinstance(task, Task) and task_args:
+    if isinstance(task, Task | TaskSpec) and task_args:
         raise ConfigError(f"pass task arguments to make_task, not with a Task: {sorted(task_args)}")
-    spec = chosen.spec()  # rendered here, so user templates need not exist on the workers
+    chosen = task if isinstance(task, Task | TaskSpec) else make_task(task, **task_args)
+    if isinstance(chosen, Task) and chosen.note:
+        logger.warning(chosen.note)
+    # rendered here, so user templates need not exist on the workers
+    spec = chosen if isinstance(chosen, TaskSpec) else chosen.spec()
     items = _as_items(inputs)
     if any(str(item.path) == "-" for item in items):
         raise ConfigError("standard input cannot be sent to Ray workers; save the audio to a file")
