@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ChunkingOptions, GenerationOptions
+from .config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOptions
 from .errors import ConfigError
 from .ray_pool import Dispatcher, PendingInput, SalmonnWorker
 from .records import Record
@@ -51,7 +51,6 @@ logger = logging.getLogger("salmonn.ray")
 
 RAY_EXTRA = "salmonn[ray]"
 ADDRESS_FORMS = "'local', 'auto' or 'ray://HOST:PORT'"
-DEFAULT_BATCH_SIZE = 8  # chunks per model call, the engine's default
 DEFAULT_MAX_ATTEMPTS = 3  # hand-outs of a file whose worker died before giving it up
 DEFAULT_MAX_RESTARTS = 3  # times Ray restarts a dead worker (model reloaded)
 

@@ -16,6 +16,7 @@ from salmonn.errors import PromptError, SalmonnError, error_line
 from salmonn.tasks import TRANSCRIBE_LANGUAGES, make_task
 
 from .options import PER_CHUNK_OPTION, common_options
+from .ray_executor import ray_executor
 from .run import run_task
 from .settings import SettingsError
 
@@ -31,6 +32,9 @@ class SalmonnGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C: the job was stopped (workers released) on the way out
+            click.echo("interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
         except SettingsError as err:
             raise click.UsageError(str(err)) from None
         except SalmonnError as err:
@@ -65,9 +69,10 @@ def _run(params: dict[str, Any], task: str, **task_args: Any) -> None:
         chosen = make_task(task, **task_args)
     except PromptError as err:
         raise click.UsageError(str(err)) from None
+    executor = ray_executor(params)  # None without --ray
     if chosen.note:
         click.echo(f"warning: {chosen.note}", err=True)
-    run_task(params, chosen)
+    run_task(params, chosen, executor)
 
 
 @cli.command()

@@ -17,6 +17,7 @@ import click
 
 from salmonn.config import ChunkingOptions, GenerationOptions
 
+from .ray_executor import RAY_OPTIONS
 from .settings import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, ENV_VARS
 
 _GEN = GenerationOptions()
@@ -248,4 +249,6 @@ def apply(options: list[Decorator]) -> Decorator:
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Every option group of the task commands."""
-    return apply(MODEL_OPTIONS + DECODING_OPTIONS + INPUT_OPTIONS + OUTPUT_OPTIONS)(func)
+    return apply(MODEL_OPTIONS + DECODING_OPTIONS + INPUT_OPTIONS + OUTPUT_OPTIONS + RAY_OPTIONS)(
+        func
+    )
