@@ -1,36 +1,64 @@
-"""Presets and resolution of the four SALMONN components: a local path or a Hugging Face source.
+"""Component sources to local paths: a local path as it is, a hub source from the Hugging Face cache,
+downloaded when it is missing there.
 
-A component source is one of
+Cache first: a component already in the cache is used without any network request, so a task run whose
+weights are cached works offline and starts without a round trip. A missing component is downloaded
+unless downloads are off (``download=False``) or huggingface_hub is in offline mode (``HF_HUB_OFFLINE``,
+as huggingface_hub itself reads it). Every component is looked up before anything is downloaded, so an
+error names all the missing ones at once (:class:`ComponentsNotFound`, with the data to word a fix).
 
-* a local path (``str`` or ``Path``) that exists: used as is, the hub is never touched;
-* ``"hf://[models/|spaces/|datasets/]org/name[@revision][/path/in/repo]"``: a file when a path is
-  given, else the whole repository (a folder component);
-* ``"org/name[@revision][:path/in/repo]"``: the same, for a string that is not an existing path;
-* a :class:`HubSource`.
-
-``huggingface_hub`` and ``torch`` are imported lazily so that the CLI starts fast. The cache folder
-and offline mode (``HF_HUB_OFFLINE``) are read from the environment at each call.
+Only what a folder component needs is fetched: its configs and tokenizer, and ONE weight format chosen
+as transformers would (``_WEIGHT_CHOICES``) from the repository's file listing. huggingface_hub keeps that
+listing in the cache, and the cache look-up makes the same choice from it, so offline resolution asks
+the cache for exactly the files the download fetched (asking for every weight format would find the
+snapshot "incomplete" whenever the repository carries several). Presets and the source syntax live in
+:mod:`salmonn.presets`. ``huggingface_hub`` and ``torch`` are imported lazily so that the CLI starts fast.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import os
-import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .constants import DEFAULT_LORA_SCALING
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, name_some
+from .presets import (  # re-exported: the public names of salmonn.hub
+    COMPONENTS,
+    FOLDER_COMPONENTS,
+    PRESETS,
+    HubSource,
+    Preset,
+    Source,
+    get_preset,
+    parse_source,
+)
 
-COMPONENTS = ("whisper", "beats", "llm", "checkpoint")
-FOLDER_COMPONENTS = frozenset({"whisper", "llm"})
-REPO_TYPES = ("model", "space", "dataset")
+__all__ = [
+    "COMPONENTS",
+    "PRESETS",
+    "BeatsFileInfo",
+    "ComponentPathError",
+    "ComponentStatus",
+    "ComponentsNotFound",
+    "HubSource",
+    "MissingComponent",
+    "MissingSourceError",
+    "Preset",
+    "ResolvedComponents",
+    "cached_status",
+    "download",
+    "get_preset",
+    "hub_cache_dir",
+    "hub_offline",
+    "parse_source",
+    "resolve_components",
+    "resolve_source",
+    "verify_beats_file",
+]
 
-# Files fetched for a folder component; weight files are added by format (safetensors preferred).
+# Files fetched for a folder component besides its weights (absent ones are skipped).
 _FOLDER_FILES = {
     "whisper": ["config.json", "preprocessor_config.json", "generation_config.json"],
     "llm": [
@@ -52,85 +80,81 @@ _WEIGHT_CHOICES = (
     ("pytorch_model.bin",),
     ("pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"),
 )
-_WEIGHT_FALLBACK = ("*.safetensors", "*.bin")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")  # other layouts: every top-level file of one kind
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+class MissingSourceError(ConfigError):
+    """Neither a preset nor a source was given for ``components``."""
+
+    def __init__(self, components: tuple[str, ...]) -> None:
+        self.components = components
+        super().__init__(
+            f"no source for {', '.join(components)}: give a preset, or a path or hub source for each"
+        )
+
+
+class ComponentPathError(CheckpointError):
+    """A local component path that does not exist, or is a file where a folder is needed (or back)."""
+
+    def __init__(self, component: str, path: Path, problem: str) -> None:
+        self.component, self.path, self.problem = component, path, problem
+        super().__init__(f"{component}: {path} {problem}")
 
 
 @dataclass(frozen=True)
-class HubSource:
-    """A Hub repository (``filename`` None: the whole repo, a folder) or one file in it."""
+class MissingComponent:
+    """A hub component not (completely) in the cache; ``absent``: the files a partial copy lacks."""
 
-    repo_id: str
-    filename: str | None = None
-    repo_type: str = "model"
-    revision: str | None = None
+    component: str
+    source: HubSource
+    from_preset: bool  # the preset's own source (what downloading the preset fetches)
+    absent: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        if self.repo_type not in REPO_TYPES:
-            raise ConfigError(
-                f"repo_type must be one of {', '.join(REPO_TYPES)}, got {self.repo_type!r}"
-            )
+    @property
+    def state(self) -> str:
+        return f"incomplete, lacks {name_some(self.absent)}" if self.absent else "not cached"
 
     def __str__(self) -> str:
-        kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
-        rev = f"@{self.revision}" if self.revision else ""
-        path = f"/{self.filename}" if self.filename else ""
-        return f"hf://{kind}{self.repo_id}{rev}{path}"
+        return f"{self.component} ({self.source}, {self.state})"
 
 
-Source = str | Path | HubSource
+class ComponentsNotFound(CheckpointError):
+    """Hub components that are not in the cache and were not downloaded.
 
-
-@dataclass(frozen=True)
-class Preset:
-    """A released SALMONN: its checkpoint and the encoders / LLM it was trained with (spec §0, §12).
-
-    ``lora_scaling`` is the default used here (α/r = 32/8); ``demo_lora_scaling`` is what the
-    official demo used, when it differs.
+    Attributes:
+        missing: the components still missing, in :data:`COMPONENTS` order.
+        cache: the Hugging Face cache folder that was searched.
+        preset: the preset name, when one was used.
+        offline: huggingface_hub is in offline mode (``HF_HUB_OFFLINE``), so nothing was downloaded.
+        download_error: one line on why the download of ``missing[0]`` failed; None when no
+            download was tried (offline mode, or ``download=False``).
     """
 
-    name: str
-    checkpoint: HubSource
-    whisper: HubSource
-    beats: HubSource
-    llm: HubSource
-    llm_hidden: int
-    lora_scaling: float = DEFAULT_LORA_SCALING
-    demo_lora_scaling: float | None = None
-    description: str = ""
+    def __init__(
+        self,
+        missing: list[MissingComponent],
+        *,
+        cache: Path,
+        preset: str | None,
+        offline: bool,
+        download_error: str | None = None,
+    ) -> None:
+        self.missing, self.cache, self.preset = tuple(missing), cache, preset
+        self.offline, self.download_error = offline, download_error
+        listed = ", ".join(str(m) for m in missing)
+        if download_error is not None:
+            why = f"could not download {missing[0].component}: {download_error}"
+        elif offline:
+            why = "huggingface_hub is in offline mode (HF_HUB_OFFLINE): turn it off to download"
+        else:
+            why = "downloads are off"
+        super().__init__(f"not in the Hugging Face cache {cache}: {listed}; {why}")
 
-    def source(self, component: str) -> HubSource:
-        return getattr(self, component)
 
-
-_BEATS = HubSource(
-    "tsinghua-ee/SALMONN-7B-gradio",
-    "beats/BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt",
-    repo_type="space",
-)
-_WHISPER = HubSource("openai/whisper-large-v2")
-
-PRESETS: dict[str, Preset] = {
-    "salmonn-13b": Preset(
-        name="salmonn-13b",
-        checkpoint=HubSource("tsinghua-ee/SALMONN", "salmonn_v1.pth"),
-        whisper=_WHISPER,
-        beats=_BEATS,
-        llm=HubSource("lmsys/vicuna-13b-v1.1"),
-        llm_hidden=5120,
-        description="SALMONN-13B v1 (salmonn_v1.pth) with Vicuna-13B v1.1",
-    ),
-    "salmonn-7b": Preset(
-        name="salmonn-7b",
-        checkpoint=HubSource("tsinghua-ee/SALMONN-7B", "salmonn_7b_v0.pth"),
-        whisper=_WHISPER,
-        beats=_BEATS,
-        llm=HubSource("lmsys/vicuna-7b-v1.5"),
-        llm_hidden=4096,
-        demo_lora_scaling=3.0,
-        description="SALMONN-7B v0 (salmonn_7b_v0.pth) with Vicuna-7B v1.5; the official demo used "
-        "LoRA scaling 3.0",
-    ),
-}
+# --------------------------------------------------------------------------------------- data types
 
 
 @dataclass(frozen=True)
@@ -146,7 +170,7 @@ class ResolvedComponents:
 
 @dataclass(frozen=True)
 class ComponentStatus:
-    """What :func:`cached_status` found for one component."""
+    """What :func:`cached_status` found for one component (``detail``: why it is not usable)."""
 
     component: str
     source: str
@@ -158,7 +182,7 @@ class ComponentStatus:
 
 @dataclass(frozen=True)
 class BeatsFileInfo:
-    """Result of :func:`verify_beats_file`; ``official``: the released 12 × 768 cpt2 config."""
+    """Result of :func:`verify_beats_file`; ``official``: the released 12 x 768 cpt2 config."""
 
     path: Path
     official: bool
@@ -168,71 +192,26 @@ class BeatsFileInfo:
     num_tensors: int
 
 
-# ------------------------------------------------------------------------------------------ sources
-
-_REPO = r"[A-Za-z0-9][\w.-]*/[\w.-]+"
-_PLAIN_RE = re.compile(rf"^(?P<repo>{_REPO})(?:@(?P<rev>[^:/\s]+))?(?::(?P<file>\S.*))?$")
-_URI_RE = re.compile(
-    rf"^hf://(?:(?P<kind>models|spaces|datasets)/)?(?P<repo>{_REPO}?)"
-    r"(?:@(?P<rev>[^/\s]+))?(?:/(?P<file>.+))?$"
-)
-
-
-def parse_source(source: Source) -> Path | HubSource:
-    """Turn a component source into a local ``Path`` or a :class:`HubSource` (see module doc)."""
-    if isinstance(source, HubSource):
-        return source
-    if isinstance(source, Path):
-        return source.expanduser()
-    text = str(source).strip()
-    if text.startswith("hf://"):
-        match = _URI_RE.match(text)
-        if not match:
-            raise ConfigError(
-                f"bad hub source {text!r}: expected hf://[spaces/]org/name[@rev][/file]"
-            )
-        kind = (match["kind"] or "models")[:-1]
-        return HubSource(match["repo"], match["file"], kind, match["rev"])
-    local = Path(text).expanduser()
-    if local.exists() or text.startswith((".", "/", "~")):
-        return local
-    match = _PLAIN_RE.match(text)
-    return HubSource(match["repo"], match["file"], "model", match["rev"]) if match else local
+# -------------------------------------------------------------------------------------- environment
 
 
 def hub_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """The hub cache in use: ``cache_dir``, else ``HF_HUB_CACHE``, else ``HF_HOME/hub``, ..."""
+    """The hub cache in use: ``cache_dir``, else huggingface_hub's (``HF_HUB_CACHE``, ``HF_HOME``, ...)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    env = os.environ
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(name):
-            return Path(env[name]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    xdg = (
-        Path(env["XDG_CACHE_HOME"]).expanduser()
-        if env.get("XDG_CACHE_HOME")
-        else Path.home() / ".cache"
-    )
-    return xdg / "huggingface" / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
 
 
 def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set to a true value (1, true, yes, on)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    """huggingface_hub's offline mode (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``, read at import)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
 
 
 # --------------------------------------------------------------------------------------- resolution
-
-
-def get_preset(preset: str | Preset) -> Preset:
-    """The :class:`Preset` named ``preset`` (a Preset is returned as is); unknown: ConfigError."""
-    if isinstance(preset, Preset):
-        return preset
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[preset]
 
 
 def resolve_components(
@@ -247,27 +226,43 @@ def resolve_components(
 ) -> ResolvedComponents:
     """Local paths for the four components; explicit arguments win over the preset's sources.
 
-    An existing local path is used as is. A hub source is taken from the local cache, and
-    downloaded when missing unless ``download`` is False or ``HF_HUB_OFFLINE`` is set. Raises
-    ``ConfigError`` when a component has no source, ``CheckpointError`` (one line, with the fix)
-    when one cannot be obtained.
+    An existing local path is used as is. Hub sources are looked up in the cache first (no network);
+    the missing ones are then downloaded unless ``download`` is False or huggingface_hub is offline.
+    Raises :class:`MissingSourceError` when a component has no source, :class:`ComponentPathError`
+    for a bad local path, :class:`ComponentsNotFound` (listing every missing component) otherwise.
     """
     chosen = get_preset(preset) if preset is not None else None
     explicit = {"whisper": whisper, "beats": beats, "llm": llm, "checkpoint": checkpoint}
-    missing = [c for c in COMPONENTS if explicit[c] is None and chosen is None]
-    if missing:
-        flags = ", ".join(f"--{c} PATH" for c in missing)
-        raise ConfigError(f"no source for {', '.join(missing)}: pass --preset NAME or {flags}")
-    name = chosen.name if chosen else None
+    unsourced = tuple(c for c in COMPONENTS if explicit[c] is None and chosen is None)
+    if unsourced:
+        raise MissingSourceError(unsourced)
+    cache = hub_cache_dir(cache_dir)
     paths: dict[str, Path] = {}
+    missing: list[MissingComponent] = []
     for c in COMPONENTS:
         source = explicit[c]
-        from_preset = source is None  # only then can `salmonn models download` fetch it
         if source is None:
-            assert chosen is not None  # a missing source without a preset was rejected above
+            assert chosen is not None  # rejected above otherwise
             source = chosen.source(c)
-        hint = name if from_preset else None
-        paths[c] = resolve_source(c, source, download=download, cache_dir=cache_dir, preset=hint)
+        parsed = _parse(c, source)
+        if isinstance(parsed, Path):
+            paths[c] = parsed
+            continue
+        try:
+            paths[c] = _from_cache(c, parsed, cache)
+        except _NotCached as miss:
+            missing.append(MissingComponent(c, parsed, explicit[c] is None, miss.absent))
+    name = chosen.name if chosen else None
+    offline = hub_offline()
+    if missing and (offline or not download):
+        raise ComponentsNotFound(missing, cache=cache, preset=name, offline=offline)
+    for i, miss in enumerate(missing):
+        try:
+            paths[miss.component] = _fetch(miss.component, miss.source, cache)
+        except _FetchFailed as err:
+            raise ComponentsNotFound(
+                missing[i:], cache=cache, preset=name, offline=False, download_error=str(err)
+            ) from err.__cause__
     return ResolvedComponents(**paths, preset=name)
 
 
@@ -277,94 +272,133 @@ def resolve_source(
     *,
     download: bool = True,
     cache_dir: str | Path | None = None,
-    preset: str | None = None,
 ) -> Path:
     """Local path of one component (``whisper``/``llm``: folders, others: files)."""
+    parsed = _parse(component, source)
+    if isinstance(parsed, Path):
+        return parsed
+    cache = hub_cache_dir(cache_dir)
+    try:
+        return _from_cache(component, parsed, cache)
+    except _NotCached as miss:
+        missing = [MissingComponent(component, parsed, False, miss.absent)]
+    offline = hub_offline()
+    if offline or not download:
+        raise ComponentsNotFound(missing, cache=cache, preset=None, offline=offline)
+    try:
+        return _fetch(component, parsed, cache)
+    except _FetchFailed as err:
+        raise ComponentsNotFound(
+            missing, cache=cache, preset=None, offline=False, download_error=str(err)
+        ) from err.__cause__
+
+
+def _parse(component: str, source: Source) -> Path | HubSource:
+    """A checked local path, or a hub source of the right kind (file vs repository)."""
     if component not in COMPONENTS:
         raise ConfigError(
             f"unknown component {component!r}; expected one of {', '.join(COMPONENTS)}"
         )
     parsed = parse_source(source)
-    if isinstance(parsed, Path):
-        return _check_local(component, parsed)
     is_folder = component in FOLDER_COMPONENTS
+    if isinstance(parsed, Path):
+        if not parsed.exists():
+            raise ComponentPathError(component, parsed, "does not exist")
+        if parsed.is_dir() != is_folder:
+            kind = "a folder" if is_folder else "a file"
+            raise ComponentPathError(component, parsed, f"is not {kind}")
+        return parsed
     if is_folder and parsed.filename:
-        raise ConfigError(
-            f"--{component} needs a folder (a whole repo), got the file source {parsed}"
-        )
+        raise ConfigError(f"{component} needs a whole repository (a folder), got the file {parsed}")
     if not is_folder and not parsed.filename:
-        raise ConfigError(f"--{component} needs a file, got the repository {parsed}; add /FILENAME")
-    return _resolve_hub(component, parsed, download=download, cache_dir=cache_dir, preset=preset)
+        raise ConfigError(f"{component} needs a file, got the repository {parsed}; add /FILENAME")
+    return parsed
 
 
-def _check_local(component: str, path: Path) -> Path:
-    if not path.exists():
-        raise CheckpointError(f"--{component}: {path} does not exist")
-    want_dir = component in FOLDER_COMPONENTS
-    if path.is_dir() != want_dir:
-        kind = "a folder" if want_dir else "a file"
-        raise CheckpointError(f"--{component}: {path} is not {kind}")
-    return path
+class _NotCached(Exception):
+    def __init__(self, absent: tuple[str, ...] = ()) -> None:
+        self.absent = absent
 
 
-def _missing_hint(component: str, source: HubSource, preset: str | None, reason: str) -> str:
-    if preset:
-        fetch = f"`salmonn models download {preset}`"
-    else:
-        kind = "" if source.repo_type == "model" else f" --repo-type {source.repo_type}"
-        file = f" {source.filename}" if source.filename else ""
-        fetch = f"`hf download {source.repo_id}{file}{kind}`"
-    return (
-        f"{component}: {source} {reason}; fetch it with {fetch} while online, "
-        f"or pass --{component} PATH"
-    )
+class _FetchFailed(Exception):
+    """One line on why a download failed; the library's exception is the ``__cause__``."""
 
 
-def _resolve_hub(
-    component: str,
-    source: HubSource,
-    *,
-    download: bool,
-    cache_dir: str | Path | None,
-    preset: str | None,
-) -> Path:
-    import huggingface_hub
-    from huggingface_hub.errors import LocalEntryNotFoundError
+def _hub_kwargs(source: HubSource, cache: Path) -> dict[str, Any]:
+    return {"repo_type": source.repo_type, "cache_dir": str(cache)}
 
-    cache = hub_cache_dir(cache_dir)
-    offline = hub_offline() or not download
-    common: dict[str, Any] = {
-        "repo_type": source.repo_type,
-        "revision": source.revision,
-        "cache_dir": str(cache),
-        "local_files_only": offline,
-    }
+
+def _cached_listing(source: HubSource, cache: Path, revision: str | None) -> list[str] | None:
+    """The repository's file list that huggingface_hub cached at download (None: not cached)."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
     try:
-        if source.filename:
-            return Path(huggingface_hub.hf_hub_download(source.repo_id, source.filename, **common))
-        patterns = _FOLDER_FILES[component] + _weight_patterns(source, offline)
+        tree = get_cached_repo_tree(source.repo_id, revision=revision, **_hub_kwargs(source, cache))
+    except CachedRepoTreeNotFoundError:
+        return None
+    return [f.path for f in tree]
+
+
+def _wanted(component: str, source: HubSource, files: Collection[str] | None) -> list[str]:
+    """Patterns to fetch: the source's file, or a folder's configs plus ONE weight layout chosen from
+    the repository's ``files`` in transformers' order of preference (None: files unknown, then every
+    layout; nothing can be told from the patterns then, :func:`_absent_files` checks the folder)."""
+    if source.filename:
+        return [source.filename]
+    wanted = list(_FOLDER_FILES[component])
+    if files is None:
+        return wanted + [p for names in _WEIGHT_CHOICES for p in names]
+    for names in _WEIGHT_CHOICES:
+        if names[0] in files:
+            return wanted + list(names)
+    top = sorted(f for f in files if "/" not in f)
+    for suffix in _WEIGHT_SUFFIXES:
+        if any(f.endswith(suffix) for f in top):
+            return wanted + [f for f in top if f.endswith(suffix)]
+    return wanted
+
+
+def _from_cache(component: str, source: HubSource, cache: Path) -> Path:
+    """The cached copy of ``source`` (no network); raises :class:`_NotCached`."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+
+    files = _cached_listing(source, cache, source.revision)
+    try:
         folder = Path(
-            huggingface_hub.snapshot_download(source.repo_id, allow_patterns=patterns, **common)
+            snapshot_download(
+                source.repo_id,
+                revision=source.revision,
+                allow_patterns=_wanted(component, source, files),
+                local_files_only=True,
+                **_hub_kwargs(source, cache),
+            )
         )
-    except LocalEntryNotFoundError as err:
-        why = "offline mode is on (HF_HUB_OFFLINE=1)" if hub_offline() else "downloads are off"
-        raise CheckpointError(
-            _missing_hint(component, source, preset, f"is not in the cache {cache} and {why}")
-        ) from err
-    except (OSError, ValueError, huggingface_hub.errors.HfHubHTTPError) as err:
-        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{component}: could not fetch {source}: {cause}") from err
-    absent = _absent_files(component, folder)
+    except IncompleteSnapshotError as err:
+        folder = Path(err.snapshot_path)  # checked below, to name what is absent
+    except LocalEntryNotFoundError:
+        raise _NotCached() from None
+    absent = _absent_files(component, source, folder, files)
     if absent:
-        reason = f"is incomplete in the cache (missing {', '.join(absent)})"
-        raise CheckpointError(_missing_hint(component, source, preset, reason))
-    return folder
+        raise _NotCached(() if source.filename else tuple(absent))  # a file is there or not
+    return folder / source.filename if source.filename else folder
 
 
-def _absent_files(component: str, folder: Path) -> list[str]:
-    """Files a folder component needs that ``folder`` lacks (shards named by an index included)."""
-    absent = [f for f in _REQUIRED_FILES[component] if not (folder / f).is_file()]
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+def _absent_files(
+    component: str, source: HubSource, folder: Path, files: Collection[str] | None
+) -> list[str]:
+    """What ``folder`` lacks of ``source``: its file, or a folder component's required files, the
+    files of the listing the download would fetch, and the shards its weight index names."""
+    if source.filename:
+        return [] if (folder / source.filename).is_file() else [source.filename]
+    from huggingface_hub.utils import filter_repo_objects
+
+    needed = set(_REQUIRED_FILES[component])
+    if files is not None:
+        needed.update(filter_repo_objects(files, allow_patterns=_wanted(component, source, files)))
+    absent = sorted(f for f in needed if not (folder / f).is_file())
+    if not any(next(folder.glob(f"*{suffix}"), None) for suffix in _WEIGHT_SUFFIXES):
         absent.append("weights (*.safetensors or *.bin)")
     for index in sorted(folder.glob("*.index.json")):
         try:
@@ -372,27 +406,55 @@ def _absent_files(component: str, folder: Path) -> list[str]:
         except (OSError, ValueError, KeyError, AttributeError):
             absent.append(f"a readable {index.name}")
             continue
-        absent += sorted(f for f in shards if not (folder / f).is_file())
+        absent += sorted(f for f in shards - needed if not (folder / f).is_file())
     return absent
 
 
-def _weight_patterns(source: HubSource, offline: bool) -> list[str]:
-    """Weight files to fetch, in transformers' order of preference: one safetensors file, sharded
-    safetensors, one .bin, sharded .bin (so variants such as fp32 copies are not fetched too).
-    Offline, every candidate (whatever the cache holds)."""
-    if offline:
-        return [p for names in _WEIGHT_CHOICES for p in names]
-    from huggingface_hub import HfApi
+def _fetch(component: str, source: HubSource, cache: Path) -> Path:
+    """Download what ``source`` needs into the cache; raises :class:`_FetchFailed` (one line)."""
+    import httpx2
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    files = set(
-        HfApi().list_repo_files(
-            source.repo_id, repo_type=source.repo_type, revision=source.revision
-        )
-    )
-    for names in _WEIGHT_CHOICES:
-        if names[0] in files:
-            return list(names)
-    return [p for p in _WEIGHT_FALLBACK if any(fnmatch.fnmatch(f, p) for f in files)][:1]
+    kwargs = _hub_kwargs(source, cache)
+    try:
+        if source.filename:
+            folder = snapshot_download(
+                source.repo_id, revision=source.revision, allow_patterns=[source.filename], **kwargs
+            )
+        else:
+            # The configs first: this resolves the commit and caches the repository's listing,
+            # from which the weight layout is chosen; the second call reuses both.
+            folder = snapshot_download(
+                source.repo_id,
+                revision=source.revision,
+                allow_patterns=_FOLDER_FILES[component],
+                **kwargs,
+            )
+            commit = Path(folder).name
+            files = _cached_listing(source, cache, commit)
+            folder = snapshot_download(
+                source.repo_id,
+                revision=commit,
+                allow_patterns=_wanted(component, source, files),
+                **kwargs,
+            )
+    except LocalEntryNotFoundError as err:  # the hub could not be reached
+        from huggingface_hub import constants
+
+        where = f"cannot reach the hub at {constants.ENDPOINT}"
+        raise _FetchFailed(f"{where} ({_first_line(err.__cause__ or err)})") from err
+    except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
+        raise _FetchFailed(_first_line(err)) from err
+    absent = _absent_files(component, source, Path(folder), files=None)
+    if absent:
+        raise _FetchFailed(f"{source} has no {', '.join(absent)}")
+    return Path(folder) / source.filename if source.filename else Path(folder)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 # --------------------------------------------------------------------------------- status, download
@@ -401,22 +463,23 @@ def _weight_patterns(source: HubSource, offline: bool) -> list[str]:
 def cached_status(
     preset: str | Preset, *, cache_dir: str | Path | None = None
 ) -> list[ComponentStatus]:
-    """Per component of ``preset``: is it in the local cache, where, how many bytes (no network)."""
+    """Per component of ``preset``: is it in the local cache, where, how many bytes (no network).
+
+    Uses the same look-up as :func:`resolve_components`, so "cached" means a task run finds it.
+    """
     chosen = get_preset(preset)
+    cache = hub_cache_dir(cache_dir)
     report = []
     for component in COMPONENTS:
         source = chosen.source(component)
         try:
-            path = _resolve_hub(
-                component, source, download=False, cache_dir=cache_dir, preset=chosen.name
-            )
-        except CheckpointError as err:
-            report.append(ComponentStatus(component, str(source), False, None, 0, str(err)))
+            path = _from_cache(component, source, cache)
+        except _NotCached as miss:
+            detail = MissingComponent(component, source, True, miss.absent).state
+            report.append(ComponentStatus(component, str(source), False, None, 0, detail))
             continue
         files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
-        size = sum(
-            f.stat().st_size for f in files
-        )  # stat follows the cache's symlinks to the blobs
+        size = sum(f.stat().st_size for f in files)  # stat follows the cache's links to the blobs
         report.append(ComponentStatus(component, str(source), True, path, size))
     return report
 
@@ -440,7 +503,7 @@ _BEATS_CFG_KEYS = (
 
 
 def verify_beats_file(path: str | Path) -> BeatsFileInfo:
-    """Check cheaply that ``path`` is a BEATs checkpoint (``{"cfg", "model", ...}``, §3.1, §9.2).
+    """Check cheaply that ``path`` is a BEATs checkpoint (a dict with ``cfg`` and ``model``).
 
     Raises ``CheckpointError`` (one line) otherwise. ``official`` tells the released cpt2 config
     (12 layers, width 768, max_distance 800) from a smaller file in the same format.
@@ -454,8 +517,9 @@ def verify_beats_file(path: str | Path) -> BeatsFileInfo:
         except RuntimeError:  # not a zip-format file: mmap is unsupported there
             ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unpickling failure means "not a BEATs file"
-        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path}: not a loadable BEATs checkpoint ({cause})") from err
+        raise CheckpointError(
+            f"{path}: not a loadable BEATs checkpoint ({_first_line(err)})"
+        ) from err
     cfg, state = _beats_parts(path, ck)
     layers, width = int(cfg["encoder_layers"]), int(cfg["encoder_embed_dim"])
     patch, embed = int(cfg["input_patch_size"]), int(cfg["embed_dim"])
@@ -490,7 +554,7 @@ def _beats_parts(path: Path, ck: Any) -> tuple[Mapping[str, Any], Mapping[str, A
     state = ck["model"]
     if "speech_query_tokens" in state:
         raise CheckpointError(
-            f"{path}: this is a SALMONN checkpoint, not BEATs; pass it as --checkpoint"
+            f"{path}: this is a SALMONN checkpoint, not BEATs; use it as the checkpoint component"
         )
     cfg = ck.get("cfg")
     if not isinstance(cfg, Mapping):

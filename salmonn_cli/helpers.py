@@ -13,6 +13,7 @@ import click
 
 from salmonn.errors import SalmonnError
 
+from .model_errors import describe
 from .settings import COMPONENTS, config_path, model_kwargs, resolve
 
 
@@ -75,34 +76,45 @@ def _size(n: int) -> str:
 @click.group(invoke_without_command=True)
 @click.pass_context
 def models(ctx: click.Context) -> None:
-    """List the model presets and what of them is in the local cache; `models download NAME` fetches one."""
+    """List the model presets and what of them is in the local cache; `models download NAME` fetches one.
+
+    "cached" uses the same look-up as the task commands: a cached preset loads without network.
+    """
     if ctx.invoked_subcommand is not None:
         return
-    from salmonn.hub import PRESETS, cached_status, hub_cache_dir
+    from salmonn.hub import PRESETS, cached_status, hub_cache_dir, hub_offline
 
-    click.echo(f"cache: {hub_cache_dir()}")
+    offline = "  (offline mode: HF_HUB_OFFLINE)" if hub_offline() else ""
+    click.echo(f"cache: {hub_cache_dir()}{offline}")
     for name, preset in PRESETS.items():
         report = cached_status(name)
-        state = "cached" if all(s.cached for s in report) else "not cached"
+        found = sum(s.cached for s in report)
+        state = "cached" if found == len(report) else "partly cached" if found else "not cached"
         click.echo(f"\n{name}  ({state})  {preset.description}")
         for s in report:
-            where = f"{s.path} ({_size(s.size_bytes)})" if s.cached else "missing"
-            click.echo(
-                f"  {s.component:<10} {s.source}\n  {'':<10} -> {where}{'  ' + s.detail if s.detail else ''}"
-            )
+            where = f"{s.path} ({_size(s.size_bytes)})" if s.cached else f"missing: {s.detail}"
+            click.echo(f"  {s.component:<10} {s.source}\n  {'':<10} -> {where}")
+    settings = resolve({})
+    preset = model_kwargs(settings)["preset"]
+    uses = [f"preset {preset} [{settings['model'].origin}]" if preset else "no preset"]
+    uses += [
+        f"{c} {settings[c].value} [{settings[c].origin}]"
+        for c in COMPONENTS
+        if settings[c].value is not None
+    ]
+    click.echo(f"\ntask commands use: {'; '.join(uses)}")
 
 
 @models.command()
 @click.argument("name", required=False)
 def download(name: str | None) -> None:
     """Download every component of the preset NAME (default: as for the task commands) into the
-    Hugging Face cache."""
+    Hugging Face cache. What is cached already is not fetched again."""
     from salmonn.hub import PRESETS
+    from salmonn.hub import download as fetch
 
     if name is None:
         name = resolve({})["model"].value
-    from salmonn.hub import download as fetch
-
     if name not in PRESETS:
         raise click.BadParameter(
             f"unknown preset {name!r}; choose from {', '.join(PRESETS)}", param_hint="NAME"
@@ -117,7 +129,8 @@ def _check(label: str, func: Any) -> tuple[bool, Any]:
         value = func()
     except (SalmonnError, OSError, ValueError, ImportError, RuntimeError) as err:
         lines = [line for line in str(err).splitlines() if line.strip()]
-        click.echo(f"  {label:<12} FAIL  {lines[-1] if lines else type(err).__name__}")
+        said = describe(err) if isinstance(err, SalmonnError) else None
+        click.echo(f"  {label:<12} FAIL  {said or (lines[-1] if lines else type(err).__name__)}")
         return False, None
     return True, value
 

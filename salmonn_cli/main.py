@@ -40,7 +40,9 @@ class SalmonnGroup(click.Group):
         except SalmonnError as err:
             if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise
-            raise click.ClickException(error_line(err)) from None
+            from .model_errors import describe
+
+            raise click.ClickException(describe(err) or error_line(err)) from None
 
 
 @click.group(

@@ -291,12 +291,19 @@ class _Closing:
 
 def load_model(settings: ModelSettings, *, verbose: int = 0, quiet: bool = False) -> Any:
     """Load the model of ``settings``; a library configuration error becomes a usage error."""
+    from salmonn.constants import COMPONENTS
+    from salmonn.hub import resolve_components
+
+    kwargs = settings.load_kwargs(quantization=True)
+    # Find (or download) the weights before torch is imported: a missing one fails fast.
+    found = resolve_components(kwargs["preset"], *(kwargs[c] for c in COMPONENTS))
+    kwargs.update({c: getattr(found, c) for c in COMPONENTS})
     from salmonn.checkpoint import load_model as load
 
     if not verbose:
         _quiet_transformers(keep_downloads=not quiet)
     try:
-        return load(**settings.load_kwargs(quantization=True))
+        return load(**kwargs)
     except ConfigError as err:
         raise _usage(str(err)) from None
 

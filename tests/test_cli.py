@@ -420,18 +420,6 @@ def test_usage_errors_exit_2(args, needle, tree, tmp_path):
     assert result.exit_code == 2 and needle in result.stderr and result.stdout == ""
 
 
-def test_models_lists_presets_and_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    result = invoke(["models"])
-    assert result.exit_code == 0
-    assert (
-        "salmonn-7b  (not cached)" in result.stdout and "salmonn-13b  (not cached)" in result.stdout
-    )
-    assert "tsinghua-ee/SALMONN-7B" in result.stdout
-    bad = invoke(["models", "download", "salmonn-1b"])
-    assert bad.exit_code == 2 and "unknown preset" in bad.stderr
-
-
 def test_dev_tiny_model_writes_a_loadable_model(tmp_path, tree):
     result = invoke(["dev", "tiny-model", tmp_path / "tiny", "--seed", "1"])
     assert result.exit_code == 0, result.output

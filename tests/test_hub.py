@@ -13,7 +13,15 @@ import torch
 
 from salmonn import hub
 from salmonn.errors import CheckpointError, ConfigError
-from salmonn.hub import PRESETS, HubSource, parse_source, resolve_components, verify_beats_file
+from salmonn.hub import (
+    PRESETS,
+    ComponentsNotFound,
+    HubSource,
+    parse_source,
+    resolve_components,
+    verify_beats_file,
+)
+from salmonn_cli.model_errors import describe
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 BEATS_FILE = "beats/BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt"
@@ -42,10 +50,15 @@ def folder_files(folder: str) -> dict[str, Path]:
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
+    """An empty cache, offline. huggingface_hub reads its environment once, at import: patch both."""
+    from huggingface_hub import constants
+
     root = tmp_path / "hf-cache"
     root.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return root
 
 
@@ -153,7 +166,10 @@ def test_offline_resolution_from_cache(filled_cache, tiny_paths):
         filled_cache, "space", "tsinghua-ee/SALMONN-7B-gradio", {BEATS_FILE: Path(tiny_paths.beats)}
     )
     got = resolve_components("salmonn-7b")
-    snapshot = lambda repo: filled_cache / repo / "snapshots" / COMMIT
+
+    def snapshot(repo):
+        return filled_cache / repo / "snapshots" / COMMIT
+
     assert got.preset == "salmonn-7b"
     assert got.whisper == snapshot("models--openai--whisper-large-v2")
     assert got.llm == snapshot("models--lmsys--vicuna-7b-v1.5")
@@ -178,31 +194,54 @@ def test_explicit_argument_wins_over_preset(filled_cache, tiny_paths):
     assert got.llm == filled_cache / "models--me--my-llm" / "snapshots" / COMMIT
 
 
-def test_missing_in_offline_mode_is_a_one_line_error(filled_cache):
-    with pytest.raises(CheckpointError) as info:
+def test_missing_in_offline_mode_names_every_missing_component(filled_cache):
+    with pytest.raises(ComponentsNotFound) as info:
         resolve_components("salmonn-7b")
-    message = str(info.value)
-    assert "\n" not in message
-    assert "tsinghua-ee/SALMONN-7B-gradio" in message and BEATS_FILE in message
-    assert "salmonn models download salmonn-7b" in message and "--beats PATH" in message
-    assert "HF_HUB_OFFLINE" in message
+    err = info.value
+    assert [m.component for m in err.missing] == ["beats"]  # the other three are cached
+    assert err.missing[0].source == PRESETS["salmonn-7b"].beats and err.missing[0].from_preset
+    assert err.offline and err.download_error is None and err.cache == filled_cache
+    message = str(err)
+    assert "\n" not in message and BEATS_FILE in message and "HF_HUB_OFFLINE" in message
+    assert "--" not in message  # library words, not command-line flags
+    cli = describe(err)
+    assert "salmonn models download salmonn-7b" in cli and "--beats PATH" in cli
+    assert "HF_HUB_OFFLINE is set: unset it" in cli and "salmonn dev tiny-model" in cli
     status = {s.component: s for s in hub.cached_status("salmonn-7b")}
     assert not status["beats"].cached and status["beats"].path is None
-    assert status["whisper"].cached
+    assert status["beats"].detail == "not cached" and status["whisper"].cached
 
 
 def test_missing_repo_without_preset_names_the_repo(cache):
-    with pytest.raises(CheckpointError, match=r"hf download org/absent w\.pt --repo-type space"):
+    with pytest.raises(ComponentsNotFound) as info:
         hub.resolve_source("checkpoint", "hf://spaces/org/absent/w.pt")
-    with pytest.raises(CheckpointError, match="salmonn models download salmonn-13b"):
+    assert "`hf download org/absent w.pt --repo-type space`" in describe(info.value)
+    with pytest.raises(ComponentsNotFound) as info:
         resolve_components("salmonn-13b")
-    with pytest.raises(CheckpointError, match="`hf download me/whisper`"):  # not the preset's
-        resolve_components("salmonn-13b", whisper="me/whisper")
+    assert [m.component for m in info.value.missing] == list(hub.COMPONENTS)
+    assert describe(info.value).count("salmonn models download salmonn-13b") == 1
+    with pytest.raises(ComponentsNotFound) as info:
+        resolve_components("salmonn-13b", whisper="me/whisper")  # not the preset's own source
+    assert "`hf download me/whisper` and `salmonn models download salmonn-13b`" in describe(
+        info.value
+    )
+
+
+def test_library_errors_in_command_line_words(tiny_paths, tmp_path):
+    with pytest.raises(hub.ComponentPathError) as info:
+        hub.resolve_source("beats", tmp_path / "missing.pt")
+    assert describe(info.value) == f"--beats: {tmp_path / 'missing.pt'} does not exist"
+    with pytest.raises(hub.MissingSourceError) as info:
+        resolve_components(beats=tiny_paths.beats, checkpoint=tiny_paths.checkpoint)
+    assert info.value.components == ("whisper", "llm") and "--" not in str(info.value)
+    assert describe(info.value) == (
+        "no source for whisper, llm: pass --model NAME or --whisper PATH, --llm PATH"
+    )
 
 
 def test_incomplete_cached_folder_is_reported(cache, tiny_paths):
     put_in_cache(cache, "model", "org/llm", {"config.json": Path(tiny_paths.llm) / "config.json"})
-    with pytest.raises(CheckpointError, match=r"missing tokenizer\.model, weights"):
+    with pytest.raises(CheckpointError, match=r"incomplete, lacks tokenizer\.model, weights"):
         hub.resolve_source("llm", "org/llm")
 
 
@@ -211,61 +250,8 @@ def test_missing_shard_is_reported(cache, tiny_paths):
     shard = max(name for name in files if name.startswith("model-0"))
     del files[shard]
     put_in_cache(cache, "model", "org/llm", files)
-    with pytest.raises(CheckpointError, match=f"missing {shard}"):
+    with pytest.raises(CheckpointError, match=f"lacks {shard}"):
         hub.resolve_source("llm", "org/llm")
-
-
-def test_download_asks_only_for_needed_files(tiny_paths, tmp_path, monkeypatch):
-    import huggingface_hub
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    calls = []
-    repo_files = {
-        "openai/whisper-large-v2": [
-            "config.json",
-            "model.safetensors",
-            "pytorch_model.bin",
-            "tf_model.h5",
-        ],
-        "lmsys/vicuna-7b-v1.5": [
-            "config.json",
-            "pytorch_model-00001-of-00002.bin",
-            "pytorch_model-00002-of-00002.bin",
-            "pytorch_model.bin.index.json",
-            "tokenizer.model",
-        ],
-    }
-
-    class FakeApi:
-        def list_repo_files(self, repo_id, repo_type=None, revision=None):
-            return repo_files[repo_id]
-
-    def fake_snapshot(repo_id, **kwargs):
-        calls.append(("snapshot", repo_id, kwargs))
-        return tiny_paths.whisper if "whisper" in repo_id else tiny_paths.llm
-
-    def fake_file(repo_id, filename, **kwargs):
-        calls.append(("file", repo_id, kwargs))
-        return tiny_paths.beats if filename.endswith(".pt") else tiny_paths.checkpoint
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_file)
-    got = hub.download("salmonn-7b", cache_dir=tmp_path / "c")
-    assert got.beats == Path(tiny_paths.beats) and got.llm == Path(tiny_paths.llm)
-    by_repo = {repo: kwargs for _, repo, kwargs in calls}
-    assert all(
-        k["local_files_only"] is False and k["cache_dir"] == str(tmp_path / "c")
-        for k in by_repo.values()
-    )
-    whisper = by_repo["openai/whisper-large-v2"]["allow_patterns"]
-    assert "model.safetensors" in whisper and "preprocessor_config.json" in whisper
-    llm = by_repo["lmsys/vicuna-7b-v1.5"]["allow_patterns"]
-    assert "pytorch_model.bin.index.json" in llm and "pytorch_model-*-of-*.bin" in llm
-    assert "tokenizer.model" in llm
-    fetched = [p for p in whisper + llm if "*" in p]
-    assert fetched == ["pytorch_model-*-of-*.bin"]  # nothing broader (no *.h5, fp32 copies, ...)
-    assert by_repo["tsinghua-ee/SALMONN-7B-gradio"]["repo_type"] == "space"
 
 
 def test_verify_beats_file(tiny_paths, tmp_path):
@@ -325,3 +311,18 @@ def test_import_is_lazy():
     code = "import sys, salmonn.hub; print(sorted({'huggingface_hub', 'torch'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_models_command_lists_presets_and_cache(cache):
+    from click.testing import CliRunner
+
+    from salmonn_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 0
+    assert f"cache: {cache}  (offline mode: HF_HUB_OFFLINE)" in result.stdout
+    assert "salmonn-7b  (not cached)" in result.stdout
+    assert "salmonn-13b  (not cached)" in result.stdout
+    assert "hf://tsinghua-ee/SALMONN-7B/salmonn_7b_v0.pth" in result.stdout
+    bad = CliRunner().invoke(cli, ["models", "download", "salmonn-1b"])
+    assert bad.exit_code == 2 and "unknown preset" in bad.stderr

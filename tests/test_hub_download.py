@@ -1,0 +1,322 @@
+"""Downloads through the real huggingface_hub client, against a stand-in hub on 127.0.0.1.
+
+The stand-in (tests/hubstub.py) serves the preset repositories under their real names and file names,
+with the decoys the real repositories carry (other weight formats, other checkpoints, Space code); the
+files that matter are the tiny model's (salmonn.tiny), so a downloaded preset really loads. The cache is
+what huggingface_hub itself writes (blobs, snapshots, refs and the cached tree listing).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hubstub import StubHub
+from safetensors.torch import load_file
+
+from salmonn import hub
+from salmonn.errors import CheckpointError
+from salmonn.hub import ComponentsNotFound, resolve_components
+from salmonn_cli.main import cli
+
+BEATS_FILE = "beats/BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt"
+VICUNA = "lmsys/vicuna-7b-v1.5"
+WHISPER = "openai/whisper-large-v2"
+
+
+def _bin_shards(llm: Path) -> dict[str, bytes]:
+    """The tiny LLM folder as Vicuna ships it: sharded pytorch_model-*.bin plus their index."""
+    index = json.loads((llm / "model.safetensors.index.json").read_text())
+    renamed = {}
+    files: dict[str, bytes] = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        renamed[shard] = shard.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+        buffer = io.BytesIO()
+        torch.save(load_file(llm / shard), buffer)
+        files[renamed[shard]] = buffer.getvalue()
+    index["weight_map"] = {k: renamed[v] for k, v in index["weight_map"].items()}
+    files["pytorch_model.bin.index.json"] = json.dumps(index).encode()
+    for f in llm.iterdir():
+        if not f.name.startswith("model"):
+            files[f.name] = f.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="session")
+def repos(tiny_paths) -> dict:
+    """Repository contents: the tiny model's files under the preset's names, and decoys."""
+    decoy = b"decoy: never needed\n" * 50
+    whisper = {f.name: f.read_bytes() for f in Path(tiny_paths.whisper).iterdir()}
+    whisper.update(
+        {
+            name: decoy
+            for name in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "README.md")
+        }
+    )
+    space = {
+        BEATS_FILE: Path(tiny_paths.beats).read_bytes(),
+        "beats/BEATs.py": decoy,
+        "beats/backbone.py": decoy,
+        "app.py": decoy,
+        "requirements.txt": decoy,
+        "salmonn_7b_v0.pth": decoy,
+    }
+    checkpoint = Path(tiny_paths.checkpoint).read_bytes()
+    return {
+        ("model", WHISPER): whisper,
+        ("model", VICUNA): {**_bin_shards(Path(tiny_paths.llm)), "README.md": decoy},
+        ("space", "tsinghua-ee/SALMONN-7B-gradio"): space,
+        ("model", "tsinghua-ee/SALMONN-7B"): {
+            "salmonn_7b_v0.pth": checkpoint,
+            "salmonn_7b_v0_old.pth": decoy,
+            "README.md": decoy,
+        },
+        ("model", "tsinghua-ee/SALMONN"): {"salmonn_v1.pth": checkpoint, "salmonn_v0.pth": decoy},
+    }
+
+
+NEEDED = (
+    {
+        f"{WHISPER}/{f}"
+        for f in (
+            "config.json",
+            "preprocessor_config.json",
+            "generation_config.json",
+            "model.safetensors",
+        )
+    }
+    | {
+        f"{VICUNA}/{f}"
+        for f in (
+            "config.json",
+            "generation_config.json",
+            "tokenizer.model",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "pytorch_model.bin.index.json",
+            *(f"pytorch_model-0000{i}-of-00004.bin" for i in range(1, 5)),
+        )
+    }
+    | {
+        f"tsinghua-ee/SALMONN-7B-gradio/{BEATS_FILE}",
+        "tsinghua-ee/SALMONN-7B/salmonn_7b_v0.pth",
+    }
+)
+
+
+def _use_hub(monkeypatch, url: str, cache: Path, offline: bool) -> None:
+    """Point huggingface_hub (which reads its environment once, at import) at ``url`` and ``cache``."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # never the user's cache, whatever reads it
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+
+@pytest.fixture
+def cache(tmp_path) -> Path:
+    return tmp_path / "hf-cache"
+
+
+@pytest.fixture
+def stub(repos):
+    with StubHub(repos) as server:
+        yield server
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_download_fetches_only_needed_files_then_resolves_offline(stub, cache, monkeypatch):
+    _use_hub(monkeypatch, stub.url, cache, offline=False)
+    got = hub.download("salmonn-7b")
+    assert sorted(stub.downloads()) == sorted(NEEDED)  # no decoy, no second weight format
+    assert got.llm.name == stub.commits[("model", VICUNA)]
+    # huggingface_hub cached the repository listing: the offline look-up must cope with it
+    assert list((cache / "models--openai--whisper-large-v2" / "trees").glob("*.json"))
+
+    before = len(stub.requests)
+    assert hub.download("salmonn-7b") == got
+    assert stub.requests[before:] == []  # a second download asks the hub nothing
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert resolve_components("salmonn-7b") == got
+    assert resolve_components("salmonn-7b", download=False) == got
+    assert all(s.cached for s in hub.cached_status("salmonn-7b"))
+    shared = {s.component: s.cached for s in hub.cached_status("salmonn-13b")}
+    assert shared == {"whisper": True, "beats": True, "llm": False, "checkpoint": False}
+    assert stub.requests[before:] == []
+
+
+def test_partial_copy_is_reported_with_the_missing_files(stub, cache, monkeypatch):
+    _use_hub(monkeypatch, stub.url, cache, offline=False)
+    got = hub.download("salmonn-7b")
+    for lost in (
+        got.llm / "pytorch_model-00003-of-00004.bin",
+        got.whisper / "preprocessor_config.json",
+    ):
+        blob = lost.resolve()  # as after an interrupted download: no link, no blob
+        lost.unlink()
+        blob.unlink()
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(ComponentsNotFound) as info:
+        resolve_components("salmonn-7b")
+    missing = {m.component: m.absent for m in info.value.missing}
+    assert missing == {
+        "whisper": ("preprocessor_config.json",),
+        "llm": ("pytorch_model-00003-of-00004.bin",),
+    }
+    assert info.value.offline and "incomplete, lacks pytorch_model-00003-of-00004.bin" in str(
+        info.value
+    )
+    status = {s.component: s for s in hub.cached_status("salmonn-7b")}
+    assert status["llm"].detail == "incomplete, lacks pytorch_model-00003-of-00004.bin"
+    assert status["beats"].cached and status["checkpoint"].cached
+
+    # online again, the download completes the copy and fetches only what was lacking
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    before = len(stub.requests)
+    assert resolve_components("salmonn-7b") == got
+    fetched = [r for r in stub.requests[before:] if r[0] == "GET" and "/resolve/" in r[1]]
+    assert sorted(p.rsplit("/", 1)[1] for _, p in fetched) == [
+        "preprocessor_config.json",
+        "pytorch_model-00003-of-00004.bin",
+    ]
+
+
+def test_offline_names_every_missing_component(stub, cache, monkeypatch):
+    _use_hub(monkeypatch, stub.url, cache, offline=False)
+    hub.resolve_source("whisper", WHISPER)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(ComponentsNotFound) as info:
+        resolve_components("salmonn-7b")
+    err = info.value
+    assert [m.component for m in err.missing] == ["beats", "llm", "checkpoint"]
+    assert err.offline and err.download_error is None and err.preset == "salmonn-7b"
+    assert all(m.from_preset and m.absent == () for m in err.missing)
+
+
+def test_unreachable_hub_fails_fast_naming_everything(cache, monkeypatch):
+    _use_hub(monkeypatch, _closed_port_url(), cache, offline=False)
+    start = time.monotonic()
+    with pytest.raises(ComponentsNotFound) as info:
+        resolve_components("salmonn-7b")
+    assert time.monotonic() - start < 5
+    err = info.value
+    assert [m.component for m in err.missing] == ["whisper", "beats", "llm", "checkpoint"]
+    assert not err.offline and "cannot reach the hub" in err.download_error
+    assert "\n" not in str(err)
+
+
+def test_unknown_repository_is_one_line(stub, cache, monkeypatch):
+    _use_hub(monkeypatch, stub.url, cache, offline=False)
+    with pytest.raises(ComponentsNotFound) as info:
+        hub.resolve_source("llm", "org/no-such-llm")
+    assert "RepositoryNotFoundError" in info.value.download_error and "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="has no salmonn_v9.pth"):
+        hub.resolve_source("checkpoint", "tsinghua-ee/SALMONN:salmonn_v9.pth")
+
+
+# ------------------------------------------------------------------------------------- command line
+
+
+def invoke(args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_download_then_offline_models_doctor_and_task(stub, cache, monkeypatch, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    monkeypatch.setenv("SALMONN_CONFIG", str(tmp_path / "none.toml"))
+    _use_hub(monkeypatch, stub.url, cache, offline=False)
+    result = invoke(["models", "download", "salmonn-7b"])
+    assert result.exit_code == 0, result.output
+    paths = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert set(paths) == {"whisper", "beats", "llm", "checkpoint"}
+    assert sorted(stub.downloads()) == sorted(NEEDED)
+
+    stub.stop()  # from here on, nothing may need the hub
+    _use_hub(monkeypatch, _closed_port_url(), cache, offline=True)
+    listing = invoke(["models"])
+    assert listing.exit_code == 0
+    assert (
+        "salmonn-7b  (cached)" in listing.stdout
+        and "salmonn-13b  (partly cached)" in listing.stdout
+    )
+    assert f"-> {paths['llm']}" in listing.stdout
+    assert "task commands use: preset salmonn-7b [default]" in listing.stdout
+
+    doctor = invoke(["doctor"])
+    assert f"checkpoint   found {paths['checkpoint']}" in doctor.stdout
+    assert "match        ok" in doctor.stdout, doctor.output
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (0.3 * np.sin(np.arange(16000) * 0.1)).astype(np.float32), 16000)
+    run = invoke(
+        ["caption", wav, "--device", "cpu", "--max-new-tokens", "3", "--num-beams", "1", "-q"]
+    )
+    assert run.exit_code == 0, run.output
+    record = json.loads(run.stdout)
+    assert record["error"] is None and record["model"]["preset"] == "salmonn-7b"
+    for component in ("whisper", "beats", "llm", "checkpoint"):
+        assert record["model"][component] == str(Path(paths[component]).resolve())
+
+
+def test_cli_hub_gone_midway_is_one_line_and_models_shows_the_gap(repos, cache, monkeypatch):
+    with StubHub(repos, stop_during="salmonn_7b_v0.pth") as server:
+        _use_hub(monkeypatch, server.url, cache, offline=False)
+        result = invoke(["models", "download", "salmonn-7b"])
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: could not download checkpoint")
+    assert "salmonn models download salmonn-7b" in lines[0] and "Traceback" not in result.output
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    listing = invoke(["models"])
+    assert "salmonn-7b  (partly cached)" in listing.stdout
+    checkpoint = listing.stdout.split("checkpoint hf://tsinghua-ee/SALMONN-7B/salmonn_7b_v0.pth\n")[
+        1
+    ]
+    assert checkpoint.splitlines()[0].strip() == "-> missing: not cached"
+    doctor = invoke(["doctor", "--model", "salmonn-7b"])
+    assert doctor.exit_code == 1
+    assert "components   FAIL  not in the Hugging Face cache" in doctor.stdout
+    assert "salmonn-7b's checkpoint" in doctor.stdout
+
+
+def test_cli_no_network_messages(cache, monkeypatch, tmp_path):
+    _use_hub(monkeypatch, _closed_port_url(), cache, offline=False)
+    download = invoke(["models", "download"])
+    assert download.exit_code == 1
+    assert download.stderr.count("\n") == 1 and "cannot reach the hub" in download.stderr
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"")  # never read: the model is looked for first
+    # (an empty file is a valid input path; decoding would fail later, per file)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    offline = invoke(["ask", wav, "who is angry?", "-q"])
+    assert offline.exit_code == 1 and offline.stderr.count("\n") == 1
+    message = offline.stderr
+    assert "salmonn-7b's whisper, beats, llm, checkpoint" in message
+    assert "HF_HUB_OFFLINE is set: unset it" in message
+    assert (
+        "--whisper/--beats/--llm/--checkpoint PATH" in message
+        and "salmonn dev tiny-model" in message
+    )
