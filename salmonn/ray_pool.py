@@ -47,9 +47,7 @@ class SalmonnWorker:
 
             self.model = load_model(**model_args)
         except Exception as exc:  # noqa: BLE001 - reported by ready(), the driver raises it
-            from .engine import one_line
-
-            self.load_error = (type(exc).__name__, one_line(exc))
+            self.load_error = (type(exc).__name__, errors.error_line(exc))
 
     def ready(self) -> dict[str, Any]:
         """Where this replica runs and the model's identity (or why the model did not load)."""

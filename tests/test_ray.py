@@ -317,3 +317,16 @@ def test_ray_without_the_extra_is_a_usage_error(monkeypatch, tmp_path):
     result = invoke(["transcribe", tmp_path / "x.wav", "--ray", "local"])
     assert result.exit_code == 2
     assert "pip install 'salmonn[ray]'" in result.stderr
+
+
+def test_a_model_that_does_not_load_fails_as_locally(ray_local, folder, model_flags, tmp_path):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    flags = [*model_flags[:-1], broken]  # model_flags ends with the checkpoint path
+    args = ["transcribe", folder / "short" / "s0.wav", *flags, *FAST, "-o", tmp_path / "o.jsonl"]
+    here = invoke(args)
+    there = invoke([*args, "--ray", "local"])
+    assert here.exit_code == there.exit_code == 1, there.output
+    message = here.stderr.strip().splitlines()[-1].removeprefix("Error: ")
+    assert f"Error: Ray worker: {message}" in there.stderr  # the same error, said where
+    assert not (tmp_path / "o.jsonl").exists() or not (tmp_path / "o.jsonl").read_text()
