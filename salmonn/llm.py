@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +205,8 @@ def load_llm(
     elif device.type == "cuda":
         kwargs["device_map"] = {"": str(device)}
     try:
-        lm = LlamaForCausalLM.from_pretrained(str(path), **kwargs)
+        with _no_weight_bar():
+            lm = LlamaForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot load the LLM from {path}: {err}".splitlines()[0]) from None
     if quant is None and device.type != "cuda":
@@ -222,3 +225,17 @@ def load_llm(
         dtype,
     )
     return peft_model, tokenizer
+
+
+@contextmanager
+def _no_weight_bar() -> Iterator[None]:
+    """Hide transformers' per-tensor "Loading weights" bar (the library never prints)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

@@ -224,13 +224,15 @@ def _write(job: Job, executor: Executor, sink: Sink, reporter: Reporter, fail_fa
     Returns the number of failed inputs.
     """
     with reporter:
+        reporter.expect([str(i.path) for i in job.items])  # probed while the model loads
         records = executor(job, reporter)
         try:
             reporter.status("running")
             sink.open()
             failed = 0
             for record in records:
-                sink.write(record)
+                with reporter.data_output(to_stdout=sink.plan.mode == "stdout"):
+                    sink.write(record)
                 if record.error is not None:
                     failed += 1
                     reporter.error(f"{record.path}: {record.error}")

@@ -443,17 +443,23 @@ def test_dev_tiny_model_writes_a_loadable_model(tmp_path, tree):
     assert run.exit_code == 0 and jsonl(run.stdout)[0]["error"] is None
 
 
-def test_progress_bar_renders_on_a_terminal():
+def test_progress_bar_renders_on_a_terminal(tmp_path):
     import io
 
+    import numpy as np
+    import soundfile as sf
     from rich.console import Console
 
     from salmonn.engine import ProgressEvent
     from salmonn_cli.progress import Reporter
 
+    clip = tmp_path / "a.wav"
+    sf.write(clip, np.zeros(16_000 * 120, np.float32), 16_000)
     buffer = io.StringIO()
     reporter = Reporter(console=Console(file=buffer, force_terminal=True, width=160))
     with reporter:
+        reporter.expect([str(clip)] * 4)
+        reporter._durations._thread.join(timeout=30)
         reporter.status("running")
         reporter(
             ProgressEvent(
@@ -462,8 +468,9 @@ def test_progress_bar_renders_on_a_terminal():
         )
         reporter.error("x.wav: broken")
     out = buffer.getvalue()
-    assert "1/4" in out and "3 chunks" in out and "1:30 audio" in out and "RTF 0.033 (30.0x)" in out
+    assert "1:30/8:00 audio  1/4 files 30.0x  ETA 0:13" in out  # (480 - 90) s at 30 audio s/s
     assert "error: x.wav: broken" in out
+    assert out.rstrip().endswith("done: 1 file, 1:30 of audio in 0:03 (30.0x real time)")
 
 
 def test_bad_environment_value_is_a_usage_error(tree, monkeypatch):
