@@ -5,6 +5,10 @@ their components (a tree order independent of the file system). A file reached t
 path) is kept once, at its first place. Explicitly named files are taken whatever their extension;
 files found inside directories must have an audio/video extension and are skipped when hidden (a
 name starting with ``.``).
+
+A path named on the command line that does not exist (or is a broken link) is reported through
+``on_error``. A broken link found inside a directory or matched by a glob is an input like the
+others: it fails when decoded (an error record), so one bad entry never stops a whole folder.
 """
 
 from __future__ import annotations
@@ -74,8 +78,8 @@ def expand_inputs(
             blank lines and lines starting with ``#`` are ignored; relative paths are relative to
             the working directory. Its entries come after ``paths``.
         on_error: called with an :class:`AudioError` (path + one-line cause) for each missing path,
-            unmatched pattern, unreadable directory or broken link, and expansion goes on. Without
-            it the first such problem is raised.
+            unmatched pattern, unreadable directory or broken link named as an argument, and
+            expansion goes on. Without it the first such problem is raised.
 
     Raises:
         AudioError: see ``on_error``. ConfigError: ``"-"`` used both as audio and as the list file.
@@ -176,10 +180,8 @@ class _Walker:
         for match in sorted(matches, key=lambda m: _sort_key(os.path.relpath(m, root))):
             if os.path.isdir(match):
                 self._add_directory(match, root)
-            elif os.path.isfile(match):
+            else:  # a file, or a broken link: one input that fails when decoded
                 self._take(match, root, os.path.relpath(match, root))
-            else:
-                _report(self.on_error, match, "broken symbolic link or not a regular file")
 
     def _add_directory(self, directory: str, root: str) -> None:
         found: list[tuple[str, str]] = []  # (path, relpath)
@@ -206,10 +208,9 @@ class _Walker:
         if not found:
             logger.warning("%s: no audio or video files found", directory)
         for path, relpath in sorted(found, key=lambda item: _sort_key(item[1])):
-            if os.path.isfile(path):
-                self._take(path, root, relpath)
-            else:
-                _report(self.on_error, path, "broken symbolic link or not a regular file")
+            # a broken link (or a fifo, a socket) found here is one input among others: it fails
+            # when decoded, with an error record, and the rest of the folder still runs
+            self._take(path, root, relpath)
 
     def _wanted_name(self, name: str) -> bool:
         return self.include_hidden or not name.startswith(".")

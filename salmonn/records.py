@@ -8,7 +8,8 @@ The JSON form is what ``--format jsonl`` writes, one object per line::
 
 Top-level keys always appear, in that order. Keys inside ``model``, ``options`` and ``timings``
 are sorted. Times (segment bounds, ``duration``, every ``timings`` value) are seconds rounded to the
-millisecond.
+millisecond by :func:`milliseconds`, the rule every output format shares (JSON ``6.624`` is SRT
+``00:00:06,624``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Any
 from .errors import ConfigError
 
 SCHEMA_VERSION = 1
-_TIME_DECIMALS = 3  # seconds rounded to the millisecond
 
 
 @dataclass
@@ -175,9 +175,14 @@ def one_line(message: str) -> str:
     return " | ".join(parts) if parts else str(message).strip()
 
 
+def milliseconds(seconds: float) -> int:
+    """``seconds`` as whole milliseconds, halves rounded up: the one rounding rule of every format."""
+    return math.floor(float(seconds) * 1000 + 0.5)
+
+
 def _round_time(value: float) -> float | None:
     value = float(value)
-    return round(value, _TIME_DECIMALS) if math.isfinite(value) else None
+    return milliseconds(value) / 1000 if math.isfinite(value) else None
 
 
 def _round_timing(value: Any) -> Any:

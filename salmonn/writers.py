@@ -5,6 +5,11 @@ Each writer wraps a text stream the caller owns: ``write(record)`` for every rec
 writer that several records go to this one stream (json writes an array, tsv adds a path column,
 text and vtt name each file). Failed records (``error`` set) appear in json/jsonl only; the other
 formats skip them. Writers write nothing but the format itself.
+
+Times are rounded by :func:`salmonn.records.milliseconds` in every format. The non-JSON writers drop
+control characters (C0 but newline and tab, DEL, C1) from every text they write, the record's and
+each segment's text and the paths alike, so model output cannot move a terminal's cursor or break a
+subtitle file; JSON keeps them, escaped.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import re
 from typing import ClassVar, TextIO
 
 from .errors import ConfigError
-from .records import Record, Segment
+from .records import Record, Segment, milliseconds
+
+# C0 controls but tab and newline, DEL, and the C1 controls (0x80-0x9f; 0x9b is a one-byte CSI)
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class Writer:
@@ -108,9 +116,10 @@ class TextWriter(Writer):
     extension = ".txt"
 
     def _write(self, record: Record) -> None:
-        text = (record.text or "").strip("\n")
+        text = printable(record.text or "").strip("\n")
         if self.multi:
-            self.stream.write(("\n" if self.count else "") + f"==> {record.path} <==\n")
+            path = printable(record.path, newlines=False)
+            self.stream.write(("\n" if self.count else "") + f"==> {path} <==\n")
         self.stream.write(text + "\n")
 
 
@@ -145,7 +154,7 @@ class VttWriter(Writer):
         if self.count == 0:
             self.stream.write("WEBVTT\n\n")
         if self.multi:
-            self.stream.write(f"NOTE {_cue_text(record.path).replace(chr(10), ' ')}\n\n")
+            self.stream.write(f"NOTE {_cue_text(printable(record.path, newlines=False))}\n\n")
         for seg in cue_segments(record):
             self.cues += 1
             times = f"{vtt_time(seg.start)} --> {vtt_time(seg.end)}"
@@ -198,7 +207,7 @@ def get_writer(fmt: str) -> type[Writer]:
 
 
 def cue_segments(record: Record) -> list[Segment]:
-    """The timed pieces a subtitle/tsv writer shows: segments with non-blank text, in order.
+    """The timed pieces a subtitle/tsv writer shows: segments with printable text, in order.
 
     A record with a text but no segments gives one piece over ``[0, duration]`` when the duration
     is known.
@@ -206,7 +215,7 @@ def cue_segments(record: Record) -> list[Segment]:
     segments = record.segments
     if not segments and record.text and record.duration is not None:
         segments = [Segment(0.0, record.duration, record.text)]
-    return [s for s in segments if s.text.strip()]
+    return [s for s in segments if printable(s.text).strip()]
 
 
 def srt_time(seconds: float) -> str:
@@ -227,11 +236,21 @@ def _clock(seconds: float, mark: str) -> str:
 
 
 def _ms(seconds: float) -> int:
-    return max(0, round(seconds * 1000))
+    return max(0, milliseconds(seconds))
+
+
+def printable(text: str, *, newlines: bool = True) -> str:
+    """``text`` without control characters; a line break (``\\r\\n``, ``\\r``) becomes ``\\n``, or a
+    space with ``newlines=False``; tabs stay."""
+    text = str(text).replace("\r\n", "\n").replace("\r", "\n")
+    if not newlines:
+        text = text.replace("\n", " ")
+    return _CONTROL_RE.sub("", text)
 
 
 def _cue_text(text: str) -> str:
     # a blank line would end the cue and "-->" would read as a timing line
+    text = printable(text)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return "\n".join(lines).replace("-->", "->")
 
@@ -241,7 +260,7 @@ def _vtt_escape(text: str) -> str:
 
 
 def _tsv_field(text: str) -> str:
-    return re.sub(r"[\t\r\n]+", " ", text).strip()
+    return re.sub(r"[\t\n]+", " ", printable(text)).strip()
 
 
 def _indent(text: str, prefix: str) -> str:

@@ -206,9 +206,8 @@ OUTPUT_OPTIONS = [
         "--format",
         "fmt",
         type=click.Choice(FORMATS),
-        default="jsonl",
-        show_default=True,
-        help="Output format.",
+        help="Output format. [default: from the extension of -o FILE (.jsonl .json .txt .srt "
+        ".vtt .tsv), else jsonl]",
     ),
     click.option(
         "-o",

@@ -20,6 +20,16 @@ MANIFEST = (
     ".salmonn-done.jsonl"  # -o DIR/ with a non-JSON format: resume keys of the finished inputs
 )
 JSON_FORMATS = ("json", "jsonl")
+# -o FILE without --format: the format its extension names (any other extension: jsonl)
+FORMAT_OF_EXTENSION = {
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".txt": "text",
+    ".srt": "srt",
+    ".vtt": "vtt",
+    ".tsv": "tsv",
+}
+DEFAULT_FORMAT = "jsonl"
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,16 @@ def plan_output(output: str | None) -> OutputPlan:
     if output.endswith(("/", os.sep)) or Path(output).is_dir():
         return OutputPlan("dir", Path(output))
     return OutputPlan("file", Path(output))
+
+
+def choose_format(fmt: str | None, output: str | None) -> str:
+    """The output format: ``--format`` when given, else the extension of ``-o FILE``, else jsonl."""
+    if fmt is not None:
+        return fmt
+    plan = plan_output(output)
+    if plan.mode == "file" and plan.target is not None:
+        return FORMAT_OF_EXTENSION.get(plan.target.suffix.lower(), DEFAULT_FORMAT)
+    return DEFAULT_FORMAT
 
 
 def _safe_parts(path: str) -> list[str]:

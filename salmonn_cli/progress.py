@@ -120,7 +120,11 @@ class Reporter:
 
     # -- messages ----------------------------------------------------------------------------------
     def echo(self, message: str) -> None:
-        """One line on stderr, above the bar when it runs."""
+        """One line on stderr, above the bar when it runs; control characters (from file names or
+        model text) are dropped so they cannot drive the terminal."""
+        from salmonn.writers import printable
+
+        message = printable(message)
         if self._progress is not None:
             self._progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
         else:

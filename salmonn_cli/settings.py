@@ -18,6 +18,8 @@ from salmonn.config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOption
 from salmonn.constants import COMPONENTS
 from salmonn.errors import ConfigError
 
+rom .paths import choose_format
+
 DEFAULT_MODEL = "salmonn-7b"  # the smaller preset
 ENV_VARS = {
     "whisper": "SALMONN_WHISPER",
@@ -282,7 +284,7 @@ class OutputSettings:
     def from_params(cls, params: Mapping[str, Any]) -> OutputSettings:
         return cls(
             target=params["output"],
-            fmt=params["fmt"],
+            fmt=choose_format(params["fmt"], params["output"]),
             resume=params["resume"],
             fail_fast=params["fail_fast"],
             quiet=params["quiet"],

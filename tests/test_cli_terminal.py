@@ -192,3 +192,17 @@ def test_library_load_model_prints_no_progress_bar(tiny_paths):
     )
     assert done.returncode == 0, done.stderr
     assert "Loading weights" not in done.stderr and "it/s" not in done.stderr
+
+
+def test_control_characters_in_names_do_not_reach_the_terminal(clips, model_flags, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "bad\x1b]0;pwned\x07\x1b[2J.wav").write_bytes(b"RIFF\x00\x00garbage")
+    shutil.copy(clips["short"], folder / "good.wav")
+    for quiet in ([], ["-q"]):
+        code, terminal, _ = run_in_pty(
+            ["transcribe", folder, *quiet, *FAST, *model_flags], stdout="pipe"
+        )
+        assert code == 1, visible(terminal)
+        assert b"\x1b]0;pwned" not in terminal and b"\x1b[2J" not in terminal
+        assert "error: " in visible(terminal) and "pwned" in visible(terminal)

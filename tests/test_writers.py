@@ -7,6 +7,7 @@ import io
 import json
 import re
 
+import numpy as np
 import pytest
 
 from salmonn.errors import ConfigError
@@ -52,7 +53,8 @@ def test_registry():
     [
         (0, "00:00:00,000", "00:00:00.000"),
         (59.9996, "00:01:00,000", "00:01:00.000"),
-        (3725.0625, "01:02:05,062", "01:02:05.062"),
+        (3725.0625, "01:02:05,063", "01:02:05.063"),  # halves round up
+        (6.6235, "00:00:06,624", "00:00:06.624"),
         (362439.5, "100:40:39,500", "100:40:39.500"),
     ],
 )
@@ -115,7 +117,7 @@ def test_srt_structure_numbering_and_skips():
         "4",
     ]  # continuous over records, empty cue skipped
     assert cues[0][1:] == ("00:00:00,000", "00:00:29,500", "First part.\n")
-    assert cues[1][1:3] == ("00:00:30,000", "01:02:05,062")
+    assert cues[1][1:3] == ("00:00:30,000", "01:02:05,063")
     assert cues[1][3] == "Second\npart -> with <b> & tab\there.\n"
     assert _run("srt", [_record(error="boom")]) == ""
 
@@ -127,7 +129,7 @@ def test_vtt_structure_escapes_and_notes():
     assert single == "WEBVTT\n\n" + "".join(m.group(0) for m in VTT_CUE.finditer(single))
     assert [c[1:3] for c in cues] == [
         ("00:00:00.000", "00:00:29.500"),
-        ("00:00:30.000", "01:02:05.062"),
+        ("00:00:30.000", "01:02:05.063"),
     ]
     assert cues[1][3] == "Second\npart -&gt; with &lt;b&gt; &amp; tab\there.\n"
     multi = _run("vtt", [_record(), _record("bad.wav", error="x"), _record("b.wav")], multi=True)
@@ -144,7 +146,7 @@ def test_tsv_columns():
     assert rows == [
         ["start", "end", "text"],
         ["0", "29500", "First part."],
-        ["30000", "3725062", "Second part --> with <b> & tab here."],
+        ["30000", "3725063", "Second part --> with <b> & tab here."],
     ]
     out = _run("tsv", [_record(), _record("bad.wav", error="x"), _record("b/two.wav")], multi=True)
     rows = list(csv.reader(io.StringIO(out), delimiter="\t"))
@@ -165,3 +167,54 @@ def test_text():
 def test_subtitles_without_segments_use_duration():
     record = Record("s.wav", "caption", "p", "A dog barks.", [], 12.5, None, {}, {}, {})
     assert _run("srt", [record]) == "1\n00:00:00,000 --> 00:00:12,500\nA dog barks.\n\n"
+
+
+def test_one_rounding_rule_for_times_in_every_format():
+    # 6.6235 s is 6.62349999... in binary: round(x, 3) gave 6.623 in JSON and 6624 ms in SRT
+    rng = np.random.default_rng(3)
+    starts = [6.6235, 0.0005, 1.0015, 2.675, 3725.0625, *(rng.integers(0, 10**7, 300) / 2000)]
+    segments = [Segment(s, s + 0.5, f"w{i}") for i, s in enumerate(starts)]
+    record = Record("t.wav", "transcribe", "p", "x", segments, 9999.0, None, {}, {}, {})
+    from_json = [
+        round(seg["start"] * 1000) for seg in json.loads(_run("jsonl", [record]))["segments"]
+    ]
+
+    def ms(clock: str) -> int:
+        h, m, s = re.split("[:]", clock.replace(",", "."))
+        return (int(h) * 3600 + int(m) * 60) * 1000 + int(s.replace(".", ""))
+
+    from_srt = [ms(c[1]) for c in _cues(SRT_CUE, _run("srt", [record]))]
+    from_vtt = [ms(c[1]) for c in _cues(VTT_CUE, _run("vtt", [record]))]
+    rows = list(csv.reader(io.StringIO(_run("tsv", [record])), delimiter="\t"))[1:]
+    from_tsv = [int(r[0]) for r in rows]
+    assert from_json[0] == 6624
+    assert from_json == from_srt == from_vtt == from_tsv
+
+
+CONTROLS = "\x00\x03\x07\x08\x0b\x0c\x10\x19\x1b[31m\x7f\x9b2J\r"
+
+
+def test_control_characters_never_reach_non_json_output():
+    dirty = f"Hi{CONTROLS}there\tyou.\nNext\x1b]0;title\x07 line."
+    segments = [Segment(0.0, 2.0, dirty), Segment(2.0, 3.0, "\x03\x1b"), Segment(3.0, 4.0, "ok")]
+    record = Record(
+        f"od\x1bd{CONTROLS}.wav", "transcribe", "p", dirty, segments, 4.0, None, {}, {}, {}
+    )
+    other = Record(
+        "b.wav", "transcribe", "p", "fine", [Segment(0, 1, "fine")], 1.0, None, {}, {}, {}
+    )
+    control = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+    for fmt in ("text", "srt", "vtt", "tsv"):
+        for multi in (False, True):
+            out = _run(fmt, [record, other], multi=True) if multi else _run(fmt, [record])
+            assert not control.search(out), (fmt, multi, out)
+            assert "Hi[31m" in out.replace("[31m2J", "[31m")  # printable rest kept
+    srt = _cues(SRT_CUE, _run("srt", [record]))
+    assert [c[0] for c in srt] == ["1", "2"]  # a segment of controls only is an empty cue: skipped
+    assert srt[0][3] == "Hi[31m2J\nthere\tyou.\nNext]0;title line.\n"  # a CR is a line break
+    text = _run("text", [record])
+    assert text == "Hi[31m2J\nthere\tyou.\nNext]0;title line.\n"  # tab and newline kept
+    tsv = list(csv.reader(io.StringIO(_run("tsv", [record])), delimiter="\t"))
+    assert tsv[1][2] == "Hi[31m2J there you. Next]0;title line."
+    assert json.loads(_run("jsonl", [record]))["text"] == dirty  # JSON keeps them, escaped
+    assert "\x1b" not in _run("jsonl", [record])
