@@ -109,7 +109,7 @@ def test_dangling_symlink_in_a_folder_is_one_failed_input(model_flags, tmp_path)
     assert [Path(r["path"]).name for r in records] == ["a.wav", "b.wav", "c.wav"]
     assert [r["error"] is None for r in records] == [True, False, True]
     assert "broken symbolic link" in records[1]["error"]
-    assert re.search(r"^error: .*b\.wav: .*broken symbolic link", result.stderr, re.M)
+    assert re.search(r"^error: .*b\.wav: .*broken symbolic link", result.stderr, re.MULTILINE)
     # a broken link named on the command line stays a usage error
     named = invoke(["transcribe", folder / "b.wav", *FAST, *model_flags])
     assert named.exit_code == 2 and "broken symbolic link" in named.stderr

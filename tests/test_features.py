@@ -84,7 +84,8 @@ def test_whisper_log_mel_shapes_and_padding():
     assert torch.allclose(feats[2], torch.full_like(feats[2], -1.5), rtol=0, atol=1e-6)
     # beyond 30 s is ignored; zero padding to 30 s equals explicit zeros
     cut = sig["longer_than_30s"][:480_000]
-    assert torch.equal(whisper_log_mel([cut])[0], feats[1])
+    # (batch of 1 against batch of 3: vectorised kernels may round the last bit differently)
+    torch.testing.assert_close(whisper_log_mel([cut])[0], feats[1], rtol=0, atol=1e-5)
     short = sig["sine"][:SR]
     assert torch.equal(whisper_log_mel([short])[0], whisper_log_mel([np.pad(short, (0, SR))])[0])
 

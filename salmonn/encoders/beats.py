@@ -1,10 +1,15 @@
 """BEATs audio encoder (fine-tuned iter3+ AS2M cpt2), state-dict compatible with the official
 checkpoint.
 
-Forward per spec §3.3-§3.7: 16x16 fbank patches -> LayerNorm -> projection -> weight-normalised
-convolutional positional embedding -> post-LN (DeepNorm) transformer layers with a gated, bucketed
-relative position bias. Every operation is written in the reference's order so that fp32 CPU runs
-and fp16 CUDA autocast runs (Appendix A) give the reference's numbers.
+Forward (see docs/original-model.md, "BEATs encoder"): 16x16 fbank patches -> LayerNorm ->
+projection -> weight-normalised convolutional positional embedding -> post-LN (DeepNorm) transformer
+layers with a gated, bucketed relative position bias. Every operation is written in the reference's
+order so that fp32 CPU runs and fp16 CUDA autocast runs give the reference's numbers.
+
+Under a bfloat16 autocast (``--dtype bfloat16``, e.g. on CPU) BEATs runs in float32: the reference
+only ever ran it in fp32 or under fp16 autocast, and bf16's 8-bit mantissa made its output depend on
+the CPU's kernels (within 0.1 of fp32 on the tiny test model on one AVX-512 CPU, 3.3 off reported on
+another). Float16 autocast, the reference's CUDA regime, is left as it is.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ class BeatsConfig:
     checkpoint's ``cfg``.
 
     The official SALMONN file sets e.g. ``max_distance=800`` (default 1280), ``deep_norm``,
-    ``relative_position_embedding``, ``gru_rel_pos`` and ``finetuned_model`` (spec §3.1). Keys this
+    ``relative_position_embedding``, ``gru_rel_pos`` and ``finetuned_model`` (see
+    docs/original-model.md, "BEATs encoder"). Keys this
     class does not know are kept in ``extra``.
     """
 
@@ -102,8 +108,8 @@ class BeatsConfig:
 def relative_position_buckets(
     relative_position: torch.Tensor, num_buckets: int, max_distance: int
 ) -> torch.Tensor:
-    """Bidirectional T5-style buckets of ``key - query`` offsets (spec §3.6), computed in float32
-    on CPU.
+    """Bidirectional T5-style buckets of ``key - query`` offsets, computed in float32 on CPU (see
+    docs/original-model.md, "BEATs encoder").
 
     Args:
         relative_position: int64 tensor of offsets ``r = key_index - query_index``, any shape.
@@ -228,7 +234,7 @@ class BeatsLayer(nn.Module):
 
 
 class BeatsEncoder(nn.Module):
-    """Convolutional positional embedding, LayerNorm, then the layers (spec §3.5-§3.6)."""
+    """Convolutional positional embedding, LayerNorm, then the layers."""
 
     def __init__(self, cfg: BeatsConfig) -> None:
         super().__init__()
@@ -267,7 +273,7 @@ class BeatsEncoder(nn.Module):
 
 
 class Beats(nn.Module):
-    """BEATs with the official state-dict key names (spec §9.2).
+    """BEATs with the official state-dict key names (see docs/original-model.md, "Checkpoints").
 
     ``forward`` takes normalised fbank features; :meth:`extract_features` takes waveforms.
     """
@@ -302,8 +308,16 @@ class Beats(nn.Module):
             fbank: ``[B, T, 128]`` float32 (from :func:`salmonn.features.beats_fbank`).
 
         Returns:
-            ``[B, N, D]`` with ``N = (T // 16) * 8``: time-major 16x16 patches, token ``t*8 + f``.
+            ``[B, N, D]`` with ``N = (T // 16) * 8``: time-major 16x16 patches, token ``t*8 + f``;
+            float32 except under a float16 autocast.
         """
+        device_type = fbank.device.type
+        if _autocast_dtype(device_type) == torch.bfloat16:
+            with torch.autocast(device_type, enabled=False):
+                return self._encode(fbank.float())
+        return self._encode(fbank)
+
+    def _encode(self, fbank: torch.Tensor) -> torch.Tensor:
         x = self.patch_embedding(fbank.unsqueeze(1))  # (B, E, T // 16, 8)
         x = x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2)  # (B, N, E)
         x = self.layer_norm(x)
@@ -318,8 +332,8 @@ class Beats(nn.Module):
         gives alone (up to the batch size's effect on matmul blocking).
 
         Returns:
-            list of ``[N_i, D]`` tensors on the module's device (float32, or the autocast dtype's
-            result).
+            list of ``[N_i, D]`` tensors on the module's device (float32; under a float16 autocast,
+            what the autocast gives).
         """
         device = self.patch_embedding.weight.device
         fbanks = beats_fbank(waves, device=device)
@@ -332,6 +346,19 @@ class Beats(nn.Module):
             for i, item in zip(indices, encoded, strict=True):
                 out[i] = item
         return out  # type: ignore[return-value]
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype of the autocast active on ``device_type``, ``None`` when there is none."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    if device_type == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    if device_type == "cuda":
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+    return None
 
 
 def _legacy_weight_norm_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
