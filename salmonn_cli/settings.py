@@ -18,7 +18,7 @@ from salmonn.config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOption
 from salmonn.constants import COMPONENTS
 from salmonn.errors import ConfigError
 
-rom .paths import choose_format
+from .paths import choose_format
 
 DEFAULT_MODEL = "salmonn-7b"  # the smaller preset
 ENV_VARS = {
