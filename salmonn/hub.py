@@ -7,18 +7,14 @@ unless downloads are off (``download=False``) or huggingface_hub is in offline m
 as huggingface_hub itself reads it). Every component is looked up before anything is downloaded, so an
 error names all the missing ones at once (:class:`ComponentsNotFound`, with the data to word a fix).
 
-Only what a folder component needs is fetched: its configs and tokenizer, and ONE weight format chosen
-as transformers would (``_WEIGHT_CHOICES``) from the repository's file listing. huggingface_hub keeps that
-listing in the cache, and the cache look-up makes the same choice from it, so offline resolution asks
-the cache for exactly the files the download fetched (asking for every weight format would find the
-snapshot "incomplete" whenever the repository carries several). Presets and the source syntax live in
+Only what a component needs is fetched (one weight format of a model folder), and the offline look-up
+asks the cache for exactly that: see :mod:`salmonn.snapshots`. Presets and the source syntax live in
 :mod:`salmonn.presets`. ``huggingface_hub`` and ``torch`` are imported lazily so that the CLI starts fast.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +30,7 @@ from .presets import (  # re-exported: the public names of salmonn.hub
     get_preset,
     parse_source,
 )
+from .snapshots import FetchFailed, NotCached, fetch, first_line, from_cache
 
 __all__ = [
     "COMPONENTS",
@@ -57,31 +54,6 @@ __all__ = [
     "resolve_source",
     "verify_beats_file",
 ]
-
-# Files fetched for a folder component besides its weights (absent ones are skipped).
-_FOLDER_FILES = {
-    "whisper": ["config.json", "preprocessor_config.json", "generation_config.json"],
-    "llm": [
-        "config.json",
-        "generation_config.json",
-        "tokenizer.model",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ],
-}
-_REQUIRED_FILES = {
-    "whisper": ("config.json", "preprocessor_config.json"),
-    "llm": ("config.json", "tokenizer.model"),
-}
-# Weight layouts in transformers' order of preference: (file that identifies it, patterns to fetch).
-_WEIGHT_CHOICES = (
-    ("model.safetensors",),
-    ("model.safetensors.index.json", "model-*-of-*.safetensors"),
-    ("pytorch_model.bin",),
-    ("pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"),
-)
-_WEIGHT_SUFFIXES = (".safetensors", ".bin")  # other layouts: every top-level file of one kind
-
 
 # ------------------------------------------------------------------------------------------- errors
 
@@ -249,8 +221,8 @@ def resolve_components(
             paths[c] = parsed
             continue
         try:
-            paths[c] = _from_cache(c, parsed, cache)
-        except _NotCached as miss:
+            paths[c] = from_cache(c, parsed, cache)
+        except NotCached as miss:
             missing.append(MissingComponent(c, parsed, explicit[c] is None, miss.absent))
     name = chosen.name if chosen else None
     offline = hub_offline()
@@ -258,8 +230,8 @@ def resolve_components(
         raise ComponentsNotFound(missing, cache=cache, preset=name, offline=offline)
     for i, miss in enumerate(missing):
         try:
-            paths[miss.component] = _fetch(miss.component, miss.source, cache)
-        except _FetchFailed as err:
+            paths[miss.component] = fetch(miss.component, miss.source, cache)
+        except FetchFailed as err:
             raise ComponentsNotFound(
                 missing[i:], cache=cache, preset=name, offline=False, download_error=str(err)
             ) from err.__cause__
@@ -279,15 +251,15 @@ def resolve_source(
         return parsed
     cache = hub_cache_dir(cache_dir)
     try:
-        return _from_cache(component, parsed, cache)
-    except _NotCached as miss:
+        return from_cache(component, parsed, cache)
+    except NotCached as miss:
         missing = [MissingComponent(component, parsed, False, miss.absent)]
     offline = hub_offline()
     if offline or not download:
         raise ComponentsNotFound(missing, cache=cache, preset=None, offline=offline)
     try:
-        return _fetch(component, parsed, cache)
-    except _FetchFailed as err:
+        return fetch(component, parsed, cache)
+    except FetchFailed as err:
         raise ComponentsNotFound(
             missing, cache=cache, preset=None, offline=False, download_error=str(err)
         ) from err.__cause__
@@ -315,148 +287,6 @@ def _parse(component: str, source: Source) -> Path | HubSource:
     return parsed
 
 
-class _NotCached(Exception):
-    def __init__(self, absent: tuple[str, ...] = ()) -> None:
-        self.absent = absent
-
-
-class _FetchFailed(Exception):
-    """One line on why a download failed; the library's exception is the ``__cause__``."""
-
-
-def _hub_kwargs(source: HubSource, cache: Path) -> dict[str, Any]:
-    return {"repo_type": source.repo_type, "cache_dir": str(cache)}
-
-
-def _cached_listing(source: HubSource, cache: Path, revision: str | None) -> list[str] | None:
-    """The repository's file list that huggingface_hub cached at download (None: not cached)."""
-    from huggingface_hub import get_cached_repo_tree
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError
-
-    try:
-        tree = get_cached_repo_tree(source.repo_id, revision=revision, **_hub_kwargs(source, cache))
-    except CachedRepoTreeNotFoundError:
-        return None
-    return [f.path for f in tree]
-
-
-def _wanted(component: str, source: HubSource, files: Collection[str] | None) -> list[str]:
-    """Patterns to fetch: the source's file, or a folder's configs plus ONE weight layout chosen from
-    the repository's ``files`` in transformers' order of preference (None: files unknown, then every
-    layout; nothing can be told from the patterns then, :func:`_absent_files` checks the folder)."""
-    if source.filename:
-        return [source.filename]
-    wanted = list(_FOLDER_FILES[component])
-    if files is None:
-        return wanted + [p for names in _WEIGHT_CHOICES for p in names]
-    for names in _WEIGHT_CHOICES:
-        if names[0] in files:
-            return wanted + list(names)
-    top = sorted(f for f in files if "/" not in f)
-    for suffix in _WEIGHT_SUFFIXES:
-        if any(f.endswith(suffix) for f in top):
-            return wanted + [f for f in top if f.endswith(suffix)]
-    return wanted
-
-
-def _from_cache(component: str, source: HubSource, cache: Path) -> Path:
-    """The cached copy of ``source`` (no network); raises :class:`_NotCached`."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
-
-    files = _cached_listing(source, cache, source.revision)
-    try:
-        folder = Path(
-            snapshot_download(
-                source.repo_id,
-                revision=source.revision,
-                allow_patterns=_wanted(component, source, files),
-                local_files_only=True,
-                **_hub_kwargs(source, cache),
-            )
-        )
-    except IncompleteSnapshotError as err:
-        folder = Path(err.snapshot_path)  # checked below, to name what is absent
-    except LocalEntryNotFoundError:
-        raise _NotCached() from None
-    absent = _absent_files(component, source, folder, files)
-    if absent:
-        raise _NotCached(() if source.filename else tuple(absent))  # a file is there or not
-    return folder / source.filename if source.filename else folder
-
-
-def _absent_files(
-    component: str, source: HubSource, folder: Path, files: Collection[str] | None
-) -> list[str]:
-    """What ``folder`` lacks of ``source``: its file, or a folder component's required files, the
-    files of the listing the download would fetch, and the shards its weight index names."""
-    if source.filename:
-        return [] if (folder / source.filename).is_file() else [source.filename]
-    from huggingface_hub.utils import filter_repo_objects
-
-    needed = set(_REQUIRED_FILES[component])
-    if files is not None:
-        needed.update(filter_repo_objects(files, allow_patterns=_wanted(component, source, files)))
-    absent = sorted(f for f in needed if not (folder / f).is_file())
-    if not any(next(folder.glob(f"*{suffix}"), None) for suffix in _WEIGHT_SUFFIXES):
-        absent.append("weights (*.safetensors or *.bin)")
-    for index in sorted(folder.glob("*.index.json")):
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (OSError, ValueError, KeyError, AttributeError):
-            absent.append(f"a readable {index.name}")
-            continue
-        absent += sorted(f for f in shards - needed if not (folder / f).is_file())
-    return absent
-
-
-def _fetch(component: str, source: HubSource, cache: Path) -> Path:
-    """Download what ``source`` needs into the cache; raises :class:`_FetchFailed` (one line)."""
-    import httpx2
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    kwargs = _hub_kwargs(source, cache)
-    try:
-        if source.filename:
-            folder = snapshot_download(
-                source.repo_id, revision=source.revision, allow_patterns=[source.filename], **kwargs
-            )
-        else:
-            # The configs first: this resolves the commit and caches the repository's listing,
-            # from which the weight layout is chosen; the second call reuses both.
-            folder = snapshot_download(
-                source.repo_id,
-                revision=source.revision,
-                allow_patterns=_FOLDER_FILES[component],
-                **kwargs,
-            )
-            commit = Path(folder).name
-            files = _cached_listing(source, cache, commit)
-            folder = snapshot_download(
-                source.repo_id,
-                revision=commit,
-                allow_patterns=_wanted(component, source, files),
-                **kwargs,
-            )
-    except LocalEntryNotFoundError as err:  # the hub could not be reached
-        from huggingface_hub import constants
-
-        where = f"cannot reach the hub at {constants.ENDPOINT}"
-        raise _FetchFailed(f"{where} ({_first_line(err.__cause__ or err)})") from err
-    except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
-        raise _FetchFailed(_first_line(err)) from err
-    absent = _absent_files(component, source, Path(folder), files=None)
-    if absent:
-        raise _FetchFailed(f"{source} has no {', '.join(absent)}")
-    return Path(folder) / source.filename if source.filename else Path(folder)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-
-
 # --------------------------------------------------------------------------------- status, download
 
 
@@ -473,8 +303,8 @@ def cached_status(
     for component in COMPONENTS:
         source = chosen.source(component)
         try:
-            path = _from_cache(component, source, cache)
-        except _NotCached as miss:
+            path = from_cache(component, source, cache)
+        except NotCached as miss:
             detail = MissingComponent(component, source, True, miss.absent).state
             report.append(ComponentStatus(component, str(source), False, None, 0, detail))
             continue
@@ -518,7 +348,7 @@ def verify_beats_file(path: str | Path) -> BeatsFileInfo:
             ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unpickling failure means "not a BEATs file"
         raise CheckpointError(
-            f"{path}: not a loadable BEATs checkpoint ({_first_line(err)})"
+            f"{path}: not a loadable BEATs checkpoint ({first_line(err)})"
         ) from err
     cfg, state = _beats_parts(path, ck)
     layers, width = int(cfg["encoder_layers"]), int(cfg["encoder_embed_dim"])

@@ -40,7 +40,7 @@ def not_found(err: ComponentsNotFound) -> str:
         return (
             f"{head}. {_offline_variable()} is set: unset it and run {fetch} to download, {instead}"
         )
-    return f"{head}. Download with {fetch}, {instead}"
+    return f"{head}. Task commands download them on first use; ahead of time: {fetch}, {instead}"
 
 
 def _listing(err: ComponentsNotFound) -> str:

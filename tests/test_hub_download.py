@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -269,9 +272,8 @@ def test_cli_download_then_offline_models_doctor_and_task(stub, cache, monkeypat
 
     wav = tmp_path / "a.wav"
     sf.write(wav, (0.3 * np.sin(np.arange(16000) * 0.1)).astype(np.float32), 16000)
-    run = invoke(
-        ["caption", wav, "--device", "cpu", "--max-new-tokens", "3", "--num-beams", "1", "-q"]
-    )
+    flags = ["--device", "cpu", "--max-new-tokens", "3", "--num-beams", "1", "-q"]
+    run = invoke(["caption", wav, "--model", "salmonn-7b", *flags])
     assert run.exit_code == 0, run.output
     record = json.loads(run.stdout)
     assert record["error"] is None and record["model"]["preset"] == "salmonn-7b"
@@ -320,3 +322,98 @@ def test_cli_no_network_messages(cache, monkeypatch, tmp_path):
         "--whisper/--beats/--llm/--checkpoint PATH" in message
         and "salmonn dev tiny-model" in message
     )
+
+
+def _lose(path: Path) -> None:
+    """Remove a cached file as an interrupted download leaves it: no link, no blob."""
+    blob = path.resolve()
+    path.unlink()
+    blob.unlink()
+
+
+def test_models_doctor_and_task_run_agree(stub, cache, monkeypatch, tmp_path, tiny_paths):
+    """Whatever the cache holds, `models`, `doctor` and a task run tell the same story."""
+    monkeypatch.setenv("SALMONN_CONFIG", str(tmp_path / "none.toml"))
+    _use_hub(monkeypatch, stub.url, cache, offline=False)
+    got = hub.download("salmonn-7b")
+    _lose(got.llm / "pytorch_model-00002-of-00004.bin")
+    _lose(got.checkpoint)
+    _use_hub(monkeypatch, _closed_port_url(), cache, offline=True)
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"")
+
+    listing = invoke(["models"]).stdout.split("salmonn-7b  ")[1]
+    assert listing.startswith("(partly cached)")
+    assert "-> missing: incomplete, lacks pytorch_model-00002-of-00004.bin" in listing
+    assert "-> missing: not cached" in listing.split("checkpoint ")[1]
+    doctor = invoke(["doctor"])
+    run = invoke(["ask", wav, "who is angry?", "-q"])
+    assert doctor.exit_code == run.exit_code == 1
+    missing = "llm (hf://lmsys/vicuna-7b-v1.5, incomplete, lacks pytorch_model-00002-of-00004.bin)"
+    for said in (doctor.stdout, run.stderr):
+        assert "salmonn-7b's checkpoint" in said and missing in said
+        assert "whisper (" not in said and "beats (" not in said
+
+    # a component given in the environment replaces the preset's for all three alike
+    monkeypatch.setenv("SALMONN_LLM", tiny_paths.llm)
+    monkeypatch.setenv("SALMONN_CHECKPOINT", tiny_paths.checkpoint)
+    listing = invoke(["models"]).stdout
+    assert f"llm {tiny_paths.llm} [env SALMONN_LLM]" in listing
+    doctor = invoke(["doctor"])
+    assert doctor.exit_code == 0, doctor.stdout
+    assert f"llm          found {tiny_paths.llm}" in doctor.stdout
+    assert f"whisper      found {got.whisper}" in doctor.stdout
+
+
+# ------------------------------------------------------------------------- real processes, real env
+
+
+def _salmonn(args, env: dict[str, str], python_flags=()) -> subprocess.CompletedProcess:
+    """``python -m salmonn_cli ARGS`` with huggingface_hub's variables from ``env`` only."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "SALMONN_"))
+    }
+    base.update(HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1", **env)
+    command = [sys.executable, *python_flags, "-m", "salmonn_cli", *map(str, args)]
+    return subprocess.run(command, env=base, capture_output=True, text=True, timeout=300)
+
+
+def test_process_download_then_offline_listing(stub, cache, tmp_path):
+    env = {"HF_ENDPOINT": stub.url, "HF_HUB_CACHE": str(cache), "SALMONN_CONFIG": "/nonexistent"}
+    done = _salmonn(["models", "download", "salmonn-7b"], env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(stub.downloads()) == sorted(NEEDED)
+    listing = _salmonn(["models"], {**env, "HF_HUB_OFFLINE": "1"})
+    assert listing.returncode == 0 and "salmonn-7b  (cached)" in listing.stdout
+
+
+def test_process_offline_answers_before_importing_torch(cache, tmp_path):
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"")
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "SALMONN_CONFIG": "/nonexistent"}
+    start = time.monotonic()
+    run = _salmonn(["ask", wav, "who is angry?"], env, python_flags=["-X", "importtime"])
+    elapsed = time.monotonic() - start
+    assert run.returncode == 1
+    said = [line for line in run.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(said) == 1 and said[0].startswith("Error: not in the Hugging Face cache")
+    assert "salmonn-7b's whisper, beats, llm, checkpoint" in said[0]
+    imported = {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if "|" in line}
+    assert "huggingface_hub" in imported and "torch" not in imported
+    assert elapsed < 20  # seconds, on a loaded machine; ~1 s idle
+
+
+def test_process_unreachable_hub_is_quick_and_one_line(cache, tmp_path):
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"")
+    env = {"HF_ENDPOINT": _closed_port_url(), "HF_HUB_CACHE": str(cache)}
+    env["SALMONN_CONFIG"] = "/nonexistent"
+    start = time.monotonic()
+    run = _salmonn(["ask", wav, "who is angry?"], env)
+    assert time.monotonic() - start < 20 and run.returncode == 1
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith(
+        "Error: could not download whisper"
+    )
+    assert "salmonn models download salmonn-7b` where the network works" in run.stderr
