@@ -13,7 +13,7 @@ import click
 
 from salmonn.errors import SalmonnError
 
-from .model_errors import describe
+from .model_errors import describe, quiet_hub
 from .settings import COMPONENTS, config_path, model_kwargs, resolve
 
 
@@ -119,6 +119,7 @@ def download(name: str | None) -> None:
         raise click.BadParameter(
             f"unknown preset {name!r}; choose from {', '.join(PRESETS)}", param_hint="NAME"
         )
+    quiet_hub()
     resolved = fetch(name)
     for component in COMPONENTS:
         click.echo(f"{component:<10} {getattr(resolved, component)}")

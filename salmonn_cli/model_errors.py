@@ -72,3 +72,14 @@ def _offline_variable() -> str:
         if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
             return name
     return "HF_HUB_OFFLINE"
+
+
+def quiet_hub(*, bars: bool = True) -> None:
+    """Hide huggingface_hub's warnings (one per failed attempt, while it retries): a download that
+    fails in the end is reported in one line. ``bars``: keep the download progress bars."""
+    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
+    if not bars:
+        disable_progress_bars()

@@ -296,7 +296,11 @@ def load_model(settings: ModelSettings, *, verbose: int = 0, quiet: bool = False
     from salmonn.constants import COMPONENTS
     from salmonn.hub import resolve_components
 
+    from .model_errors import quiet_hub
+
     kwargs = settings.load_kwargs(quantization=True)
+    if not verbose:
+        quiet_hub(bars=not quiet)
     # Find (or download) the weights before torch is imported: a missing one fails fast.
     found = resolve_components(kwargs["preset"], *(kwargs[c] for c in COMPONENTS))
     kwargs.update({c: getattr(found, c) for c in COMPONENTS})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -35,9 +36,11 @@ class StubHub:
             for key, files in repos.items()
         }
         self.requests: list[tuple[str, str]] = []
+        self.connections: set[socket.socket] = set()  # open ones, closed by stop()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
+        self._server.block_on_close = False  # stop() closes the connections instead
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.stopped = False
 
@@ -51,10 +54,18 @@ class StubHub:
         return self
 
     def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self._server.shutdown()
-            self._server.server_close()
+        """Stop listening and drop every open connection (the client's kept-alive ones too)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            for connection in self.connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed by the client
 
     def __enter__(self) -> StubHub:
         return self.start()
@@ -82,6 +93,16 @@ def _handler_for(hub: StubHub) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:  # quiet
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with hub._lock:
+                hub.connections.add(self.connection)
+
+        def finish(self) -> None:
+            with hub._lock:
+                hub.connections.discard(self.connection)
+            super().finish()
 
         def do_HEAD(self) -> None:
             self._answer(head=True)
