@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     from salmonn.tiny import write_tiny_model
 
     cores = os.cpu_count() or 1
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+    os.environ.update(HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")  # a throw-away local Ray
+    env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         root = Path(tmp)
         tiny = write_tiny_model(root / "tiny", seed=0)
