@@ -81,6 +81,10 @@ class SalmonnWorker:
                 )
             yield index, record
 
+    def run_all(self, *args: Any) -> list[tuple[int, Record]]:
+        """:meth:`run` as one list (for Ray Client, which has no streaming calls)."""
+        return list(self.run(*args))
+
 
 def _quiet_progress_bars() -> None:
     """No download or weight-loading bars from a worker: Ray forwards its output line by line."""
@@ -171,13 +175,17 @@ class Dispatcher:
                     and self.pending[0].attempts == 0
                 ):
                     batch.append(self.pending.popleft())
-            call = actor.run.options(num_returns="streaming").remote(
+            args = (
                 [(i.index, i.remote) for i in batch],
                 self.job["spec_ref"],
                 self.job["chunking"],
                 self.job["generation"],
                 self.job["batch_size"],
             )
+            if self.job["streaming"]:
+                call = actor.run.options(num_returns="streaming").remote(*args)
+            else:  # Ray Client has no streaming calls: the call's records come back together
+                call = actor.run_all.remote(*args)
             self.running[call] = _Call(actor, batch)
 
     def started(self, ref: Any) -> None:
@@ -211,7 +219,12 @@ class Dispatcher:
     def receive(self, generator: Any) -> Iterator[Record]:
         call = self.running[generator]
         try:
-            index, record = self.ray.get(next(generator))
+            if self.job["streaming"]:
+                results = [self.ray.get(next(generator))]
+            else:
+                results = self.ray.get(generator)
+                del self.running[generator]
+                self.idle.append(call.actor)
         except StopIteration:
             del self.running[generator]
             self.idle.append(call.actor)
@@ -226,12 +239,15 @@ class Dispatcher:
         except self.ray.exceptions.RayTaskError as exc:  # a bug, as a local run would raise it
             cause = getattr(exc, "cause", None)
             raise cause if isinstance(cause, Exception) else exc
-        call.received.add(index)
-        if index in self.done:  # never expected; the driver must not write a record twice
-            logger.warning("dropped a second record for input %d", index)
-            return
-        original = next(i for i in call.inputs if i.index == index)
-        yield self.emit(index, dataclasses.replace(record, path=str(original.item.path)))
+        for index, record in results:
+            call.received.add(index)
+            if index in self.done:  # never expected; the driver must not write a record twice
+                logger.warning("dropped a second record for input %d", index)
+                continue
+            original = next(i for i in call.inputs if i.index == index)
+            yield self.emit(index, dataclasses.replace(record, path=str(original.item.path)))
+        if not self.job["streaming"]:
+            yield from self.lost(call, "the Ray worker returned too few records")
 
     def lost(self, call: _Call, why: str) -> Iterator[Record]:
         """Hand the call's unfinished files out again, or give up on those tried too often."""

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOptions
-from .errors import ConfigError
+from .errors import ConfigError, SalmonnError, error_line
 from .ray_pool import Dispatcher, PendingInput, SalmonnWorker
 from .records import Record
 
@@ -281,6 +281,7 @@ class RayTaskRun:
             )
             self._actors = [worker.remote(self._model_args) for _ in range(count)]
             self._job["spec_ref"] = ray.put(self._job["spec"])
+            self._job["streaming"] = not _client_mode(ray)
             driver = Dispatcher(ray, self._actors, self._todo, self._job)
             driver.wait_for_a_worker()
             self._records = driver.run()
@@ -323,11 +324,21 @@ class RayTaskRun:
         self.close()
 
 
+def _client_mode(ray: Any) -> bool:
+    """Whether this process talks to Ray through Ray Client (``ray://``)."""
+    from ray.util.client import ray as client
+
+    return bool(client.is_connected())
+
+
 def _connect(ray: Any, address: str) -> None:
-    if address == "local":
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
-    else:
-        ray.init(address=address, logging_level=logging.WARNING)
+    try:
+        if address == "local":
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except Exception as exc:  # ConnectionError, RuntimeError, ...: one line for the user
+        raise SalmonnError(f"cannot connect to Ray at {address!r}: {error_line(exc)}") from exc
 
 
 def _check_resources(cluster: Mapping[str, float], count: int, gpus: float, cpus: float) -> None:

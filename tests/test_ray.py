@@ -245,10 +245,15 @@ def test_driver_killed_then_interrupted_then_resumed(ray_local, task_args, local
     same_as_local(read_jsonl(out), local)
 
 
-def test_library_call_streams_the_same_records(ray_local, folder, tiny_paths, local):
+def test_library_call_gives_the_same_records_through_whole_calls(
+    ray_local, folder, tiny_paths, local, monkeypatch
+):
+    """The library call, and the path Ray Client (``ray://``) takes: records per call, not streamed."""
     import salmonn
+    from salmonn import ray_runner
     from salmonn.config import GenerationOptions
 
+    monkeypatch.setattr(ray_runner, "_client_mode", lambda ray: True)
     inputs = [folder / "short" / "bad.wav", folder / "short" / "s0.wav"]
     model = {
         "whisper": tiny_paths.whisper,
