@@ -335,3 +335,20 @@ def test_a_model_that_does_not_load_fails_as_locally(ray_local, folder, model_fl
     message = here.stderr.strip().splitlines()[-1].removeprefix("Error: ")
     assert f"Error: Ray worker: {message}" in there.stderr  # the same error, said where
     assert not (tmp_path / "o.jsonl").exists() or not (tmp_path / "o.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    "cluster, flags, expected",
+    [
+        ({"CPU": 64.0, "GPU": 4.0}, {}, (4, 1.0)),  # one replica per GPU
+        ({"CPU": 64.0, "GPU": 4.0}, {"gpus_per_worker": 0.5}, (8, 0.5)),
+        ({"CPU": 64.0, "GPU": 4.0}, {"workers": 2}, (2, 1.0)),
+        ({"CPU": 64.0, "GPU": 4.0}, {"gpus_per_worker": 0.0}, (1, 0.0)),
+        ({"CPU": 2.0}, {}, (1, 0.0)),  # no GPU: one CPU replica
+        ({"CPU": 2.0}, {"workers": 3}, (3, 0.0)),
+    ],
+)
+def test_default_placement_follows_the_cluster(cluster, flags, expected):
+    from salmonn.ray_runner import RayOptions
+
+    assert RayOptions(**flags).placement(cluster) == expected
