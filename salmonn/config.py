@@ -37,7 +37,7 @@ def prefetch_depth(batch_size: int) -> int:
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Decoding settings; the defaults are the original's (spec §8.1).
+    """Decoding settings; the defaults are the original's (docs/original-model.md, "Generation").
 
     Attributes:
         max_new_tokens: generated tokens at most (the final EOS included).
@@ -97,7 +97,7 @@ class ChunkingOptions:
         short_tail: ``"merge"`` moves the last quiet cut earlier so that the final piece lasts at least
             ``min_seconds`` (when no cut can move, e.g. with fixed cuts, the piece is zero-padded and logged);
             ``"pad"`` keeps a short final piece as its own chunk, zero-padded to ``min_seconds`` as the
-            original does (spec §1.1).
+            original does (docs/original-model.md, "Audio front end").
         channel: ``None`` down-mixes to the mean of all channels; an integer keeps that channel only
             (the original keeps channel 0).
         strict_decode: stop at the first decoding error (ffmpeg ``-xerror``), so a damaged file is an

@@ -1,10 +1,10 @@
 """Audio front ends of the two encoders, numerically faithful to the original SALMONN.
 
-* :func:`whisper_log_mel` re-implements the transformers 4.28 ``WhisperFeatureExtractor`` (spec
-  §1.2): numpy, float64 framing and FFT rounded to complex64, librosa-style Slaney mel filters,
+* :func:`whisper_log_mel` re-implements the transformers 4.28 ``WhisperFeatureExtractor``
+  (docs/original-model.md, "Audio front end"): numpy, float64 framing and FFT rounded to complex64, librosa-style Slaney mel filters,
   ``log10`` with the "max - 8" floor. Later transformers versions agree with it only to about 1e-5.
 * :func:`beats_fbank` re-implements torchaudio 2.0.2 ``compliance.kaldi.fbank`` as BEATs calls it
-  (spec §3.2), in float64 on the waveform scaled to the 16-bit range, then normalised and cast to
+  (docs/original-model.md, "BEATs encoder"), in float64 on the waveform scaled to the 16-bit range, then normalised and cast to
   float32.
 """
 

@@ -1,4 +1,6 @@
-"""Window-level Q-Former of SALMONN (spec §5): a query-only BERT stack with cross-attention.
+"""Window-level Q-Former of SALMONN: a query-only BERT stack with cross-attention.
+
+See docs/original-model.md, "Q-Former and windows".
 
 The module's ``state_dict`` names equal the official checkpoint's names under ``speech_Qformer.``
 (``bert.embeddings.LayerNorm.*``, ``bert.encoder.layer.{i}.attention.self.query.*`` ...), so the
@@ -20,7 +22,7 @@ from torch import nn
 from .constants import QFORMER_HEAD_DIM, QFORMER_WINDOW_FRAMES
 from .errors import CheckpointError
 
-LAYER_NORM_EPS = 1e-12  # BertConfig default (spec §5.2)
+LAYER_NORM_EPS = 1e-12  # BERT-base default, the original's
 _LAYER_PREFIX = "bert.encoder.layer."
 
 
@@ -72,7 +74,7 @@ class QFormerConfig:
 def split_windows(
     x: torch.Tensor, size: int = QFORMER_WINDOW_FRAMES, stride: int = QFORMER_WINDOW_FRAMES
 ) -> torch.Tensor:
-    """Cut the fused encoder sequence into Q-Former windows (spec §5.1).
+    """Cut the fused encoder sequence into Q-Former windows.
 
     Args:
         x: ``[B, T, C]`` fused frames (T = 1500, C = 2048 for the official model).
@@ -106,7 +108,8 @@ class _Attention(nn.Module):
         q, k, v = self._split(self.query(h)), self._split(self.key(kv)), self._split(self.value(kv))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(QFORMER_HEAD_DIM)
         # The original adds its all-ones mask in additive form, an fp32 zero tensor [N, 1, 1, S];
-        # under fp16 autocast this promotes the scores to fp32 before the softmax (spec Appendix A).
+        # under fp16 autocast this promotes the scores to fp32 before the softmax (see
+        # docs/original-model.md, "Prompt and LLM", precision).
         # A 4-D tensor, not a 0-dim one: 0-dim tensors do not take part in type promotion.
         scores = scores + torch.zeros(1, 1, 1, 1, dtype=torch.float32, device=scores.device)
         probs = scores.softmax(dim=-1)
@@ -181,7 +184,7 @@ class _Bert(nn.Module):
 
 
 class QFormer(nn.Module):
-    """Query-only BERT with cross-attention in every layer (spec §5.4); post-LN, eps 1e-12."""
+    """Query-only BERT with cross-attention in every layer; post-LN, eps 1e-12."""
 
     def __init__(self, cfg: QFormerConfig) -> None:
         super().__init__()

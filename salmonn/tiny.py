@@ -1,38 +1,43 @@
-"""Write a complete tiny random SALMONN in the official on-disk formats (spec §3.1, §9, Appendix C).
+"""Write a complete tiny random SALMONN in the official on-disk formats.
 
-The files are written from the spec alone, without the rest of ``salmonn``, so that they
-cross-check our loaders independently:
+The files are written from the official layouts (:mod:`salmonn.formats`, docs/original-model.md,
+"Checkpoints") with plain torch / transformers / sentencepiece, without our loaders or model classes, so
+that they cross-check those loaders independently:
 
 * ``whisper/``: a Hugging Face ``WhisperForConditionalGeneration`` folder (keys ``model.encoder.*``)
   and a ``preprocessor_config.json``;
 * ``llm/``: a LLaMA folder (sharded safetensors with an index, ``generation_config.json``) and a
   LLaMA-like SentencePiece ``tokenizer.model`` trained on the fly;
-* ``beats.pt``: ``{"cfg", "model", "label_dict"}`` with the official BEATs key names (spec §9.2);
+* ``beats.pt``: ``{"cfg", "model", "label_dict"}`` with the official BEATs key names;
 * ``salmonn.pth``: a raw training checkpoint ``{"model", "optimizer", "config", "scaler", "epoch"}``
-  whose ``model`` holds exactly the spec §9.1 keys plus the non-trainable copies of Appendix C.2.
+  whose ``model`` holds exactly the official trainable keys plus the non-trainable tensors the released
+  files carry (buffers, and copies of the shared BEATs position table).
 
-Weights come from a seeded generator, wide enough that nothing is a silent no-op (Appendix C.7).
-Run ``python -m salmonn.tiny OUT_DIR [--seed N]``.
+Weights come from a seeded generator, wide enough that nothing is a silent no-op: with the usual small
+initialisation a tiny LLaMA gives the same tokens for every input, and tests could not see an encoder bug.
+``salmonn dev tiny-model DIR`` writes one from the command line.
+
+About 400 lines on purpose: one writer per component, with the weight drawing they share, so that the
+whole test model reads in one place; the key and shape tables live in :mod:`salmonn.formats`.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
 import re
-import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import formats
 from .constants import (
-    BEATS_PATCH,
     QFORMER_HEAD_DIM,
     SAMPLE_RATE,
     WHISPER_ENCODER_FRAMES,
@@ -44,53 +49,19 @@ from .constants import (
     WINDOW_SECONDS,
 )
 from .errors import ConfigError
+from .formats import QFORMER_POSITIONS, salmonn_shapes, training_extras
 
-# Token ids of the LLaMA vocabulary (spec §6.1); the tiny tokenizer is trained with the same layout.
+# Token ids of the LLaMA vocabulary (docs/original-model.md, "Tokenizer"); the tiny tokenizer is
+# trained with the same layout.
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 0
-LORA_RANK = 8
-LORA_ALPHA = 32
-QFORMER_POSITIONS = 512  # BERT max_position_embeddings: length of the unused position_ids buffer
-AUDIOSET_CLASSES = 527
-BEATS_BUCKETS, BEATS_MAX_DISTANCE = 320, 800
-EOS_ROW_GAIN = 2.4  # lm_head EOS row scale: about half the tiny generations stop early (App. C.7)
+EOS_ROW_GAIN = 2.4  # lm_head EOS row scale: about half the tiny generations stop early
 
-# The 25 evaluation prompts of spec §10.1, verbatim (the tokenizer corpus must cover them).
-EVAL_PROMPTS: tuple[str, ...] = tuple(
-    "<Speech><SpeechHere></Speech> " + text
-    for text in (
-        "Recognize the speech and give me the transcription.",
-        "请将语音中的内容写下来。",
-        "Hören Sie sich die Rede an und schreiben Sie ihren Inhalt auf.",
-        "Listen to the speech and translate it into Chinese.",
-        "Please describe the audio.",
-        "Please write down what your hear in the audio.",
-        "{}",
-        "{}",
-        "Provide the phonetic transcription for the speech.",
-        "Please answer the question in detail.",
-        "Describe the emotion of the speaker in one word.",
-        "Listen to the song and write down its content.",
-        "Describe the speech and the background audio",
-        "Do you only hear the same person talking? Answer yes or no.",
-        "Describe the background audio and the speech in a fluent sentence.",
-        "Please write down what you hear each person says.",
-        (
-            "Based on the audio, write a story in detail. "
-            "Your story should be highly related to the audio."
-        ),
-        "Please answer the speaker's question in detail based on the background sound.",
-        "According to the speech, what is the {}?",
-        "Listen to this music clip and describe the music.",
-        "Listen to the speech and translate it into Japanese.",
-        "Listen to the speech and translate it into German.",
-        (
-            "Use your strong reasoning skills to answer the speaker's question in detail based on "
-            "the background sound."
-        ),
-        "Give me only three keywords of the text.",
-        "Please recognize each speaker and transcribe their speech content.",
-    )
-)
+
+def eval_prompts() -> tuple[str, ...]:
+    """The 25 evaluation prompts of the original, from ``prompts/eval.json``, with the original's
+    anonymous ``{}`` slots (the tokenizer corpus must cover them)."""
+    data = json.loads(resources.files("salmonn.prompt_data").joinpath("eval.json").read_text("utf-8"))
+    return tuple(re.sub(r"\{\w+\}", "{}", t["text"]) for t in data["templates"].values())
 
 
 @dataclass(frozen=True)
@@ -223,7 +194,7 @@ _WORDS = (  # noqa: SIM905 - a word list reads better as text
 
 
 def tokenizer_corpus() -> list[str]:
-    """Deterministic English text with every SALMONN prompt word (spec §6.2, §10.1), one sentence
+    """Deterministic English text with every word of the chat template and the evaluation prompts, one sentence
     per line.
 
     No line holds a newline, so that ``"\\n"`` becomes the byte-fallback piece ``<0x0A>`` as in
@@ -235,8 +206,9 @@ def tokenizer_corpus() -> list[str]:
         "</Speech> Describe the audio.\nASSISTANT:",
         "</Speech> Please describe the audio.\nASSISTANT:",
     ]
-    lines += [f"USER: {prompt}\nASSISTANT:" for prompt in EVAL_PROMPTS]
-    lines += list(EVAL_PROMPTS)
+    prompts = eval_prompts()
+    lines += [f"USER: {prompt}\nASSISTANT:" for prompt in prompts]
+    lines += list(prompts)
     n = len(_WORDS)
     for i in range(400):  # filler sentences: a fixed walk through the word list, with digits
         words = [_WORDS[(i * 7 + j * (i % 11 + 3)) % n] for j in range(6 + i % 9)]
@@ -341,85 +313,15 @@ def rotary_inv_freq(config: Any) -> torch.Tensor:
 
 
 def beats_cfg(d_model: int, layers: int = 2) -> dict[str, Any]:
-    """The full official BEATs ``cfg`` (spec §3.1) with tiny widths; head dim stays 64."""
-    return {
-        "input_patch_size": BEATS_PATCH,
-        "embed_dim": 32,
-        "conv_bias": False,
-        "encoder_layers": layers,
-        "encoder_embed_dim": d_model,
-        "encoder_ffn_embed_dim": 2 * d_model,
-        "encoder_attention_heads": d_model // 64,
-        "activation_fn": "gelu",
-        "layer_wise_gradient_decay_ratio": 0.6,
-        "layer_norm_first": False,
-        "deep_norm": True,
-        "dropout": 0.0,
-        "attention_dropout": 0.0,
-        "activation_dropout": 0.0,
-        "encoder_layerdrop": 0.05,
-        "dropout_input": 0.0,
-        "conv_pos": 128,
-        "conv_pos_groups": 16,
-        "relative_position_embedding": True,
-        "num_buckets": BEATS_BUCKETS,
-        "max_distance": BEATS_MAX_DISTANCE,
-        "gru_rel_pos": True,
-        "finetuned_model": True,
-        "predictor_dropout": 0.0,
-        "predictor_class": AUDIOSET_CLASSES,
-    }
-
-
-def beats_shapes(cfg: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
-    """Official BEATs state-dict keys and shapes (spec §9.2), in module order."""
-    e, d, f = cfg["embed_dim"], cfg["encoder_embed_dim"], cfg["encoder_ffn_embed_dim"]
-    heads, p, k = cfg["encoder_attention_heads"], cfg["input_patch_size"], cfg["conv_pos"]
-    shapes = [
-        ("post_extract_proj.weight", (d, e)),
-        ("post_extract_proj.bias", (d,)),
-        ("patch_embedding.weight", (e, 1, p, p)),
-        ("layer_norm.weight", (e,)),
-        ("layer_norm.bias", (e,)),
-        ("encoder.pos_conv.0.bias", (d,)),
-        ("encoder.pos_conv.0.weight_g", (1, 1, k)),
-        ("encoder.pos_conv.0.weight_v", (d, d // cfg["conv_pos_groups"], k)),
-    ]
-    for i in range(cfg["encoder_layers"]):
-        pre = f"encoder.layers.{i}."
-        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            shapes += [
-                (f"{pre}self_attn.{proj}.weight", (d, d)),
-                (f"{pre}self_attn.{proj}.bias", (d,)),
-            ]
-        shapes += [
-            (f"{pre}self_attn.grep_a", (1, heads, 1, 1)),
-            (f"{pre}self_attn.grep_linear.weight", (8, d // heads)),
-            (f"{pre}self_attn.grep_linear.bias", (8,)),
-            (f"{pre}self_attn.relative_attention_bias.weight", (cfg["num_buckets"], heads)),
-            (f"{pre}self_attn_layer_norm.weight", (d,)),
-            (f"{pre}self_attn_layer_norm.bias", (d,)),
-            (f"{pre}fc1.weight", (f, d)),
-            (f"{pre}fc1.bias", (f,)),
-            (f"{pre}fc2.weight", (d, f)),
-            (f"{pre}fc2.bias", (d,)),
-            (f"{pre}final_layer_norm.weight", (d,)),
-            (f"{pre}final_layer_norm.bias", (d,)),
-        ]
-    shapes += [
-        ("encoder.layer_norm.weight", (d,)),
-        ("encoder.layer_norm.bias", (d,)),
-        ("predictor.weight", (cfg["predictor_class"], d)),
-        ("predictor.bias", (cfg["predictor_class"],)),
-    ]
-    return shapes
+    """The official BEATs ``cfg`` with tiny widths: patch embedding 32, feed-forward ``2 * d_model``."""
+    return formats.beats_cfg(d_model, layers, embed_dim=32, ffn_dim=2 * d_model)
 
 
 def _beats_state(gen: torch.Generator, cfg: dict[str, Any]) -> OrderedDict[str, torch.Tensor]:
-    """Random BEATs weights; every layer carries the same relative-position table (spec §3.6)."""
+    """Random BEATs weights; every layer carries the same relative-position table (layer 0's, shared)."""
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
     table: torch.Tensor | None = None
-    for name, shape in beats_shapes(cfg):
+    for name, shape in formats.beats_shapes(cfg):
         if name.endswith("relative_attention_bias.weight"):
             table = 0.5 * torch.randn(shape, generator=gen) if table is None else table
             state[name] = table.clone()
@@ -431,53 +333,6 @@ def _beats_state(gen: torch.Generator, cfg: dict[str, Any]) -> OrderedDict[str, 
 # ------------------------------------------------------------------------------------------ salmonn
 
 
-def salmonn_shapes(
-    whisper_d: int, beats_d: int, hidden: int, llm_hidden: int, llm_layers: int
-) -> list[tuple[str, tuple[int, ...]]]:
-    """Trainable SALMONN keys and shapes of spec §9.1 (Q-Former of width ``hidden``, 2 layers)."""
-    h, enc, ffn = hidden, whisper_d + beats_d, 4 * hidden
-    shapes: list[tuple[str, tuple[int, ...]]] = [
-        ("speech_query_tokens", (1, 1, h)),
-        ("ln_speech.weight", (whisper_d,)),
-        ("ln_speech.bias", (whisper_d,)),
-        ("ln_audio.weight", (beats_d,)),
-        ("ln_audio.bias", (beats_d,)),
-        ("speech_Qformer.bert.embeddings.LayerNorm.weight", (h,)),
-        ("speech_Qformer.bert.embeddings.LayerNorm.bias", (h,)),
-    ]
-    for i in range(2):
-        pre = f"speech_Qformer.bert.encoder.layer.{i}."
-        blocks = [
-            ("attention.self.query", (h, h)),
-            ("attention.self.key", (h, h)),
-            ("attention.self.value", (h, h)),
-            ("attention.output.dense", (h, h)),
-            ("attention.output.LayerNorm", (h,)),
-            ("crossattention.self.query", (h, h)),
-            ("crossattention.self.key", (h, enc)),
-            ("crossattention.self.value", (h, enc)),
-            ("crossattention.output.dense", (h, h)),
-            ("crossattention.output.LayerNorm", (h,)),
-            ("intermediate_query.dense", (ffn, h)),
-            ("output_query.dense", (h, ffn)),
-            ("output_query.LayerNorm", (h,)),
-        ]
-        for module, shape in blocks:
-            shapes += [(f"{pre}{module}.weight", shape), (f"{pre}{module}.bias", (shape[0],))]
-    shapes += [
-        ("speech_llama_proj.weight", (llm_hidden, h)),
-        ("speech_llama_proj.bias", (llm_hidden,)),
-    ]
-    for i in range(llm_layers):
-        pre = f"llama_model.base_model.model.model.layers.{i}.self_attn."
-        for proj in ("q_proj", "v_proj"):
-            shapes += [
-                (f"{pre}{proj}.lora_A.default.weight", (LORA_RANK, llm_hidden)),
-                (f"{pre}{proj}.lora_B.default.weight", (llm_hidden, LORA_RANK)),
-            ]
-    return shapes
-
-
 def _salmonn_state(
     gen: torch.Generator,
     shapes: Iterable[tuple[str, tuple[int, ...]]],
@@ -485,7 +340,7 @@ def _salmonn_state(
     beats_state: dict[str, torch.Tensor],
     beats_layers: int,
 ) -> OrderedDict[str, torch.Tensor]:
-    """The checkpoint's ``model`` dict: trainable tensors, plus buffers and copies of App. C.2."""
+    """The checkpoint's ``model`` dict: trainable tensors, plus the buffers and BEATs table copies."""
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
     for name, shape in shapes:
         std = 1.0 if name == "speech_query_tokens" else 0.1 if "lora_B" in name else None
@@ -504,65 +359,6 @@ def _salmonn_state(
         key = f"encoder.layers.{i}.self_attn.relative_attention_bias.weight"
         state[f"beats.{key}"] = beats_state[key].clone()
     return state
-
-
-def _training_extras(model_state: dict[str, torch.Tensor], n_trainable: int) -> dict[str, Any]:
-    """Fake ``optimizer`` (AdamW state per trainable tensor), ``config``, ``scaler``, ``epoch``."""
-    tensors = list(model_state.values())[:n_trainable]
-    optimizer = {
-        "state": {
-            i: {"step": torch.tensor(1.0), "exp_avg": 0.1 * t, "exp_avg_sq": 0.01 * t * t}
-            for i, t in enumerate(tensors)
-        },
-        "param_groups": [
-            {
-                "lr": 3e-5,
-                "betas": (0.9, 0.999),
-                "eps": 1e-8,
-                "weight_decay": 0.05,
-                "amsgrad": False,
-                "maximize": False,
-                "foreach": None,
-                "capturable": False,
-                "differentiable": False,
-                "fused": None,
-                "params": list(range(len(tensors))),
-            }
-        ],
-    }
-    config = {
-        "model": {
-            "llama_path": "llm",
-            "whisper_path": "whisper",
-            "beats_path": "beats.pt",
-            "ckpt": "",
-            "freeze_whisper": True,
-            "freeze_beats": True,
-            "use_speech_Qformer": True,
-            "num_speech_query_token": 1,
-            "freeze_speech_QFormer": False,
-            "window_level_Qformer": True,
-            "second_per_window": 0.333333,
-            "second_stride": 0.333333,
-            "lora": True,
-            "lora_rank": LORA_RANK,
-            "lora_alpha": LORA_ALPHA,
-            "lora_dropout": 0.1,
-            "multi_prompt": True,
-            "prompt_template": "USER: {}\nASSISTANT:",
-            "max_txt_len": 300,
-            "end_sym": "</s>",
-        },
-        "run": {"seed": 42, "max_epoch": 30, "amp": True, "device": "cuda"},
-    }
-    scaler = {
-        "scale": 65536.0,
-        "growth_factor": 2.0,
-        "backoff_factor": 0.5,
-        "growth_interval": 2000,
-        "_growth_tracker": 0,
-    }
-    return {"optimizer": optimizer, "config": config, "scaler": scaler, "epoch": 1}
 
 
 # -------------------------------------------------------------------------------------------- entry
@@ -617,22 +413,6 @@ def write_tiny_model(
     shapes = salmonn_shapes(whisper_d, beats_d, qformer_hidden, llm_hidden, llm_layers)
     model_state = _salmonn_state(gen, shapes, llm_config, beats_state, cfg["encoder_layers"])
     torch.save(
-        {"model": model_state, **_training_extras(model_state, len(shapes))}, paths.checkpoint
+        {"model": model_state, **training_extras(model_state, len(shapes))}, paths.checkpoint
     )
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m salmonn.tiny OUT_DIR [--seed N]``: write the tiny model, print paths."""
-    parser = argparse.ArgumentParser(prog="python -m salmonn.tiny", description=main.__doc__)
-    parser.add_argument("out_dir", help="folder to write (created if needed)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
-    paths = write_tiny_model(args.out_dir, seed=args.seed)
-    # A command's own output (the entry point of `salmonn dev tiny-model`), not library logging.
-    sys.stdout.write(json.dumps(asdict(paths), indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

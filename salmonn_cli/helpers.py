@@ -253,8 +253,9 @@ def dev() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the weights.")
 def tiny_model(out_dir: str, seed: int) -> None:
     """Write a tiny random SALMONN (official on-disk formats) to OUT_DIR and print its paths as JSON."""
-    from salmonn.tiny import main
+    import dataclasses
 
-    code = main([out_dir, "--seed", str(seed)])
-    if code:
-        sys.exit(code)
+    from salmonn.tiny import write_tiny_model
+
+    paths = write_tiny_model(out_dir, seed=seed)
+    click.echo(json.dumps(dataclasses.asdict(paths), indent=2))

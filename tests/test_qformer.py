@@ -57,7 +57,7 @@ def test_state_dict_names_are_the_checkpoint_names():
     assert not any(
         "word_embeddings" in k or ".intermediate." in k or k.startswith("cls") for k in keys
     )
-    # official sizes (spec §9.1): 2 layers x 26 tensors + embeddings LayerNorm
+    # official sizes (docs/original-model.md, "Checkpoints"): 2 layers x 26 tensors + embeddings LayerNorm
     assert len(keys) == 2 * 26 + 2
     sd = QFormer(QFormerConfig()).state_dict()
     assert sd["bert.encoder.layer.0.crossattention.self.key.weight"].shape == (768, 2048)

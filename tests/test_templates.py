@@ -1,4 +1,4 @@
-"""Prompt templates: validation table, built-ins (spec §10.1 wording), user folder, packaging."""
+"""Prompt templates: validation table, built-ins (the original's wording), user folder, packaging."""
 
 from __future__ import annotations
 
@@ -93,7 +93,8 @@ def test_render_is_verbatim_and_braces_are_literal():
     )
 
 
-# spec §10.1, typed out here from the spec table (not read from prompts/)
+# The original's 25 evaluation prompts, typed out here on purpose (not read from prompts/eval.json,
+# the one source the package and salmonn.tiny read): an independent check that the file is verbatim.
 SPEC_10_1 = {
     "asr": "Recognize the speech and give me the transcription.",
     "audiocaption": "Please describe the audio.",
@@ -142,7 +143,7 @@ def test_cli_templates_match_spec(name, key):
 
 def test_builtins_complete_and_consistent():
     templates = load_templates()
-    assert len([n for n in templates if n.startswith("eval.")]) == 25  # all of spec §10.1
+    assert len([n for n in templates if n.startswith("eval.")]) == 25  # all of the original's evaluation prompts
     assert render(templates["ask"], question="Who speaks?") == S + "Who speaks?"
     assert render(templates["eval.QA"], question="Who?") == S + "Who?"
     assert render(templates["eval.slot_filling"], slot="date") == (

@@ -1,4 +1,4 @@
-"""The tiny random SALMONN: official formats (spec §3.1, §9, App. C), loadable by plain libs."""
+"""The tiny random SALMONN: official formats (docs/original-model.md, "Checkpoints"), loadable by plain libs."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ import torch
 from safetensors import safe_open
 
 from salmonn.errors import ConfigError
-from salmonn.tiny import EVAL_PROMPTS, main, write_tiny_model
+from salmonn.tiny import eval_prompts, write_tiny_model
 
 WHISPER_D, BEATS_D, QF, LLM_D, LLM_LAYERS = 64, 128, 128, 64, 2  # write_tiny_model defaults
 BEATS_HEADS, BEATS_EMBED, BEATS_FFN = 2, 32, 256
 
-# ------------------------------------------------------------ expected layouts, typed from the spec
+# ------------------------------------- expected layouts, typed here on purpose: an independent check
+# of salmonn.formats / salmonn.tiny against the official layout (docs/original-model.md, "Checkpoints")
 
 
 def expected_beats_keys() -> dict[str, tuple[int, ...]]:
-    """Spec §9.2 with the tiny widths: embed 32, encoder 128, 2 heads of 64, FFN 256, 2 layers."""
+    """The official BEATs keys with the tiny widths: embed 32, encoder 128, 2 heads of 64, FFN 256,
+    2 layers."""
     d, e = BEATS_D, BEATS_EMBED
     keys = {
         "patch_embedding.weight": (e, 1, 16, 16),
@@ -53,7 +55,7 @@ def expected_beats_keys() -> dict[str, tuple[int, ...]]:
 
 
 def expected_salmonn_keys() -> dict[str, tuple[int, ...]]:
-    """Spec §9.1 table plus the non-trainable tensors of Appendix C.2, tiny widths."""
+    """The trainable keys plus the non-trainable tensors the official files carry, tiny widths."""
     h, enc = QF, WHISPER_D + BEATS_D
     keys = {
         "speech_query_tokens": (1, 1, h),
@@ -156,10 +158,10 @@ def test_llm_folder_loads_and_matches_sentencepiece(tiny_paths):
     for text in ("USER: <Speech>", "</Speech> Describe the audio.\nASSISTANT:"):
         ids = sp.encode(text)
         assert tok(text, add_special_tokens=False).input_ids == ids
-        assert sp.id_to_piece(ids[0]).startswith("▁")  # dummy prefix per piece (spec §6.3)
-    assert "<0x0A>" in [sp.id_to_piece(i) for i in sp.encode("a\nb")]  # byte fallback (App. C.4)
+        assert sp.id_to_piece(ids[0]).startswith("▁")  # dummy prefix per piece ("Tokenizer")
+    assert "<0x0A>" in [sp.id_to_piece(i) for i in sp.encode("a\nb")]  # byte fallback ("Tokenizer")
     assert tok("hello").input_ids[0] == 1  # BOS added by default
-    for prompt in EVAL_PROMPTS:  # every prompt is representable and round-trips
+    for prompt in eval_prompts():  # every prompt is representable and round-trips
         assert sp.decode(sp.encode(prompt)) == prompt
 
 
@@ -222,7 +224,7 @@ def test_checkpoint_has_exact_spec_keys(tiny_paths):
     ids = state["speech_Qformer.bert.embeddings.position_ids"]
     assert ids.dtype == torch.int64 and torch.equal(ids[0], torch.arange(512))
     floats = [v for k, v in state.items() if not k.endswith("position_ids")]
-    assert all(v.dtype == torch.float32 for v in floats)  # no fp16 in the released files (§9.1)
+    assert all(v.dtype == torch.float32 for v in floats)  # no fp16 in the released files ("Checkpoints")
     head_dim = LLM_D // 4
     inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     got = state["llama_model.base_model.model.model.layers.1.self_attn.rotary_emb.inv_freq"]
@@ -278,7 +280,7 @@ def test_weights_are_not_no_ops(tiny_paths):
     lora_b = [k for k in tensors if "lora_B" in k]
     assert len(lora_b) == 2 * LLM_LAYERS and all(tensors[k].abs().min() > 0 for k in lora_b)
     embed = tensors["llm/model.embed_tokens.weight"]
-    assert 0.2 < embed.std() < 0.4  # wide embeddings (App. C.7), not the 0.02 default
+    assert 0.2 < embed.std() < 0.4  # wide embeddings, not the 0.02 default (see salmonn.tiny)
     lm_head = tensors["llm/lm_head.weight"].norm(dim=1)
     assert lm_head[2] > lm_head.median() * 1.2  # EOS row boosted
 
@@ -288,8 +290,13 @@ def test_bad_widths_are_rejected(tmp_path):
         write_tiny_model(tmp_path, qformer_hidden=100)
 
 
-def test_main_writes_and_reports_paths(tmp_path, capsys):
-    assert main([str(tmp_path / "m"), "--seed", "3"]) == 0
-    reported = json.loads(capsys.readouterr().out)
+def test_dev_command_writes_and_reports_paths(tmp_path):
+    from click.testing import CliRunner
+
+    from salmonn_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["dev", "tiny-model", str(tmp_path / "m"), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    reported = json.loads(result.stdout)
     assert reported["checkpoint"] == str(tmp_path / "m" / "salmonn.pth")
     assert all(Path(reported[k]).exists() for k in ("whisper", "beats", "llm", "checkpoint"))

@@ -1,4 +1,4 @@
-"""Whisper encoder from a Hugging Face folder, loading only the encoder weights (spec §2, C.6).
+"""Whisper encoder from a Hugging Face folder, loading only the encoder weights (docs/original-model.md, "Whisper encoder").
 
 Accepted folders: ``config.json`` plus one of ``model.safetensors``,
 ``model.safetensors.index.json``, ``pytorch_model.bin`` or ``pytorch_model.bin.index.json``.
@@ -21,6 +21,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from ..constants import WHISPER_ENCODER_FRAMES, WHISPER_N_MELS
 from ..errors import CheckpointError, key_mismatch
+from ..weights import load_torch_file
 
 __all__ = ["is_large_v2_shaped", "load_whisper_encoder", "whisper_encoder_width"]
 
@@ -92,15 +93,7 @@ def _shard_map(index_file: Path) -> dict[str, Path]:
 
 
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-            state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{file}: unreadable weight file ({str(exc).splitlines()[0]})"
-        ) from exc
+    state = load_torch_file(file)
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{file}: expected a state dict, found {type(state).__name__}")
     return dict(state)
