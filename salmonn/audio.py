@@ -26,12 +26,11 @@ from typing import IO, BinaryIO
 import ffmpeg
 import numpy as np
 
-from .constants import SAMPLE_RATE
+from .constants import SAMPLE_RATE, STDIN
 from .errors import AudioDecodeError, AudioError, FFmpegNotFoundError
 
 logger = logging.getLogger("salmonn.audio")
 
-STDIN = "-"  # the source name that means "audio bytes on standard input"
 FFMPEG_ENV = "SALMONN_FFMPEG"
 PROBE_TIMEOUT_S = 60.0
 _FIX = (

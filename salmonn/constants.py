@@ -45,3 +45,7 @@ DEFAULT_LORA_SCALING = 4.0
 
 # The four files or folders a SALMONN model is loaded from
 COMPONENTS = ("whisper", "beats", "llm", "checkpoint")
+# LLM dtypes by name (load_model also takes torch dtypes and the aliases fp16, half, bf16, fp32, float)
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+# The input name that means "read standard input"
+STDIN = "-"

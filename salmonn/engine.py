@@ -35,8 +35,7 @@ from .config import (
     prefetch_depth,
 )
 from .errors import ConfigError, error_line
-from .records import Record, Segment
-from .records import resume_key as records_resume_key
+from .records import Record, Segment, resume_key
 from .summary import SummaryPass
 from .templates import format_segments
 
@@ -257,7 +256,7 @@ class _Progress:
         )
 
 
-def resume_key(
+def planned_resume_key(
     item: Any,
     spec: TaskSpec,
     *,
@@ -266,7 +265,7 @@ def resume_key(
 ) -> str:
     """The resume key the record of ``item`` gets in a run with these settings (no model needed)."""
     options = record_options(generation or GenerationOptions(), chunking or ChunkingOptions(), spec)
-    return records_resume_key(str(item.path), spec.task, spec.prompt, options)
+    return resume_key(str(item.path), spec.task, spec.prompt, options)
 
 
 def pending_items(
@@ -284,7 +283,7 @@ def pending_items(
     return [
         i
         for i in items
-        if resume_key(i, spec, chunking=chunking, generation=generation) not in keys
+        if planned_resume_key(i, spec, chunking=chunking, generation=generation) not in keys
     ]
 
 

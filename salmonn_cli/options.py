@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from salmonn.config import ChunkingOptions, GenerationOptions
+from salmonn.constants import DTYPE_NAMES
 
 from .ray_executor import RAY_OPTIONS
 from .settings import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, ENV_VARS
@@ -23,7 +24,6 @@ from .settings import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, ENV_VARS
 _GEN = GenerationOptions()
 _CHUNK = ChunkingOptions()
 FORMATS = ("text", "json", "jsonl", "srt", "vtt", "tsv")
-DTYPES = ("float32", "float16", "bfloat16")
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -70,7 +70,7 @@ MODEL_OPTIONS = [
     ),
     click.option(
         "--dtype",
-        type=click.Choice(DTYPES),
+        type=click.Choice(DTYPE_NAMES),
         help=f"LLM dtype. [default: float16 on cuda, float32 on cpu; {_env_help('dtype')}]",
     ),
     click.option(

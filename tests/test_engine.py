@@ -13,7 +13,7 @@ from salmonn.engine import (
     TaskSpec,
     pending_items,
     process,
-    resume_key,
+    planned_resume_key,
     select_shard,
 )
 from salmonn.errors import AudioDecodeError, ConfigError
@@ -240,7 +240,7 @@ def test_records_are_yielded_as_soon_as_a_file_is_done():
 def test_pending_items_skip_done_inputs_and_progress_events():
     model = FakeModel()
     plan = {"a": [(1, 3.0)], "b": [(2, 3.0), (3, 3.0)]}
-    done = {resume_key(items("a")[0], CONCAT)}
+    done = {planned_resume_key(items("a")[0], CONCAT)}
     todo = pending_items(items("a", "b"), CONCAT, done)
     assert [i.path for i in todo] == ["b"]
     events: list[ProgressEvent] = []
@@ -262,16 +262,18 @@ def test_pending_items_skip_done_inputs_and_progress_events():
     assert last.kind == "record" and last.files_done == 1 and last.chunks_done == 2
     assert last.audio_seconds == 6.0 and last.record is records[0]
     # a key read back from JSON equals the key computed before the run
-    assert Record.from_json(records[0].to_json()).resume_key() == resume_key(items("b")[0], CONCAT)
+    assert Record.from_json(records[0].to_json()).resume_key() == planned_resume_key(
+        items("b")[0], CONCAT
+    )
 
 
 def test_resume_key_depends_on_settings():
     item = items("a")[0]
-    base = resume_key(item, CONCAT)
-    assert resume_key(item, CONCAT, generation=GenerationOptions(num_beams=1)) != base
-    assert resume_key(item, CONCAT, chunking=ChunkingOptions(max_seconds=10)) != base
-    assert resume_key(item, TaskSpec("transcribe", "other")) != base
-    assert resume_key(items("b")[0], CONCAT) != base
+    base = planned_resume_key(item, CONCAT)
+    assert planned_resume_key(item, CONCAT, generation=GenerationOptions(num_beams=1)) != base
+    assert planned_resume_key(item, CONCAT, chunking=ChunkingOptions(max_seconds=10)) != base
+    assert planned_resume_key(item, TaskSpec("transcribe", "other")) != base
+    assert planned_resume_key(items("b")[0], CONCAT) != base
 
 
 def test_select_shard_partitions_deterministically():
