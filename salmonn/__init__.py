@@ -84,13 +84,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .audio import AudioInfo, find_ffmpeg, load_audio, probe  # noqa: F401
     from .checkpoint import load_model  # noqa: F401
     from .chunking import Chunk, iter_chunks  # noqa: F401
-    from .hub import PRESETS  # noqa: F401
-    from .inputs import InputItem, expand_inputs  # noqa: F401
-    from .prefetch import FileChunk, Prefetcher  # noqa: F401
-    from .model import GenerationResult, SalmonnModel  # noqa: F401
     from .engine import ProgressEvent, TaskSpec, process  # noqa: F401
-    from .hub import resolve_components  # noqa: F401
-    from .records import Record, Segment  # noqa: F401
+    from .hub import PRESETS, resolve_components  # noqa: F401
+    from .inputs import InputItem, expand_inputs  # noqa: F401
+    from .model import GenerationResult, SalmonnModel  # noqa: F401
+    from .prefetch import FileChunk, Prefetcher  # noqa: F401
     from .ray_runner import RayOptions, run_task_on_ray  # noqa: F401
+    from .records import Record, Segment  # noqa: F401
     from .tasks import TASKS, Task, make_task, run_task  # noqa: F401
     from .tiny import write_tiny_model  # noqa: F401

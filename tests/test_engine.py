@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,8 +13,8 @@ from salmonn.engine import (
     ProgressEvent,
     TaskSpec,
     pending_items,
-    process,
     planned_resume_key,
+    process,
     select_shard,
 )
 from salmonn.errors import AudioDecodeError, ConfigError
@@ -320,6 +321,6 @@ def test_real_prefetcher_long_file_and_corrupt_file(tmp_path):
     ]  # 3 chunks of one file + 1 of another, in one call
     assert len(long.segments) == 3 and long.duration == 75.0
     assert long.segments[0].start == 0.0 and long.segments[-1].end == 75.0
-    assert all(a.end == b.start for a, b in zip(long.segments, long.segments[1:]))
+    assert all(a.end == b.start for a, b in itertools.pairwise(long.segments))
     assert bad.error and bad.text is None and "\n" not in bad.error
     assert short.duration == 0.5 and short.text == f"n{sr}"  # padded to 1 s for the model

@@ -20,9 +20,9 @@ def test_split_windows_order_and_dropped_tail():
     x = frames.reshape(batch, WHISPER_ENCODER_FRAMES, channels)
     w = split_windows(x)
     assert w.shape == (batch * 88, 17, channels)
-    # row b*88 + l holds frames 17l .. 17l+16 of item b, all channels, in time order
-    for b, l in [(0, 0), (0, 87), (1, 0), (1, 5), (1, 87)]:
-        assert torch.equal(w[b * 88 + l], x[b, 17 * l : 17 * l + 17])
+    # row b*88 + k holds frames 17k .. 17k+16 of item b, all channels, in time order
+    for b, k in [(0, 0), (0, 87), (1, 0), (1, 5), (1, 87)]:
+        assert torch.equal(w[b * 88 + k], x[b, 17 * k : 17 * k + 17])
     # the last 4 frames (1496..1499) are in no window
     used = set(w[:88, :, 0].flatten().tolist())
     assert x[0, 1495, 0].item() in used and x[0, 1496, 0].item() not in used
