@@ -1,6 +1,6 @@
 """Batching engine: inputs -> chunks -> batches across files -> model -> one :class:`Record` per input.
 
-:func:`process` drives three units, each in its own place:
+:func:`process` wires three units, each in its own module, and ``_Run`` feeds them the chunk stream:
 
 * :class:`~salmonn.batcher.Batcher` takes the chunks of many files (decoded ahead by
   :class:`~salmonn.prefetch.Prefetcher`) into batches of up to ``batch_size`` chunks and answers each
@@ -9,8 +9,8 @@
 * :class:`~salmonn.summary.SummaryPass`: with ``join="summary"`` (caption, ask, story, reason), a file of
   more than one chunk gets a final text-only pass of the same LLM over the timestamped chunk answers
   (``TaskSpec.summary_prompt``), unless ``per_chunk`` asks for the chunk answers alone.
-* :class:`_Records` assembles one record per input and releases it as soon as that file is complete and
-  every earlier input has been released (input order). With ``join="concat"`` (transcribe, translate)
+* :class:`~salmonn.assembly.Assembler` assembles one record per input and releases it as soon as that
+  file is complete and every earlier input has been released (input order). With ``join="concat"`` (transcribe, translate)
   the record's text is the chunk answers joined in order, and its segments carry the chunk times.
 
 A file that cannot be decoded, or whose chunks make the model fail, gets an error record (one line). The
@@ -23,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .assembly import Assembler
 from .batcher import Answer, Batcher
 from .config import (
     DEFAULT_BATCH_SIZE,
@@ -37,7 +38,6 @@ from .config import (
 from .errors import ConfigError, error_line
 from .records import Record, Segment, resume_key
 from .summary import SummaryPass
-from .templates import format_segments
 
 JOIN_MODES = ("concat", "summary")
 
@@ -142,98 +142,6 @@ def record_options(
     }
 
 
-@dataclass
-class _File:
-    """What the engine knows about one input while its chunks are in flight."""
-
-    item: Any
-    started: float
-    spans: list[tuple[float, float]] = field(default_factory=list)
-    texts: dict[int, str] = field(default_factory=dict)
-    n_chunks: int | None = None
-    error: str | None = None
-    model_s: float = 0.0
-    summary_s: float = 0.0
-    summary: str | None = None
-    finalized: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return self.error is not None or (
-            self.n_chunks is not None and len(self.texts) == self.n_chunks
-        )
-
-    def fail(self, error: str) -> None:
-        """Keep the first error of the file."""
-        if self.error is None:
-            self.error = error
-
-    def segments(self) -> list[Segment]:
-        return [Segment(*self.spans[i], self.texts[i]) for i in sorted(self.texts)]
-
-
-class _Records:
-    """Record assembly: the files of a run, their records built and released in input order."""
-
-    def __init__(self, items: Sequence[Any], spec: TaskSpec, options: dict, identity: dict) -> None:
-        self.items, self.spec, self.options, self.identity = list(items), spec, options, identity
-        self.files: list[_File] = []
-        self.next_emit = 0
-
-    def file(self, index: int) -> _File:
-        while len(self.files) <= index:
-            self.files.append(_File(self.items[len(self.files)], time.perf_counter()))
-        return self.files[index]
-
-    def needing_summary(self) -> list[_File]:
-        """Complete files, not yet released, whose whole-recording answer is still to come."""
-        if self.spec.join != "summary" or self.spec.per_chunk:
-            return []
-        return [
-            f
-            for f in self.files
-            if f.complete and not f.finalized and f.error is None and len(f.texts) > 1
-        ]
-
-    def due(self) -> Iterator[Record]:
-        """The records of complete files that every earlier input has preceded."""
-        for f in self.files:
-            if f.complete:
-                f.finalized = True
-        while self.next_emit < len(self.files) and self.files[self.next_emit].finalized:
-            yield self.build(self.files[self.next_emit])
-            self.next_emit += 1
-
-    def build(self, f: _File) -> Record:
-        segments = [] if f.error else f.segments()
-        text = None
-        if f.error is None:
-            if f.summary is not None:
-                text = f.summary
-            elif self.spec.join == "summary" and len(segments) > 1:
-                text = format_segments(segments)
-            else:
-                text = self.spec.joiner.join(s.text.strip() for s in segments if s.text.strip())
-        duration = max((end for _, end in f.spans), default=None)
-        timings = {
-            "model_s": round(f.model_s, 4),
-            "summary_s": round(f.summary_s, 4),
-            "total_s": round(time.perf_counter() - f.started, 4),
-        }
-        return Record(
-            path=str(f.item.path),
-            task=self.spec.task,
-            prompt=self.spec.prompt,
-            text=text,
-            segments=segments,
-            duration=None if f.error else duration,
-            error=f.error,
-            model=self.identity,
-            options=self.options,
-            timings=timings,
-        )
-
-
 class _Progress:
     """Counts of a run, reported through the ``on_progress`` callback."""
 
@@ -326,67 +234,93 @@ def process(
 
         paths = [str(i.path) for i in items]
         chunks = Prefetcher(paths, chunking, max_chunks=prefetch_depth(batch_size))
-    records = _Records(
+    records = Assembler(
         items, spec, record_options(generation, chunking, spec), dict(model.identity)
     )
     batcher = Batcher(_audio_answerer(model, spec.prompt, generation), batch_size)
     summary = None
     if spec.summary_prompt is not None:
         summary = SummaryPass(model, spec.summary_prompt, generation)
+    try:
+        yield from _Run(records, batcher, summary, progress, batch_size).drive(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
-    def finish() -> Iterator[Record]:
-        waiting = records.needing_summary()
-        for i in range(0, len(waiting), batch_size):
-            group = waiting[i : i + batch_size]
-            assert summary is not None
-            for f, answer in zip(group, summary.run([f.segments() for f in group]), strict=True):
-                f.summary, f.summary_s = answer.text, answer.seconds
-                if answer.error is not None:
-                    f.fail(answer.error)
-        for record in records.due():
-            progress.counts["files_done"] += 1
-            progress.counts["files_failed"] += record.error is not None
-            progress.report("record", record)
-            yield record
 
-    def flush() -> None:
-        answers = batcher.flush()
+class _Run:
+    """One run's coordination: chunks go to the batcher, answers to their files, complete files
+    through the summary pass, and records out in input order."""
+
+    def __init__(
+        self,
+        records: Assembler,
+        batcher: Batcher,
+        summary: SummaryPass | None,
+        progress: _Progress,
+        batch_size: int,
+    ) -> None:
+        self.records, self.batcher, self.summary = records, batcher, summary
+        self.progress, self.batch_size = progress, batch_size
+
+    def drive(self, chunks: Iterable[Any]) -> Iterator[Record]:
+        for fc in chunks:
+            self.take(fc)
+            if self.batcher.full:
+                self.flush()
+                yield from self.finish()
+            elif fc.last:
+                yield from self.finish()
+        self.flush()
+        yield from self.finish()
+
+    def take(self, fc: Any) -> None:
+        """Register one ``FileChunk``: its chunk goes to the batcher, an error fails its file."""
+        f = self.records.file(fc.file_index)
+        if fc.error is not None:
+            f.fail(getattr(fc.error, "reason", None) or error_line(fc.error))
+            self.batcher.discard(fc.file_index)
+        elif fc.chunk is not None and f.error is None:
+            f.spans.append((float(fc.chunk.start), float(fc.chunk.end)))
+            self.batcher.add(fc.file_index, len(f.spans) - 1, fc.chunk.samples)
+        if fc.last:
+            f.n_chunks = len(f.spans)
+
+    def flush(self) -> None:
+        """Answer the queued chunks and hand each answer to its file."""
+        answers = self.batcher.flush()
         if not answers:
             return
+        counts = self.progress.counts
         for answer in answers:
-            f = records.files[answer.file]  # type: ignore[index]
+            f = self.records.files[answer.file]  # type: ignore[index]
             f.model_s += answer.model_s
             if answer.error is not None:
                 f.fail(answer.error)
             else:
                 f.texts[answer.key] = answer.text  # type: ignore[index,assignment]
             start, end = f.spans[answer.key]  # type: ignore[index]
-            progress.counts["chunks_done"] += 1
-            progress.counts["audio_seconds"] += end - start
-        progress.report("batch")
+            counts["chunks_done"] += 1
+            counts["audio_seconds"] += end - start
+        self.progress.report("batch")
 
-    try:
-        for fc in chunks:
-            f = records.file(fc.file_index)
-            if fc.error is not None:
-                f.fail(getattr(fc.error, "reason", None) or error_line(fc.error))
-                batcher.discard(fc.file_index)
-            elif fc.chunk is not None and f.error is None:
-                f.spans.append((float(fc.chunk.start), float(fc.chunk.end)))
-                batcher.add(fc.file_index, len(f.spans) - 1, fc.chunk.samples)
-            if fc.last:
-                f.n_chunks = len(f.spans)
-            if batcher.full:
-                flush()
-                yield from finish()
-            elif fc.last:
-                yield from finish()
-        flush()
-        yield from finish()
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+    def finish(self) -> Iterator[Record]:
+        """Run the summary pass over the files that need it, then yield every record now due."""
+        waiting = self.records.needing_summary()
+        for i in range(0, len(waiting), self.batch_size):
+            group = waiting[i : i + self.batch_size]
+            assert self.summary is not None  # needing_summary() is empty without a summary_prompt
+            answers = self.summary.run([f.segments() for f in group])
+            for f, answer in zip(group, answers, strict=True):
+                f.summary, f.summary_s = answer.text, answer.seconds
+                if answer.error is not None:
+                    f.fail(answer.error)
+        for record in self.records.due():
+            self.progress.counts["files_done"] += 1
+            self.progress.counts["files_failed"] += record.error is not None
+            self.progress.report("record", record)
+            yield record
 
 
 def _audio_answerer(model: EngineModel, prompt: str, options: GenerationOptions) -> Answer:
