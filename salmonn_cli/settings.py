@@ -1,8 +1,17 @@
-"""Model and run settings: flag > environment > config file > preset/default, each value with its origin.
+"""Typed settings of a command, built once from its Click values; flag > environment > config file > default.
 
-The config file is ``$XDG_CONFIG_HOME/salmonn/config.toml`` (default ``~/.config/salmonn/config.toml``;
-``SALMONN_CONFIG`` names another file), read with :mod:`tomllib` (Python 3.11+; on 3.10 the file is skipped
-with a warning). Keys: ``whisper``, ``beats``, ``llm``, ``checkpoint``, ``model``, ``device``, ``dtype``,
+:class:`TaskSettings` holds everything a task command was asked to do: :class:`ModelSettings` (which
+model, how to load it: any command with the model flags can build one and turn it into ``load_model``
+keyword arguments), :class:`InputSettings`, :class:`OutputSettings`, the decoding options
+(:func:`generation_options`: the ``GenerationOptions`` fields given as flags) and the chunking options
+(:func:`chunking_options`), and the batch size. Each value is checked once, by the same code whatever its
+source.
+
+The model components, preset, device, dtype and batch size may also come from the environment or the
+config file, each value with its origin (:func:`resolve`). The config file is
+``$XDG_CONFIG_HOME/salmonn/config.toml`` (default ``~/.config/salmonn/config.toml``; ``SALMONN_CONFIG``
+names another file), read with :mod:`tomllib` (Python 3.11+; on 3.10 the file is skipped with a
+warning). Keys: ``whisper``, ``beats``, ``llm``, ``checkpoint``, ``model``, ``device``, ``dtype``,
 ``batch_size``. Relative component paths in the file are relative to the file's folder.
 """
 
