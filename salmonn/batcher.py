@@ -77,23 +77,15 @@ class Batcher:
             return []
         start = time.perf_counter()
         try:
-            texts = self._answer([p.wave for p in batch])
+            texts = self.answer([p.wave for p in batch])
+            pairs = list(zip(batch, texts, strict=True))  # a wrong count fails the call too
         except Exception as exc:  # noqa: BLE001 - retried one by one below
             logger.warning(
                 "batch of %d chunks failed (%s); retrying one by one", len(batch), error_line(exc)
             )
             return self._one_by_one(batch)
         share = (time.perf_counter() - start) / len(batch)
-        return [
-            ChunkAnswer(p.file, p.key, text, None, share)
-            for p, text in zip(batch, texts, strict=True)
-        ]
-
-    def _answer(self, waves: list[Any]) -> list[str]:
-        texts = self.answer(waves)
-        if len(texts) != len(waves):
-            raise RuntimeError(f"model returned {len(texts)} results for {len(waves)} inputs")
-        return texts
+        return [ChunkAnswer(p.file, p.key, text, None, share) for p, text in pairs]
 
     def _one_by_one(self, batch: list[_Pending]) -> list[ChunkAnswer]:
         answers: list[ChunkAnswer] = []
@@ -104,7 +96,7 @@ class Batcher:
                 continue
             start = time.perf_counter()
             try:
-                text, error = self._answer([p.wave])[0], None
+                (text,), error = self.answer([p.wave]), None
             except Exception as exc:  # noqa: BLE001 - becomes this chunk's error
                 text, error = None, error_line(exc)
                 failed[p.file] = error
