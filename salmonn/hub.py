@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .constants import COMPONENTS
 from .errors import CheckpointError, ConfigError, name_some
 from .presets import (  # re-exported: the public names of salmonn.hub
-    COMPONENTS,
     FOLDER_COMPONENTS,
     PRESETS,
     HubSource,
@@ -225,16 +225,7 @@ def resolve_components(
         except NotCached as miss:
             missing.append(MissingComponent(c, parsed, explicit[c] is None, miss.absent))
     name = chosen.name if chosen else None
-    offline = hub_offline()
-    if missing and (offline or not download):
-        raise ComponentsNotFound(missing, cache=cache, preset=name, offline=offline)
-    for i, miss in enumerate(missing):
-        try:
-            paths[miss.component] = fetch(miss.component, miss.source, cache)
-        except FetchFailed as err:
-            raise ComponentsNotFound(
-                missing[i:], cache=cache, preset=name, offline=False, download_error=str(err)
-            ) from err.__cause__
+    paths.update(_download(missing, cache, name, download))
     return ResolvedComponents(**paths, preset=name)
 
 
@@ -254,15 +245,26 @@ def resolve_source(
         return from_cache(component, parsed, cache)
     except NotCached as miss:
         missing = [MissingComponent(component, parsed, False, miss.absent)]
+    return _download(missing, cache, None, download)[component]
+
+
+def _download(
+    missing: list[MissingComponent], cache: Path, preset: str | None, download: bool
+) -> dict[str, Path]:
+    """Fetch the ``missing`` components, in order; the first failure (or offline mode, or
+    ``download`` False) raises :class:`ComponentsNotFound` with those still missing."""
     offline = hub_offline()
-    if offline or not download:
-        raise ComponentsNotFound(missing, cache=cache, preset=None, offline=offline)
-    try:
-        return fetch(component, parsed, cache)
-    except FetchFailed as err:
-        raise ComponentsNotFound(
-            missing, cache=cache, preset=None, offline=False, download_error=str(err)
-        ) from err.__cause__
+    if missing and (offline or not download):
+        raise ComponentsNotFound(missing, cache=cache, preset=preset, offline=offline)
+    paths = {}
+    for i, miss in enumerate(missing):
+        try:
+            paths[miss.component] = fetch(miss.component, miss.source, cache)
+        except FetchFailed as err:
+            raise ComponentsNotFound(
+                missing[i:], cache=cache, preset=preset, offline=False, download_error=str(err)
+            ) from err.__cause__
+    return paths
 
 
 def _parse(component: str, source: Source) -> Path | HubSource:

@@ -17,12 +17,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import COMPONENTS, DEFAULT_LORA_SCALING
+from .constants import DEFAULT_LORA_SCALING
 from .errors import ConfigError
 
-FOLDER_COMPONENTS = frozenset(
-    {"whisper", "llm"}
-)  # Hugging Face model folders; the others are files
+# Hugging Face model folders; the other components are single files
+FOLDER_COMPONENTS = frozenset({"whisper", "llm"})
 REPO_TYPES = ("model", "space", "dataset")
 
 
