@@ -143,10 +143,24 @@ def _absent_files(
 def fetch(component: str, source: HubSource, cache: Path) -> Path:
     """Download what ``source`` needs into the cache; raises :class:`FetchFailed` (one line)."""
     import httpx2
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     kwargs = _hub_kwargs(source, cache)
+    where = f"cannot reach the hub at {constants.ENDPOINT}"
+    try:
+        # huggingface_hub sets no timeout on its API calls: a dropped network would hang for minutes.
+        # A first call with its own metadata timeout (HF_HUB_ETAG_TIMEOUT, 10 s) fails fast instead.
+        HfApi().repo_info(
+            source.repo_id,
+            repo_type=source.repo_type,
+            revision=source.revision,
+            timeout=constants.HF_HUB_ETAG_TIMEOUT,
+        )
+    except httpx2.TransportError as err:
+        raise FetchFailed(f"{where} ({first_line(err)})") from err
+    except HfHubHTTPError as err:
+        raise FetchFailed(first_line(err)) from err
     try:
         if source.filename:
             folder = snapshot_download(
@@ -170,9 +184,6 @@ def fetch(component: str, source: HubSource, cache: Path) -> Path:
                 **kwargs,
             )
     except LocalEntryNotFoundError as err:  # the hub could not be reached
-        from huggingface_hub import constants
-
-        where = f"cannot reach the hub at {constants.ENDPOINT}"
         raise FetchFailed(f"{where} ({first_line(err.__cause__ or err)})") from err
     except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
         raise FetchFailed(first_line(err)) from err
@@ -183,6 +194,7 @@ def fetch(component: str, source: HubSource, cache: Path) -> Path:
 
 
 def first_line(err: BaseException) -> str:
-    """``"Type: first line"``: the hub's errors put the cause first and advice after it."""
+    """``"Type: ..."`` with the first two lines of the message: the hub's errors put the status and
+    the cause first (``404 Client Error.`` / ``Repository Not Found for url: ...``), advice after."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return f"{type(err).__name__}: {' '.join(lines[:2])}" if lines else type(err).__name__

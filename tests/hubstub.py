@@ -3,7 +3,7 @@
 It answers the requests huggingface_hub's ``snapshot_download`` / ``hf_hub_download`` make (as read in
 huggingface_hub 2.4's ``hf_api.py`` and ``file_download.py``):
 
-* ``GET /api/{models,spaces,datasets}/{org}/{name}/revision/{rev}``: ``{"id", "sha", "siblings"}``;
+* ``GET /api/{models,spaces,datasets}/{org}/{name}[/revision/{rev}]``: ``{"id", "sha", "siblings"}``;
 * ``GET /api/.../{org}/{name}/tree/{rev}?recursive=...``: ``[{"type", "path", "size", "oid"}, ...]``;
 * ``HEAD`` / ``GET /[spaces/|datasets/]{org}/{name}/resolve/{rev}/{path}``: the file, with the headers
   ``X-Repo-Commit``, ``ETag`` and ``Content-Length``.
@@ -142,7 +142,9 @@ def _handler_for(hub: StubHub) -> type[BaseHTTPRequestHandler]:
             return key
 
         def _api(self, parts: list[str]) -> None:
-            # {models,spaces,datasets}/org/name/{revision,tree}/rev
+            # {models,spaces,datasets}/org/name[/{revision,tree}/rev]
+            if len(parts) == 3:
+                parts = [*parts, "revision", "main"]
             if len(parts) < 5 or parts[0] not in ("models", "spaces", "datasets"):
                 return self._not_found("EntryNotFound")
             key = self._repo(parts[0][:-1], parts[1], parts[2], parts[4])

@@ -231,7 +231,9 @@ def test_unknown_repository_is_one_line(stub, cache, monkeypatch):
     _use_hub(monkeypatch, stub.url, cache, offline=False)
     with pytest.raises(ComponentsNotFound) as info:
         hub.resolve_source("llm", "org/no-such-llm")
-    assert "RepositoryNotFoundError" in info.value.download_error and "\n" not in str(info.value)
+    said = info.value.download_error
+    assert said.startswith("RepositoryNotFoundError: 404 Client Error. Repository Not Found for url")
+    assert "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="has no salmonn_v9.pth"):
         hub.resolve_source("checkpoint", "tsinghua-ee/SALMONN:salmonn_v9.pth")
 
@@ -418,3 +420,19 @@ def test_process_unreachable_hub_is_quick_and_one_line(cache, tmp_path):
         "Error: could not download whisper"
     )
     assert "salmonn models download salmonn-7b` where the network works" in run.stderr
+
+
+def test_silent_hub_times_out(cache, monkeypatch):
+    """A hub that accepts connections and never answers (a dropped network) fails within the
+    metadata timeout, not after minutes."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the kernel; nothing ever reads or answers
+        _use_hub(monkeypatch, f"http://127.0.0.1:{silent.getsockname()[1]}", cache, offline=False)
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT", 1)
+        start = time.monotonic()
+        with pytest.raises(ComponentsNotFound) as info:
+            resolve_components("salmonn-7b")
+        assert time.monotonic() - start < 10
+    assert "cannot reach the hub" in info.value.download_error
+    assert "Timeout" in info.value.download_error and len(info.value.missing) == 4
