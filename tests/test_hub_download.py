@@ -232,7 +232,9 @@ def test_unknown_repository_is_one_line(stub, cache, monkeypatch):
     with pytest.raises(ComponentsNotFound) as info:
         hub.resolve_source("llm", "org/no-such-llm")
     said = info.value.download_error
-    assert said.startswith("RepositoryNotFoundError: 404 Client Error. Repository Not Found for url")
+    assert said.startswith(
+        "RepositoryNotFoundError: 404 Client Error. Repository Not Found for url"
+    )
     assert "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="has no salmonn_v9.pth"):
         hub.resolve_source("checkpoint", "tsinghua-ee/SALMONN:salmonn_v9.pth")
