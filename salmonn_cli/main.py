@@ -193,8 +193,9 @@ def prompt(
 
 def _register_helpers() -> None:
     from .helpers import dev, doctor, models, prompts
+    from .serve import serve
 
-    for command in (prompts, models, doctor, dev):
+    for command in (prompts, models, doctor, dev, serve):
         cli.add_command(command)
 
 

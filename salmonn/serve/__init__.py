@@ -1,0 +1,129 @@
+"""An OpenAI-compatible HTTP server for SALMONN (``salmonn serve``; needs ``salmonn[serve]``).
+
+Endpoints: ``/v1/chat/completions`` (text + one audio part), ``/v1/audio/transcriptions``,
+``/v1/audio/translations``, ``/v1/models``, ``/health``, ``/metrics``. Every request runs the
+library task API (:mod:`salmonn.tasks` over :func:`salmonn.engine.process`), so an answer equals the
+CLI's for the same file and settings; concurrent requests share one model worker that merges their
+model calls (:mod:`salmonn.serve.batcher`).
+
+Importing this package is cheap; FastAPI and uvicorn load in :func:`create_app` / :func:`run_server`::
+
+    from salmonn.serve import ServeConfig, run_server
+    run_server(ServeConfig(port=8000), lambda: salmonn.load_model(preset="salmonn-7b"))
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import DEFAULT_MODEL_NAME, ServeConfig
+
+SERVE_PACKAGES = {
+    "fastapi": "fastapi",
+    "uvicorn": "uvicorn",
+    "multipart": "python-multipart",
+    "prometheus_client": "prometheus-client",
+}
+SERVE_EXTRA_HINT = "pip install 'salmonn[serve]'"
+
+
+def missing_packages() -> list[str]:
+    """The distributions of the ``serve`` extra that cannot be imported (empty when all are there)."""
+    import importlib.util
+
+    return [dist for module, dist in SERVE_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def create_app(config: ServeConfig, load_model: Callable[[], Any], **callbacks: Any) -> Any:
+    """The FastAPI app (see :func:`salmonn.serve.app.create_app`)."""
+    from .app import create_app as _create_app
+
+    return _create_app(config, load_model, **callbacks)
+
+
+def run_server(
+    config: ServeConfig,
+    load_model: Callable[[], Any],
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Serve until SIGINT/SIGTERM, then return (requests in flight get up to
+    ``config.graceful_shutdown_s`` to finish; queued ones fail with 503).
+
+    ``load_model()`` runs once, after the server listens; ``on_ready(url)`` is called when it has
+    loaded. A failed load stops the server and is raised here.
+    """
+    import uvicorn
+
+    failures: list[BaseException] = []
+    holder: dict[str, Any] = {}
+
+    def ready() -> None:
+        server = holder["server"]
+        while not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if on_ready is not None and server.started:
+            on_ready(_url(server, config))
+
+    def failed(exc: BaseException) -> None:
+        failures.append(exc)
+        holder["server"].should_exit = True
+
+    app = create_app(config, load_model, on_ready=ready, on_error=failed)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=log_level,
+            log_config=None,
+            access_log=log_level in ("debug", "info"),
+            lifespan="on",
+            timeout_graceful_shutdown=int(config.graceful_shutdown_s),
+        )
+    )
+    holder["server"] = server
+    with _signals_end_quietly():
+        server.run()
+    if failures:
+        raise failures[0]
+
+
+class _signals_end_quietly:  # noqa: N801 - used as a context manager
+    """uvicorn re-raises the SIGINT/SIGTERM that stopped it once it has shut down; with the default
+    handlers that kills the process (exit -15) after a clean stop. Installed here as no-ops, those
+    re-raised signals end nothing, and the command exits 0."""
+
+    def __enter__(self) -> None:
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, lambda *_: None)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _url(server: Any, config: ServeConfig) -> str:
+    port = config.port
+    servers = getattr(server, "servers", None) or []
+    if servers and servers[0].sockets:
+        port = servers[0].sockets[0].getsockname()[1]
+    host = config.host if ":" not in config.host else f"[{config.host}]"
+    return f"http://{host}:{port}/v1"
+
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "SERVE_EXTRA_HINT",
+    "ServeConfig",
+    "create_app",
+    "missing_packages",
+    "run_server",
+]

@@ -1,0 +1,162 @@
+"""One request through the library task API: a :class:`~salmonn.tasks.Task` over one audio file.
+
+:class:`Service` owns the model worker (:class:`~salmonn.serve.batcher.Batcher`). Its methods run
+in a request's own thread and block until the answer is ready: :meth:`Service.run_task` runs the
+engine (chunking, the whole-recording pass, record assembly, as ``salmonn`` on the command line),
+:meth:`Service.run_text` asks the LLM without audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import GenerationOptions
+from ..errors import AudioError, PromptError, SalmonnError
+from ..records import Record
+from ..tasks import Task
+from .batcher import Batcher, BatchInfo, RequestModel, ServerClosing, Usage
+from .config import ServeConfig
+from .errors import APIError, bad_audio, bad_request, internal, too_large, unavailable
+from .media import AudioFile
+
+logger = logging.getLogger("salmonn.serve")
+
+
+@dataclass
+class Answer:
+    """A request's result: ``record`` (``None`` without audio), the final text, tokens, and why
+    the final answer stopped (``"stop"`` at EOS, ``"length"`` at the token limit)."""
+
+    text: str
+    usage: Usage
+    finish_reason: str
+    record: Record | None = None
+
+
+class Service:
+    """The model and its worker, shared by every request."""
+
+    def __init__(
+        self,
+        model: Any,
+        config: ServeConfig,
+        on_batch: Any = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.batcher = Batcher(
+            model,
+            max_batch_size=config.max_batch_size,
+            wait_s=config.batch_wait_ms / 1000.0,
+            on_batch=on_batch,
+        )
+        tokenizer = getattr(model, "tokenizer", None)
+        self.eos_id = getattr(tokenizer, "eos_id", None)
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    # -- requests ----------------------------------------------------------------------------------
+    def run_task(self, task: Task, audio: AudioFile, generation: GenerationOptions) -> Answer:
+        """Run ``task`` over the audio file exactly as the CLI does; raises :class:`APIError`."""
+        try:
+            spec = task.spec()
+        except PromptError as err:
+            raise bad_request(str(err), "messages") from None
+        self._check_duration(audio.path)
+        decode_errors: list[AudioError] = []
+        from ..engine import process
+        from ..inputs import InputItem
+
+        item = InputItem(audio.path, os.path.dirname(audio.path), os.path.basename(audio.path))
+        with RequestModel(self.batcher, self.model) as model:
+            records = process(
+                model,
+                [item],
+                spec,
+                chunking=self.config.chunking,
+                generation=generation,
+                batch_size=self.config.max_batch_size,
+                chunks=self._chunks(audio.path, decode_errors),
+            )
+            try:
+                record = next(iter(records))
+            finally:
+                records.close()
+            failure = model.failure
+        if record.error is not None:
+            if decode_errors:
+                raise bad_audio(f"the audio could not be decoded: {decode_errors[0].reason}")
+            raise self._model_error(failure, record.error)
+        text = record.text or ""
+        return Answer(text, model.usage, self._finish_reason(model.usage, generation), record)
+
+    def run_text(self, instruction: str, generation: GenerationOptions) -> Answer:
+        """The LLM's answer to ``instruction`` without audio (``USER: ...\\nASSISTANT:``)."""
+        with RequestModel(self.batcher, self.model) as model:
+            try:
+                result = model.generate_text([instruction], generation)[0]
+            except Exception as exc:  # noqa: BLE001 - mapped to an HTTP error
+                raise self._model_error(exc, str(exc)) from None
+        return Answer(result.text, model.usage, self._finish_reason(model.usage, generation))
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _check_duration(self, path: str) -> None:
+        from ..audio import probe
+
+        try:
+            info = probe(path)
+        except AudioError as err:
+            raise bad_audio(f"the audio could not be decoded: {err.reason}") from None
+        if not info.has_audio:
+            raise bad_audio("the file has no audio stream")
+        limit = self.config.max_audio_seconds
+        if info.duration is not None and info.duration > limit:
+            raise _too_long(info.duration, limit)
+
+    def _chunks(self, path: str, decode_errors: list[AudioError]) -> Iterator[Any]:
+        """The Prefetcher's chunks of ``path``; stops with 413 past ``max_audio_seconds``."""
+        from ..prefetch import Prefetcher
+
+        limit = self.config.max_audio_seconds
+        with Prefetcher(
+            [path], self.config.chunking, max_chunks=max(4, 2 * self.config.max_batch_size)
+        ) as chunks:
+            for fc in chunks:
+                if fc.error is not None:
+                    decode_errors.append(fc.error)
+                elif fc.chunk is not None and fc.chunk.end > limit:
+                    raise _too_long(fc.chunk.end, limit)
+                yield fc
+
+    def _model_error(self, exc: BaseException | None, message: str) -> APIError:
+        if isinstance(exc, APIError):
+            return exc
+        if isinstance(exc, ServerClosing):
+            return unavailable("the server is shutting down", code="shutting_down")
+        if isinstance(exc, SalmonnError):
+            return bad_request(message)
+        logger.error("model call failed: %s", message, exc_info=exc)
+        return internal()
+
+    def _finish_reason(self, usage: Usage, generation: GenerationOptions) -> str:
+        last = usage.last
+        ids = list(getattr(last, "token_ids", []) or [])
+        if ids and self.eos_id is not None and ids[-1] == self.eos_id:
+            return "stop"
+        return "length" if len(ids) >= generation.max_new_tokens else "stop"
+
+
+def _too_long(seconds: float, limit: float) -> APIError:
+    return too_large(
+        f"the audio lasts {seconds:.1f} s or more, over the server's limit of {limit:g} s "
+        "(--max-audio-seconds)",
+        code="audio_too_long",
+    )
+
+
+__all__ = ["Answer", "BatchInfo", "Service"]

@@ -1,0 +1,177 @@
+"""``salmonn serve``: the OpenAI-compatible HTTP server (the ``serve`` extra).
+
+The model and decoding flags are those of the task commands (the decoding flags set the server's
+defaults); the server itself lives in :mod:`salmonn.serve`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from .options import DECODING_OPTIONS, MODEL_OPTIONS, apply
+from .progress import Reporter, setup_logging
+from .settings import model_kwargs, resolve
+
+API_KEY_ENV = "SALMONN_API_KEY"
+
+
+def _option_name(option: Any) -> str:
+    def probe() -> None:
+        pass
+
+    option(probe)
+    return probe.__click_params__[-1].name  # type: ignore[attr-defined]
+
+
+# the task commands' model flags, less --batch-size (here --max-batch-size, across requests)
+_MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
+
+
+@click.command()
+@apply(_MODEL_OPTIONS)
+@apply(DECODING_OPTIONS)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--served-model-name",
+    metavar="NAME",
+    help="Model id of /v1/models and requests. [default: the preset name, or 'salmonn' when "
+    "the components are given by path]",
+)
+@click.option(
+    "--api-key",
+    envvar=API_KEY_ENV,
+    metavar="KEY",
+    help=f"Require 'Authorization: Bearer KEY' on /v1/*. [env {API_KEY_ENV}]",
+)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    metavar="N",
+    help="Most audio chunks (or text prompts) in one model call, across requests.",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="MS",
+    help="How long a model call waits for calls of other requests in flight.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    metavar="N",
+    help="Requests admitted at once; more get 503 with Retry-After.",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=100.0,
+    show_default=True,
+    metavar="MB",
+    help="Largest audio upload.",
+)
+@click.option(
+    "--max-audio-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600.0,
+    show_default=True,
+    metavar="S",
+    help="Longest audio accepted.",
+)
+@click.option(
+    "--allowed-local-media-path",
+    type=click.Path(exists=True, file_okay=False, resolve_path=True),
+    metavar="DIR",
+    help="Let requests name files under DIR with file:// URLs. [default: refused]",
+)
+@click.option("-v", "--verbose", count=True, help="Log to stderr (-v info and access log, -vv debug).")
+def serve(**params: Any) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (chat, transcriptions, translations).
+
+    Needs the serve extra: pip install 'salmonn[serve]'. Answers equal the task commands' for the
+    same file and settings; concurrent requests are batched into shared model calls.
+    """
+    from salmonn.serve import SERVE_EXTRA_HINT, missing_packages
+
+    missing = missing_packages()
+    if missing:
+        raise click.ClickException(
+            f"salmonn serve needs the serve extra ({', '.join(missing)} missing): {SERVE_EXTRA_HINT}"
+        )
+    setup_logging(params["verbose"])
+    reporter = Reporter(quiet=False)
+    config, load = _build(params, reporter)
+    from salmonn.serve import run_server
+
+    def ready(url: str) -> None:
+        click.echo(f"salmonn serve: ready at {url} (model {config.served_model_name!r})", err=True)
+
+    log_level = {0: "warning", 1: "info"}.get(params["verbose"], "debug")
+    run_server(config, load, on_ready=ready, log_level=log_level)
+    click.echo("salmonn serve: stopped", err=True)
+
+
+def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
+    """The server's config and the model loader, from the flags (checked before anything loads)."""
+    from salmonn.config import ChunkingOptions
+    from salmonn.errors import ConfigError
+    from salmonn.hub import PRESETS
+    from salmonn.serve import DEFAULT_MODEL_NAME, ServeConfig
+
+    from .run import build_options
+
+    settings = resolve(
+        {k: params.get(k) for k in ("whisper", "beats", "llm", "checkpoint", "model", "device", "dtype")},
+        warn=reporter.warn,
+    )
+    kwargs = model_kwargs(settings)
+    if kwargs["preset"] is not None and kwargs["preset"] not in PRESETS:
+        raise click.UsageError(
+            f"unknown model {kwargs['preset']!r}; choose from {', '.join(PRESETS)}"
+        )
+    if params["load_in_8bit"] and params["load_in_4bit"]:
+        raise click.UsageError("choose one of --load-in-8bit and --load-in-4bit")
+    generation, _ = build_options(params, reporter)
+    try:
+        config = ServeConfig(
+            host=params["host"],
+            port=params["port"],
+            served_model_name=params["served_model_name"] or kwargs["preset"] or DEFAULT_MODEL_NAME,
+            api_key=params["api_key"] or None,
+            max_batch_size=params["max_batch_size"],
+            batch_wait_ms=params["batch_wait_ms"],
+            max_queue=params["max_queue"],
+            max_upload_mb=params["max_upload_mb"],
+            max_audio_seconds=params["max_audio_seconds"],
+            allowed_local_media_path=params["allowed_local_media_path"],
+            generation=generation,
+            chunking=ChunkingOptions(),
+        )
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+
+    def load() -> Any:
+        from salmonn.checkpoint import load_model
+
+        if not params["verbose"]:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        return load_model(
+            **kwargs,
+            lora_scaling=params["lora_scaling"],
+            load_in_8bit=params["load_in_8bit"],
+            load_in_4bit=params["load_in_4bit"],
+        )
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return config, load
