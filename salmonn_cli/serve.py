@@ -93,7 +93,9 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
     metavar="DIR",
     help="Let requests name files under DIR with file:// URLs. [default: refused]",
 )
-@click.option("-v", "--verbose", count=True, help="Log to stderr (-v info and access log, -vv debug).")
+@click.option(
+    "-v", "--verbose", count=True, help="Log to stderr (-v info and access log, -vv debug)."
+)
 def serve(**params: Any) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (chat, transcriptions, translations).
 
@@ -130,7 +132,10 @@ def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
     from .run import build_options
 
     settings = resolve(
-        {k: params.get(k) for k in ("whisper", "beats", "llm", "checkpoint", "model", "device", "dtype")},
+        {
+            k: params.get(k)
+            for k in ("whisper", "beats", "llm", "checkpoint", "model", "device", "dtype")
+        },
         warn=reporter.warn,
     )
     kwargs = model_kwargs(settings)

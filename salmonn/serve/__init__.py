@@ -35,7 +35,9 @@ def missing_packages() -> list[str]:
     """The distributions of the ``serve`` extra that cannot be imported (empty when all are there)."""
     import importlib.util
 
-    return [dist for module, dist in SERVE_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    return [
+        dist for module, dist in SERVE_PACKAGES.items() if importlib.util.find_spec(module) is None
+    ]
 
 
 def create_app(config: ServeConfig, load_model: Callable[[], Any], **callbacks: Any) -> Any:
@@ -94,7 +96,7 @@ def run_server(
         raise failures[0]
 
 
-class _signals_end_quietly:  # noqa: N801 - used as a context manager
+class _signals_end_quietly:
     """uvicorn re-raises the SIGINT/SIGTERM that stopped it once it has shut down; with the default
     handlers that kills the process (exit -15) after a clean stop. Installed here as no-ops, those
     re-raised signals end nothing, and the command exits 0."""

@@ -25,7 +25,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import PromptError
 from ..tasks import TRANSCRIBE_LANGUAGES, make_task
 from .config import ServeConfig
-from .errors import APIError, bad_audio, bad_request, internal, queue_full, unauthorized, unavailable
+from .errors import (
+    APIError,
+    bad_audio,
+    bad_request,
+    internal,
+    queue_full,
+    unauthorized,
+    unavailable,
+)
 from .media import FORMATS, check_size, save
 from .metrics import CONTENT_TYPE, Metrics
 from .openai_api import (
@@ -198,7 +206,7 @@ def _sse(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _install_routes(app: FastAPI, state: _State) -> None:  # noqa: C901 - one closure per route
+def _install_routes(app: FastAPI, state: _State) -> None:
     config = state.config
     name = config.served_model_name
 
@@ -299,7 +307,7 @@ async def _chat_events(
         yield _sse(err.body())
         yield "data: [DONE]\n\n"
         return
-    except Exception as exc:  # noqa: BLE001 - the stream has started: report in band
+    except Exception as exc:
         logger.error("streamed request failed", exc_info=exc)
         yield _sse(internal().body())
         yield "data: [DONE]\n\n"
@@ -355,7 +363,9 @@ async def _audio_work(
             try:
                 body["temperature"] = float(temperature)
             except ValueError:
-                raise bad_request(f"temperature must be a number, got {temperature!r}", "temperature") from None
+                raise bad_request(
+                    f"temperature must be a number, got {temperature!r}", "temperature"
+                ) from None
         options = decoding_options(body, config.generation)
         try:
             if task_name == "transcribe":
@@ -363,7 +373,9 @@ async def _audio_work(
             else:
                 task = make_task("translate", to=_field(form, "to_language", "zh"))
         except PromptError as err:
-            raise bad_request(str(err), "to_language" if task_name == "translate" else "language") from None
+            raise bad_request(
+                str(err), "to_language" if task_name == "translate" else "language"
+            ) from None
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise bad_request("the form needs a file field with the audio", "file")

@@ -236,6 +236,13 @@ class Batcher:
         if len(results) != len(prompts):
             raise RuntimeError(f"model returned {len(results)} results for {len(prompts)} inputs")
         seconds = time.perf_counter() - t
+        logger.debug(
+            "model call: %s x%d from %d request(s) in %.3f s",
+            first.kind,
+            len(prompts),
+            len(batch),
+            seconds,
+        )
         start = 0
         for call in batch:
             call.results = list(results[start : start + call.size])
@@ -267,10 +274,11 @@ class RequestModel:
         self._model = model
         self.identity = dict(getattr(model, "identity", {}) or {})
         self.usage = Usage()
-        self.failure: BaseException | None = None  # the last model-call error (the engine keeps a line)
+        # the last model-call error (the engine's record keeps only its line)
+        self.failure: BaseException | None = None
         self._request = 0
 
-    def __enter__(self) -> RequestModel:
+    def __enter__(self) -> RequestModel:  # noqa: PYI034
         self._request = self._batcher.open_request()
         return self
 

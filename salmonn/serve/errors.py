@@ -24,7 +24,7 @@ class APIError(SalmonnError):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+        type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
@@ -92,9 +92,7 @@ def queue_full(retry_after_s: int = 1) -> APIError:
 
 
 def unavailable(message: str, code: str = "unavailable") -> APIError:
-    return APIError(
-        503, message, type="server_error", code=code, headers={"Retry-After": "1"}
-    )
+    return APIError(503, message, type="server_error", code=code, headers={"Retry-After": "1"})
 
 
 def internal() -> APIError:
