@@ -6,14 +6,18 @@ defaults); the server itself lives in :mod:`salmonn.serve`.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
 
 from .options import DECODING_OPTIONS, MODEL_OPTIONS, apply
 from .progress import Reporter, setup_logging
-from .settings import model_kwargs, resolve
+from .settings import (
+    ModelSettings,
+    SettingsError,
+    generation_options,
+    sampling_without_do_sample,
+)
 
 API_KEY_ENV = "SALMONN_API_KEY"
 
@@ -124,33 +128,18 @@ def serve(**params: Any) -> None:
 
 def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
     """The server's config and the model loader, from the flags (checked before anything loads)."""
-    from salmonn.config import ChunkingOptions
     from salmonn.errors import ConfigError
-    from salmonn.hub import PRESETS
     from salmonn.serve import DEFAULT_MODEL_NAME, ServeConfig
 
-    from .run import build_options
+    from .run import load_model
 
-    settings = resolve(
-        {
-            k: params.get(k)
-            for k in ("whisper", "beats", "llm", "checkpoint", "model", "device", "dtype")
-        },
-        warn=reporter.warn,
-    )
-    kwargs = model_kwargs(settings)
-    if kwargs["preset"] is not None and kwargs["preset"] not in PRESETS:
-        raise click.UsageError(
-            f"unknown model {kwargs['preset']!r}; choose from {', '.join(PRESETS)}"
-        )
-    if params["load_in_8bit"] and params["load_in_4bit"]:
-        raise click.UsageError("choose one of --load-in-8bit and --load-in-4bit")
-    generation, _ = build_options(params, reporter)
     try:
+        model = ModelSettings.from_params(params, warn=reporter.warn)
+        generation = generation_options(params)
         config = ServeConfig(
             host=params["host"],
             port=params["port"],
-            served_model_name=params["served_model_name"] or kwargs["preset"] or DEFAULT_MODEL_NAME,
+            served_model_name=params["served_model_name"] or model.preset or DEFAULT_MODEL_NAME,
             api_key=params["api_key"] or None,
             max_batch_size=params["max_batch_size"],
             batch_wait_ms=params["batch_wait_ms"],
@@ -159,24 +148,14 @@ def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
             max_audio_seconds=params["max_audio_seconds"],
             allowed_local_media_path=params["allowed_local_media_path"],
             generation=generation,
-            chunking=ChunkingOptions(),
         )
-    except ConfigError as err:
+    except (SettingsError, ConfigError) as err:
         raise click.UsageError(str(err)) from None
+    sampling = sampling_without_do_sample(params, generation)
+    if sampling:
+        reporter.warn(f"{', '.join(sampling)} only matter with --do-sample (as defaults)")
 
     def load() -> Any:
-        from salmonn.checkpoint import load_model
+        return load_model(model, verbose=params["verbose"], quiet=True)
 
-        if not params["verbose"]:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-        return load_model(
-            **kwargs,
-            lora_scaling=params["lora_scaling"],
-            load_in_8bit=params["load_in_8bit"],
-            load_in_4bit=params["load_in_4bit"],
-        )
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return config, load
