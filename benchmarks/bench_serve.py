@@ -69,7 +69,9 @@ def _serve(args: argparse.Namespace) -> None:
         max_queue=max(64, args.requests),
         generation=GenerationOptions(max_new_tokens=args.new_tokens, num_beams=args.num_beams),
     )
-    run_server(config, load, on_ready=lambda url: print(f"ready {url}", file=sys.stderr, flush=True))
+    run_server(
+        config, load, on_ready=lambda url: print(f"ready {url}", file=sys.stderr, flush=True)
+    )
 
 
 # ---------------------------------------------------------------------------------------- client
@@ -152,7 +154,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "role": "user",
                         "content": [
                             {"type": "text", "text": INSTRUCTION},
-                            {"type": "input_audio", "input_audio": {"data": clips[i], "format": "wav"}},
+                            {
+                                "type": "input_audio",
+                                "input_audio": {"data": clips[i], "format": "wav"},
+                            },
                         ],
                     }
                 ],

@@ -22,11 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import openai
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-
-openai = pytest.importorskip("openai")
 
 from salmonn_cli.main import cli
 
