@@ -1,6 +1,7 @@
-"""Generation over ``inputs_embeds`` with transformers-4.28 semantics, exact per item (spec §8.2).
+"""Generation over ``inputs_embeds`` with transformers-4.28 semantics, exact per item.
 
-The original calls transformers 4.28 ``generate(inputs_embeds=...)``. What decides its output:
+The original calls transformers 4.28 ``generate(inputs_embeds=...)`` (see docs/original-model.md,
+"Generation"). What decides its output:
 
 * the bookkeeping ids start as ``[[BOS]]`` (a dummy BOS that is never fed), so ``max_length`` is
   ``max_new_tokens + 1`` and beam-hypothesis lengths count that BOS;
@@ -12,13 +13,26 @@ The original calls transformers 4.28 ``generate(inputs_embeds=...)``. What decid
 Two reference bugs are fixed on purpose, so that a batched item gives what it gives alone: the beam
 "done" test uses ``cur_len + 1`` for every item (4.28 uses ``cur_len + k`` for the k-th unfinished
 item), and a greedy row stops on its own EOS (the reference stops the whole batch on row 0's EOS).
-Finished items are dropped from the running batch, which changes nothing for the others.
+
+Two ways to run the LM (the search itself is the same code in both):
+
+* fast (default): a LLaMA-shaped LM decodes through :class:`salmonn.kvcache.LlamaStepper`, which
+  keeps each item's prompt keys/values once for all its beams and only reorders the short generated
+  part when beams swap; the prompt is prefilled once per item. Finished items leave the batch and,
+  with :class:`Decoder`, new items join a running batch (continuous batching). Results equal the
+  exact mode's up to floating-point rounding (SDPA prefill, a different attention reduction order).
+* exact (``exact=True``): the original's arithmetic and shapes: one item at a time, transformers'
+  own forward with 4.28 eager attention, and step 0 of beam search on the prompt repeated
+  ``num_beams`` times.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,10 +41,11 @@ from torch import Tensor
 from .config import GenerationOptions
 from .errors import ConfigError
 
-__all__ = ["generate_ids"]
+__all__ = ["Decoder", "generate_ids", "exact_attention"]
 
 _BEAM_INIT = -1e9  # 4.28: every beam but the first starts here, so step 0 expands beam 0 only
 _WORST_INIT = 1e9  # 4.28 BeamHypotheses.worst_score before any hypothesis
+EXACT_ATTENTION = "salmonn_exact"  # transformers attention-interface name of the 4.28 arithmetic
 
 
 def generate_ids(
@@ -43,6 +58,7 @@ def generate_ids(
     pad_token_id: int = 0,
     embed_tokens: Callable[[Tensor], Tensor],
     bos_token_id: int = 1,
+    exact: bool = False,
 ) -> list[list[int]]:
     """Generate token ids for each item of a left-padded batch of embedding sequences.
 
@@ -58,6 +74,7 @@ def generate_ids(
         embed_tokens: maps ids [N, 1] to embeddings [N, 1, D] (the LM's input table).
         bos_token_id: the dummy BOS that starts the bookkeeping ids (only the repetition penalty
             sees it).
+        exact: the original's arithmetic and shapes (see the module docstring); slower.
 
     Returns:
         Per item, the generated ids without the dummy BOS; they end with ``eos_token_id`` when the
@@ -65,13 +82,19 @@ def generate_ids(
     """
     del pad_token_id  # finished rows leave the running batch instead of being padded
     _check_inputs(inputs_embeds, attention_mask)
-    generator = _make_generator(options, inputs_embeds.device)
-    runner = _Runner(lm, embed_tokens)
-    with torch.inference_mode():
-        logits = runner.prefill(inputs_embeds, attention_mask)
-        if options.num_beams == 1:
-            return _decode_single(runner, logits, options, eos_token_id, bos_token_id, generator)
-        return _decode_beams(runner, logits, options, eos_token_id, bos_token_id, generator)
+    kwargs = {"eos_token_id": eos_token_id, "bos_token_id": bos_token_id}
+    if exact:
+        results = []
+        for b in range(inputs_embeds.shape[0]):  # the original: one item per generate call
+            real = attention_mask[b].bool()
+            decoder = Decoder(lm, options, embed_tokens=embed_tokens, exact=True, **kwargs)
+            decoder.add([b], inputs_embeds[b : b + 1, real], attention_mask[b : b + 1, real])
+            results.append(dict(decoder.run())[b])
+        return results
+    decoder = Decoder(lm, options, embed_tokens=embed_tokens, **kwargs)
+    decoder.add(list(range(inputs_embeds.shape[0])), inputs_embeds, attention_mask)
+    done = dict(decoder.run())
+    return [done[b] for b in range(inputs_embeds.shape[0])]
 
 
 def _check_inputs(inputs_embeds: Tensor, attention_mask: Tensor) -> None:
@@ -98,22 +121,110 @@ def _make_generator(options: GenerationOptions, device: torch.device) -> torch.G
     return generator
 
 
-class _Runner:
-    """Runs the LM one step at a time over a KV cache whose rows can be reordered or dropped."""
+# --------------------------------------------------------------------------------------------------
+# Exact attention: the transformers-4.28 LLaMA eager arithmetic
 
-    def __init__(self, lm: Any, embed_tokens: Callable[[Tensor], Tensor]) -> None:
+
+def _attention_428(
+    module: Any,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    """4.28 LLaMA eager attention: QK^T divided by sqrt(head_dim) (not multiplied by its inverse),
+    the additive mask, a floor at the dtype's minimum, softmax in float32 cast back, then PV.
+
+    See docs/original-model.md, "Prompt and LLM".
+    """
+    del scaling, dropout, kwargs
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    weights = torch.matmul(query, key.transpose(2, 3)) / math.sqrt(query.shape[-1])
+    if attention_mask is not None:
+        weights = weights + attention_mask
+        floor = torch.tensor(torch.finfo(weights.dtype).min, device=weights.device)
+        weights = torch.max(weights, floor)
+    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+_REGISTERED = False
+
+
+def _register_exact_attention() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(EXACT_ATTENTION, _attention_428)
+    AttentionMaskInterface.register(EXACT_ATTENTION, eager_mask)
+    _REGISTERED = True
+
+
+def _base_model(lm: Any) -> Any:
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
+@contextlib.contextmanager
+def exact_attention(lm: Any) -> Iterator[None]:
+    """Within the block, ``lm`` (a transformers model) attends with the 4.28 eager arithmetic."""
+    config = getattr(_base_model(lm), "config", None)
+    if config is None or not hasattr(config, "_attn_implementation"):
+        yield
+        return
+    _register_exact_attention()
+    before = config._attn_implementation
+    config._attn_implementation = EXACT_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+# --------------------------------------------------------------------------------------------------
+# Runners: prefill new items, feed one token per row, keep / reorder rows
+
+
+class _HFRunner:
+    """transformers' own forward over its KV cache (any causal LM; the exact mode).
+
+    Holds one batch: items are added once, before the first step.
+    """
+
+    def __init__(self, lm: Any, embed_tokens: Callable[[Tensor], Tensor], exact: bool) -> None:
         self.lm = lm
         self.embed_tokens = embed_tokens
+        self.exact = exact
         self.cache_kwarg = _cache_kwarg(lm)
         self.cache: Any = None
         self.mask: Tensor | None = None
+        self.can_join = False
 
-    def prefill(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
-        """Step 0 over the prompt [N, L, D]; returns the last position's logits [N, V] float32."""
+    def add(self, inputs_embeds: Tensor, attention_mask: Tensor, rows_per_item: int) -> Tensor:
+        """Prefill [N, L, D]; returns [N*rows_per_item, V] float32 next-token logits."""
+        if self.mask is not None:
+            raise RuntimeError("this runner takes its items once, before the first step")
         mask = attention_mask.long()
+        if self.exact and rows_per_item > 1:  # 4.28 runs step 0 on the prompt expanded per beam
+            inputs_embeds = inputs_embeds.repeat_interleave(rows_per_item, dim=0)
+            mask = mask.repeat_interleave(rows_per_item, dim=0)
         position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # 4.28 Llama prepare_inputs
         self.mask = mask
-        return self._forward(inputs_embeds, position_ids)
+        logits = self._forward(inputs_embeds, position_ids)
+        if rows_per_item > 1 and not self.exact:
+            self.cache.batch_repeat_interleave(rows_per_item)
+            self.mask = self.mask.repeat_interleave(rows_per_item, dim=0)
+            logits = logits.repeat_interleave(rows_per_item, dim=0)
+        return logits
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed one token per row ([N] ids); returns the next logits [N, V] float32."""
@@ -123,33 +234,34 @@ class _Runner:
         embeds = self.embed_tokens(tokens[:, None])  # [N, 1, D]
         return self._forward(embeds, position_ids)
 
-    def repeat(self, times: int) -> None:
-        """Repeat every row ``times`` times (row r becomes rows r*times .. r*times + times-1)."""
-        assert self.mask is not None
-        self.cache.batch_repeat_interleave(times)
-        self.mask = self.mask.repeat_interleave(times, dim=0)
-
-    def select(self, rows: Tensor) -> None:
+    def select(self, rows: Tensor, items: Tensor) -> None:
         """Keep / reorder rows: new row i is old row ``rows[i]``."""
+        del items
         assert self.mask is not None
+        if rows.shape[0] == self.mask.shape[0] and bool(
+            (rows == torch.arange(rows.shape[0], device=rows.device)).all()
+        ):
+            return
         self.cache.reorder_cache(rows)
         self.mask = self.mask.index_select(0, rows.to(self.mask.device))
 
     def _forward(self, inputs_embeds: Tensor, position_ids: Tensor) -> Tensor:
-        out = self.lm(
-            inputs_embeds=inputs_embeds,
-            attention_mask=self.mask,
-            position_ids=position_ids,
-            use_cache=True,
-            **{self.cache_kwarg: self.cache},
-        )
+        context = exact_attention(self.lm) if self.exact else contextlib.nullcontext()
+        with context:
+            out = self.lm(
+                inputs_embeds=inputs_embeds,
+                attention_mask=self.mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **{self.cache_kwarg: self.cache},
+            )
         self.cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         return out.logits[:, -1, :].float()
 
 
 def _cache_kwarg(lm: Any) -> str:
     """``cache`` for transformers >= 5.x that renamed it, else ``past_key_values``."""
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    base = _base_model(lm)
     try:
         params = inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
@@ -157,12 +269,25 @@ def _cache_kwarg(lm: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _make_runner(lm: Any, embed_tokens: Callable[[Tensor], Tensor], exact: bool) -> Any:
+    if not exact:
+        from .kvcache import LlamaStepper
+
+        stepper = LlamaStepper.maybe(lm, embed_tokens)
+        if stepper is not None:
+            return stepper
+    return _HFRunner(lm, embed_tokens, exact)
+
+
 # --------------------------------------------------------------------------------------------------
 # Logits processors and warpers (4.28 order: processors, then temperature, top-k, top-p)
 
 
 def _repetition_penalty(scores: Tensor, ids: Tensor, penalty: float) -> Tensor:
-    """4.28 RepetitionPenaltyLogitsProcessor: scores [N, V], ids [N, T] (dummy BOS included)."""
+    """4.28 RepetitionPenaltyLogitsProcessor: scores [N, V], ids [N, T] (dummy BOS included).
+
+    ``ids`` may be right-padded with BOS: BOS is in every history, so padding changes nothing.
+    """
     if penalty == 1.0:
         return scores
     picked = scores.gather(1, ids)
@@ -170,16 +295,21 @@ def _repetition_penalty(scores: Tensor, ids: Tensor, penalty: float) -> Tensor:
     return scores.scatter(1, ids, picked)
 
 
-def _processors(scores: Tensor, ids: Tensor, options: GenerationOptions, eos: int) -> Tensor:
+def _processors(
+    scores: Tensor, ids: Tensor, lengths: Tensor, options: GenerationOptions, eos: int
+) -> Tensor:
     """4.28 logits processors in order: repetition penalty, then min length.
 
-    ``ids`` [N, T] hold the dummy BOS, so ``T`` is 4.28's ``cur_len``: EOS is banned while
-    ``T < min_length`` (``min_length=1``, the original's setting, never bans it).
+    ``ids`` [N, T] hold the dummy BOS (right-padded with it); ``lengths`` [N] are 4.28's
+    ``cur_len`` per row: EOS is banned while ``cur_len < min_length`` (``min_length=1``, the
+    original's setting, never bans it).
     """
     scores = _repetition_penalty(scores, ids, options.repetition_penalty)
-    if ids.shape[1] < options.min_length:
-        scores = scores.clone()
-        scores[:, eos] = -float("inf")
+    if options.min_length > 1:
+        short = lengths < options.min_length
+        if bool(short.any()):
+            scores = scores.clone()
+            scores[short, eos] = -float("inf")
     return scores
 
 
@@ -202,46 +332,7 @@ def _warp(scores: Tensor, options: GenerationOptions, min_keep: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Greedy and sampling (num_beams == 1)
-
-
-def _decode_single(
-    runner: _Runner,
-    logits: Tensor,
-    options: GenerationOptions,
-    eos: int,
-    bos: int,
-    generator: torch.Generator | None,
-) -> list[list[int]]:
-    """4.28 greedy_search / sample; a row leaves the batch after its EOS. logits: [B, V], step 0."""
-    batch = logits.shape[0]
-    results: list[list[int]] = [[] for _ in range(batch)]
-    items = torch.arange(batch)  # item of each running row
-    history = torch.full((batch, 1), bos, dtype=torch.long, device=logits.device)
-    for step in range(options.max_new_tokens):
-        scores = _processors(logits, history, options, eos)
-        if options.do_sample:
-            probs = _warp(scores, options, min_keep=1).softmax(dim=-1)
-            tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
-        else:
-            tokens = scores.argmax(dim=-1)
-        for item, token in zip(items.tolist(), tokens.tolist()):
-            results[item].append(token)
-        running = tokens != eos
-        if step + 1 == options.max_new_tokens or not bool(running.any()):
-            break
-        if not bool(running.all()):
-            keep = running.nonzero().squeeze(1)
-            runner.select(keep)
-            items, tokens = items[keep.cpu()], tokens[keep]
-            history = history[keep]
-        history = torch.cat([history, tokens[:, None]], dim=1)
-        logits = runner.step(tokens)
-    return results
-
-
-# --------------------------------------------------------------------------------------------------
-# Beam search and beam-sample (num_beams > 1)
+# Beam hypotheses
 
 
 class _Hypotheses:
@@ -275,121 +366,236 @@ class _Hypotheses:
         return sorted(self.beams, key=lambda beam: beam[0])[-1][1]
 
 
-def _decode_beams(
-    runner: _Runner,
-    logits: Tensor,
-    options: GenerationOptions,
-    eos: int,
-    bos: int,
-    generator: torch.Generator | None,
-) -> list[list[int]]:
-    """4.28 beam_search / beam_sample with BeamSearchScorer. logits: [B, V] from step 0."""
-    batch, num_beams = logits.shape[0], options.num_beams
-    max_length = options.max_new_tokens + 1  # the dummy BOS counts
-    hyps = [_Hypotheses(num_beams, options.length_penalty) for _ in range(batch)]
-    runner.repeat(num_beams)  # the prompt ran once per item; its cache is shared by the beams
-    logits = logits.repeat_interleave(num_beams, dim=0)  # [N*nb, V]
-    items = list(range(batch))  # running items, in row-block order
-    seqs = torch.full((batch * num_beams, 1), bos, dtype=torch.long, device=logits.device)
-    beam_scores = torch.zeros(batch, num_beams, device=logits.device)
-    if not options.do_sample:  # 4.28 beam_sample starts every beam at 0
-        beam_scores[:, 1:] = _BEAM_INIT
-    beam_scores = beam_scores.view(-1)
-    while True:
-        candidates = _candidates(logits, seqs, beam_scores, options, generator, eos)
-        rows, tokens, scores, items = _process(hyps, items, seqs, *candidates, eos)
-        seqs = torch.cat([seqs[rows], tokens[:, None]], dim=1)
-        beam_scores = scores
-        if not items or seqs.shape[1] >= max_length:
-            break
-        runner.select(rows)
-        logits = runner.step(tokens)
-    for k, item in enumerate(items):  # 4.28 finalize: unfinished items add their running beams
-        for row in range(k * num_beams, (k + 1) * num_beams):
-            hyps[item].add(seqs[row].tolist(), beam_scores[row].item())
-    results = []
-    for item_hyps in hyps:
-        best = item_hyps.best()
-        results.append(best[1:] + [eos] if len(best) < max_length else best[1:])
-    return results
+# --------------------------------------------------------------------------------------------------
+# The decoder: one running batch whose items may finish and join at any step
 
 
-def _candidates(
-    logits: Tensor,
-    seqs: Tensor,
-    beam_scores: Tensor,
-    options: GenerationOptions,
-    generator: torch.Generator | None,
-    eos: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Score the next tokens of every beam and pick 2*num_beams candidates per item, best first.
+@dataclass
+class _Item:
+    key: Hashable
+    length: int = 1  # 4.28 cur_len: the dummy BOS plus the generated ids
+    hyps: _Hypotheses | None = None
+    ids: list[int] = field(default_factory=list)  # greedy / sampling: generated ids so far
 
-    logits [N*nb, V], seqs [N*nb, T], beam_scores [N*nb] -> (scores, tokens, beam) each [N, 2*nb],
-    where ``beam`` is the candidate's beam within its item.
+
+class Decoder:
+    """Greedy, sampling, beam search or beam-sample over a running batch of items.
+
+    Items join with :meth:`add` (their prompt is prefilled at once) and leave when they finish;
+    :meth:`step` advances every running item by one token. Each item's ids equal what it gives
+    alone (beam bookkeeping is per item; rows never see each other). With a LLaMA-shaped LM in the
+    fast mode, items can join a batch that is already decoding (continuous batching); otherwise
+    every item must be added before the first step.
+
+    ``decoder.add(keys, embeds, mask)`` then ``for key, ids in decoder.run(): ...``, or
+    ``finished = decoder.step()`` repeatedly while ``decoder.running``.
     """
-    num_beams = options.num_beams
-    scores = torch.log_softmax(logits, dim=-1)
-    scores = _processors(scores, seqs, options, eos)
-    scores = scores + beam_scores[:, None]
-    vocab = scores.shape[-1]
-    if options.do_sample:  # 4.28 beam_sample: warp the running sums, sample without replacement
-        scores = _warp(scores, options, min_keep=2).view(-1, num_beams * vocab)
-        picked = torch.multinomial(scores.softmax(dim=-1), 2 * num_beams, generator=generator)
-        top_scores, order = torch.sort(scores.gather(1, picked), descending=True, dim=1)
-        top_ids = picked.gather(1, order)
-    else:
-        top_scores, top_ids = torch.topk(scores.view(-1, num_beams * vocab), 2 * num_beams, dim=1)
-    return top_scores, top_ids % vocab, top_ids // vocab
 
+    def __init__(
+        self,
+        lm: Any,
+        options: GenerationOptions,
+        *,
+        eos_token_id: int,
+        embed_tokens: Callable[[Tensor], Tensor],
+        bos_token_id: int = 1,
+        exact: bool = False,
+    ) -> None:
+        self.options = options
+        self.eos, self.bos = eos_token_id, bos_token_id
+        self.num_beams = options.num_beams
+        self.max_length = options.max_new_tokens + 1  # the dummy BOS counts
+        self.runner = _make_runner(lm, embed_tokens, exact)
+        self.items: list[_Item] = []  # running items, in row-block order
+        self.logits: Tensor | None = None  # [R, V] next-token logits of the running rows
+        self.seqs: Tensor | None = None  # [R, max_length] ids, right-padded with BOS
+        self.beam_scores: Tensor | None = None  # [R]
+        self.generator: torch.Generator | None = None
+        self._generator_ready = False
 
-def _process(
-    hyps: list[_Hypotheses],
-    items: list[int],
-    seqs: Tensor,
-    cand_scores: Tensor,
-    cand_tokens: Tensor,
-    cand_beams: Tensor,
-    eos: int,
-) -> tuple[Tensor, Tensor, Tensor, list[int]]:
-    """4.28 BeamSearchScorer.process for the running items; items that become done are dropped.
+    @property
+    def running(self) -> int:
+        """Items in the batch."""
+        return len(self.items)
 
-    Returns (rows [M*nb] into the current rows, next tokens [M*nb], next beam scores [M*nb],
-    the M items still running).
-    """
-    num_beams = cand_scores.shape[1] // 2
-    cur_len = seqs.shape[1]
-    all_scores, all_tokens = cand_scores.tolist(), cand_tokens.tolist()
-    all_beams = cand_beams.tolist()
-    rows: list[int] = []
-    tokens: list[int] = []
-    scores: list[float] = []
-    still_running: list[int] = []
-    for k, item in enumerate(items):
+    @property
+    def rows(self) -> int:
+        """Rows in the batch (``running * num_beams``)."""
+        return len(self.items) * self.num_beams
+
+    @property
+    def can_join(self) -> bool:
+        """Whether :meth:`add` is allowed now (always before the first step)."""
+        return self.logits is None or bool(getattr(self.runner, "can_join", False))
+
+    def add(self, keys: list[Hashable], inputs_embeds: Tensor, attention_mask: Tensor) -> None:
+        """Prefill new items ([N, L, D] left-padded, mask [N, L]); they decode from the next step."""
+        _check_inputs(inputs_embeds, attention_mask)
+        if len(keys) != inputs_embeds.shape[0]:
+            raise ConfigError(f"{len(keys)} keys for {inputs_embeds.shape[0]} items")
+        if not self.can_join:
+            raise RuntimeError("this LM cannot take new items into a running batch")
+        device = inputs_embeds.device
+        if not self._generator_ready:
+            self.generator = _make_generator(self.options, device)
+            self._generator_ready = True
+        nb = self.num_beams
+        with torch.inference_mode():
+            logits = self.runner.add(inputs_embeds, attention_mask, nb)
+        new_rows = len(keys) * nb
+        seqs = torch.full((new_rows, self.max_length), self.bos, dtype=torch.long, device=device)
+        scores = torch.zeros(len(keys), nb, device=device)
+        if nb > 1 and not self.options.do_sample:  # 4.28 beam_sample starts every beam at 0
+            scores[:, 1:] = _BEAM_INIT
+        for key in keys:
+            hyps = _Hypotheses(nb, self.options.length_penalty) if nb > 1 else None
+            self.items.append(_Item(key, hyps=hyps))
+        if self.logits is None:
+            self.logits, self.seqs, self.beam_scores = logits, seqs, scores.view(-1)
+        else:
+            assert self.seqs is not None and self.beam_scores is not None
+            self.logits = torch.cat([self.logits, logits])
+            self.seqs = torch.cat([self.seqs, seqs])
+            self.beam_scores = torch.cat([self.beam_scores, scores.view(-1)])
+
+    def step(self) -> list[tuple[Hashable, list[int]]]:
+        """Choose every running item's next token; returns the items that finished, with ids."""
+        if not self.items:
+            return []
+        with torch.inference_mode():
+            if self.num_beams == 1:
+                finished, rows, tokens = self._step_single()
+            else:
+                finished, rows, tokens = self._step_beams()
+            kept = rows.view(-1, self.num_beams)[:, 0] // self.num_beams
+            if self.items:
+                self.runner.select(rows, kept)
+                self.logits = self.runner.step(tokens)
+            else:
+                if self.runner.can_join:
+                    self.runner.select(rows, kept)  # empties the runner for later items
+                assert self.logits is not None
+                self.logits = self.logits[:0]
+        return finished
+
+    def run(self) -> Iterator[tuple[Hashable, list[int]]]:
+        """Step until every item has finished, yielding ``(key, ids)`` as they finish."""
+        while self.items:
+            yield from self.step()
+
+    # -- greedy and sampling (num_beams == 1) ----------------------------------------------------
+    def _step_single(self) -> tuple[list[tuple[Hashable, list[int]]], Tensor, Tensor]:
+        assert self.logits is not None and self.seqs is not None
+        options = self.options
+        lengths = torch.tensor([item.length for item in self.items], device=self.seqs.device)
+        scores = _processors(self.logits, self.seqs, lengths, options, self.eos)
+        if options.do_sample:
+            probs = _warp(scores, options, min_keep=1).softmax(dim=-1)
+            tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        else:
+            tokens = scores.argmax(dim=-1)
+        finished, keep = [], []
+        for row, (item, token) in enumerate(zip(self.items, tokens.tolist())):
+            item.ids.append(token)
+            item.length += 1
+            if token == self.eos or item.length >= self.max_length:
+                finished.append((item.key, item.ids))
+            else:
+                keep.append(row)
+        return finished, *self._keep_rows(keep, tokens)
+
+    # -- beam search and beam-sample (num_beams > 1) ---------------------------------------------
+    def _step_beams(self) -> tuple[list[tuple[Hashable, list[int]]], Tensor, Tensor]:
+        """4.28 beam_search / beam_sample with BeamSearchScorer, per item."""
+        assert self.logits is not None and self.seqs is not None and self.beam_scores is not None
+        options, nb = self.options, self.num_beams
+        lengths = torch.tensor(
+            [item.length for item in self.items for _ in range(nb)], device=self.seqs.device
+        )
+        scores = torch.log_softmax(self.logits, dim=-1)
+        scores = _processors(scores, self.seqs, lengths, options, self.eos)
+        scores = scores + self.beam_scores[:, None]
+        vocab = scores.shape[-1]
+        if options.do_sample:  # 4.28 beam_sample: warp the running sums, sample w/o replacement
+            scores = _warp(scores, options, min_keep=2).view(-1, nb * vocab)
+            picked = torch.multinomial(scores.softmax(dim=-1), 2 * nb, generator=self.generator)
+            top_scores, order = torch.sort(scores.gather(1, picked), descending=True, dim=1)
+            top_ids = picked.gather(1, order)
+        else:
+            top_scores, top_ids = torch.topk(scores.view(-1, nb * vocab), 2 * nb, dim=1)
+        cand_tokens, cand_beams = (top_ids % vocab).tolist(), (top_ids // vocab).tolist()
+        cand_scores = top_scores.tolist()
+        finished: list[tuple[Hashable, list[int]]] = []
+        rows: list[int] = []
+        tokens: list[int] = []
+        next_scores: list[float] = []
+        running: list[_Item] = []
+        for k, item in enumerate(self.items):
+            chosen = self._choose(item, k, cand_tokens[k], cand_scores[k], cand_beams[k])
+            assert item.hyps is not None
+            # cur_len + 1 for every item: the 4.28 "cur_len + k" batch bug is not reproduced
+            if item.hyps.is_done(max(cand_scores[k]), item.length + 1):
+                finished.append((item.key, self._best(item)))
+                continue
+            item.length += 1
+            if item.length >= self.max_length:  # 4.28 finalize adds the running beams
+                for row, _token, score in chosen:
+                    ids = self.seqs[row, : item.length - 1].tolist() + [_token]
+                    item.hyps.add(ids, score)
+                finished.append((item.key, self._best(item)))
+                continue
+            running.append(item)
+            for row, token, score in chosen:
+                rows.append(row)
+                tokens.append(token)
+                next_scores.append(score)
+        self.items = running
+        device = self.seqs.device
+        row_t = torch.tensor(rows, dtype=torch.long, device=device)
+        token_t = torch.tensor(tokens, dtype=torch.long, device=device)
+        self.beam_scores = torch.tensor(next_scores, dtype=torch.float32, device=device)
+        self.seqs = self.seqs.index_select(0, row_t)
+        if rows:
+            columns = torch.tensor(
+                [item.length - 1 for item in running for _ in range(nb)], device=device
+            )
+            self.seqs[torch.arange(len(rows), device=device), columns] = token_t
+        return finished, row_t, token_t
+
+    def _choose(
+        self, item: _Item, k: int, tokens: list[int], scores: list[float], beams: list[int]
+    ) -> list[tuple[int, int, float]]:
+        """4.28 BeamSearchScorer.process for one item: EOS candidates in the top ``num_beams``
+        become hypotheses; the first ``num_beams`` other candidates continue."""
+        assert self.seqs is not None and item.hyps is not None
+        nb = self.num_beams
         chosen: list[tuple[int, int, float]] = []
-        ranked = zip(all_tokens[k], all_scores[k], all_beams[k])
-        for rank, (token, score, beam) in enumerate(ranked):
-            row = k * num_beams + beam
-            if token == eos:
-                if rank < num_beams:  # an EOS below the top num_beams ranks is ignored
-                    hyps[item].add(seqs[row].tolist(), score)
+        for rank, (token, score, beam) in enumerate(zip(tokens, scores, beams)):
+            row = k * nb + beam
+            if token == self.eos:
+                if rank < nb:  # an EOS below the top num_beams ranks is ignored
+                    item.hyps.add(self.seqs[row, : item.length].tolist(), score)
             else:
                 chosen.append((row, token, score))
-            if len(chosen) == num_beams:
+            if len(chosen) == nb:
                 break
-        if len(chosen) < num_beams:
-            raise RuntimeError(f"only {len(chosen)} non-EOS beam candidates, {num_beams} needed")
-        # cur_len + 1 for every item: the 4.28 "cur_len + k" batch bug is not reproduced
-        if hyps[item].is_done(max(all_scores[k]), cur_len + 1):
-            continue
-        still_running.append(item)
-        for row, token, score in chosen:
-            rows.append(row)
-            tokens.append(token)
-            scores.append(score)
-    device = seqs.device
-    return (
-        torch.tensor(rows, dtype=torch.long, device=device),
-        torch.tensor(tokens, dtype=torch.long, device=device),
-        torch.tensor(scores, dtype=torch.float32, device=device),
-        still_running,
-    )
+        if len(chosen) < nb:
+            raise RuntimeError(f"only {len(chosen)} non-EOS beam candidates, {nb} needed")
+        return chosen
+
+    def _best(self, item: _Item) -> list[int]:
+        assert item.hyps is not None
+        best = item.hyps.best()
+        return best[1:] + [self.eos] if len(best) < self.max_length else best[1:]
+
+    def _keep_rows(self, keep: list[int], tokens: Tensor) -> tuple[Tensor, Tensor]:
+        assert self.seqs is not None
+        device = self.seqs.device
+        rows = torch.tensor(keep, dtype=torch.long, device=device)
+        self.items = [self.items[r] for r in keep]
+        tokens = tokens.index_select(0, rows)
+        self.seqs = self.seqs.index_select(0, rows)
+        if keep:
+            columns = torch.tensor([item.length - 1 for item in self.items], device=device)
+            self.seqs[torch.arange(len(keep), device=device), columns] = tokens
+        return rows, tokens

@@ -13,7 +13,7 @@ weights; the LLM holds ``dtype`` weights. With ``dtype`` other than float32 ever
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,20 @@ class GenerationResult:
 
     text: str
     token_ids: list[int]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of work for :meth:`SalmonnModel.generate_stream`.
+
+    ``key``: anything hashable that identifies the item in the results; ``prompt``: the user text;
+    ``wave``: a 16 kHz mono clip of at most 30 s, or ``None`` for a text-only prompt (like
+    :meth:`SalmonnModel.generate_text`).
+    """
+
+    key: Hashable
+    prompt: str
+    wave: Any = None
 
 
 @dataclass
@@ -112,6 +126,10 @@ class SalmonnModel(nn.Module):
         qformer_config: Q-Former sizes (from the checkpoint).
         llama_model: the peft-wrapped LLM; tokenizer: its :class:`PromptTokenizer`.
         identity: what was loaded (preset, component paths ...), reported by ``identity``.
+        exact: default mode of generation (the ``exact`` attribute, settable): ``True`` follows
+            the original's arithmetic and shapes (one clip at a time, 4.28 eager attention, beam
+            step 0 on the prompt repeated per beam); ``False`` (fast) batches clips, decodes
+            through :mod:`salmonn.kvcache` and lets the Whisper encoder use SDPA attention.
     """
 
     def __init__(
@@ -125,6 +143,7 @@ class SalmonnModel(nn.Module):
         device: torch.device,
         dtype: torch.dtype,
         identity: dict[str, Any] | None = None,
+        exact: bool = False,
     ) -> None:
         super().__init__()
         whisper_width = int(speech_encoder.config.d_model)
@@ -146,6 +165,7 @@ class SalmonnModel(nn.Module):
         self._device = torch.device(device)
         self._dtype = dtype
         self._identity = dict(identity or {})
+        self.exact = exact
         self.requires_grad_(False)
         self.eval()
 
@@ -291,12 +311,7 @@ class SalmonnModel(nn.Module):
             ``(inputs_embeds [B, L, d_llm], attention_mask [B, L])``; padding (zero vectors, mask
             0) sits before BOS, so no item sees another's length.
         """
-        rows = []
-        for b, prompt in enumerate(prompts):
-            before, after = self.prompt_ids(prompt)
-            head = self._embed([self.tokenizer.bos_id, *before])
-            rows.append(torch.cat([head, audio[b].to(head.dtype), self._embed(after)]))
-        return self._left_pad(rows)
+        return self._left_pad([self._audio_row(audio[b], p) for b, p in enumerate(prompts)])
 
     def first_logits(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
@@ -335,6 +350,8 @@ class SalmonnModel(nn.Module):
         waves: Sequence[Wave],
         prompts: str | Sequence[str],
         options: GenerationOptions | None = None,
+        *,
+        exact: bool | None = None,
         **overrides: Any,
     ) -> list[GenerationResult]:
         """Answer one prompt per clip (or one prompt for all clips).
@@ -345,38 +362,167 @@ class SalmonnModel(nn.Module):
                 contains ``<SpeechHere>``.
             options: decoding settings (default: the original's 4-beam search, 200 new tokens);
                 ``overrides`` replace single fields, e.g. ``num_beams=1``.
+            exact: the original's arithmetic and shapes for this call (default: ``self.exact``).
         Returns:
             One :class:`GenerationResult` per clip; each equals what the clip alone would give.
         """
         options = (options or GenerationOptions()).with_overrides(**overrides)
+        exact = self.exact if exact is None else exact
         clips = self._waves(waves)
         texts = _as_list(prompts, len(clips), "prompts")
-        with torch.inference_mode(), self._autocast():
+        if exact and len(clips) > 1:  # the original encodes and decodes one clip at a time
+            return [self.generate([c], [t], options, exact=True)[0] for c, t in zip(clips, texts)]
+        with torch.inference_mode(), self._autocast(), self._encoder_attention(exact):
             audio = self._encode(clips, None)
             embeds, mask = self.build_inputs(audio, texts)
-            return self._generate(embeds, mask, options)
+            return self._generate(embeds, mask, options, exact)
 
     def generate_text(
         self,
         prompts: str | Sequence[str],
         options: GenerationOptions | None = None,
+        *,
+        exact: bool | None = None,
         **overrides: Any,
     ) -> list[GenerationResult]:
         """The same LLM without audio: ``[BOS] + tok("USER: {text}\\nASSISTANT:")`` per prompt."""
         options = (options or GenerationOptions()).with_overrides(**overrides)
+        exact = self.exact if exact is None else exact
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not texts:
             raise ConfigError("no prompts given")
         with torch.inference_mode(), self._autocast():
-            rows = [
-                self._embed([self.tokenizer.bos_id, *self.tokenizer.encode(text_prompt(t))])
-                for t in texts
-            ]
-            embeds, mask = self._left_pad(rows)
-            return self._generate(embeds, mask, options)
+            embeds, mask = self._left_pad([self._text_row(t) for t in texts])
+            return self._generate(embeds, mask, options, exact)
+
+    def generate_stream(
+        self,
+        work: Iterable[WorkItem],
+        options: GenerationOptions | None = None,
+        *,
+        batch_size: int = 8,
+        exact: bool | None = None,
+        **overrides: Any,
+    ) -> Iterator[tuple[Hashable, GenerationResult | Exception]]:
+        """Continuous batching: answer a stream of work items, ``batch_size`` of them at a time.
+
+        Items are taken from ``work`` as room frees up: when an answer ends, the next items are
+        encoded, their prompts prefilled, and they join the running decode; each item's ids equal
+        what it gives alone (and what :meth:`generate` gives). ``work`` is read lazily, so it can
+        be fed while results come out.
+
+        Yields:
+            ``(key, result)`` in the order the answers finish. An item that cannot be prepared
+            (a clip over 30 s, a bad prompt) yields ``(key, exception)`` and the others go on.
+        """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        options = (options or GenerationOptions()).with_overrides(**overrides)
+        exact = self.exact if exact is None else exact
+        if exact:
+            for item in work:
+                yield item.key, self._one(item, options, exact=True)
+            return
+        from .generation import Decoder
+
+        decoder = Decoder(
+            self.llama_model,
+            options,
+            eos_token_id=self.tokenizer.eos_id,
+            embed_tokens=self.embed_tokens,
+            bos_token_id=self.tokenizer.bos_id,
+        )
+        source = iter(work)
+        exhausted = False
+        while True:
+            room = batch_size - decoder.running
+            if room > 0 and not exhausted and decoder.can_join:
+                taken: list[WorkItem] = []
+                for item in source:
+                    taken.append(item)
+                    if len(taken) == room:
+                        break
+                else:
+                    exhausted = True
+                for key, error in self._join(decoder, taken):
+                    yield key, error
+            if not decoder.running:
+                if exhausted or not decoder.can_join:
+                    break
+                continue
+            with torch.inference_mode(), self._autocast():
+                finished = decoder.step()
+            for key, ids in finished:
+                yield key, self._result(ids)
+            if not decoder.can_join and not decoder.running:  # a runner that cannot refill
+                decoder = Decoder(
+                    self.llama_model,
+                    options,
+                    eos_token_id=self.tokenizer.eos_id,
+                    embed_tokens=self.embed_tokens,
+                    bos_token_id=self.tokenizer.bos_id,
+                )
+
+    def _join(self, decoder: Any, items: list[WorkItem]) -> list[tuple[Hashable, Exception]]:
+        """Prefill ``items`` into ``decoder``; returns the items that could not be prepared."""
+        failed: list[tuple[Hashable, Exception]] = []
+        rows: list[torch.Tensor] = []
+        keys: list[Hashable] = []
+        with torch.inference_mode(), self._autocast(), self._encoder_attention(False):
+            audio_items = []
+            for item in items:
+                if item.wave is None:
+                    try:
+                        rows.append(self._text_row(item.prompt))
+                        keys.append(item.key)
+                    except Exception as exc:  # noqa: BLE001 - reported for this item alone
+                        failed.append((item.key, exc))
+                    continue
+                try:
+                    audio_items.append((item, self._waves([item.wave])[0]))
+                except Exception as exc:  # noqa: BLE001 - reported for this item alone
+                    failed.append((item.key, exc))
+            if audio_items:
+                audio = self._encode([wave for _, wave in audio_items], None)
+                for b, (item, _) in enumerate(audio_items):
+                    try:
+                        rows.append(self._audio_row(audio[b], item.prompt))
+                        keys.append(item.key)
+                    except Exception as exc:  # noqa: BLE001 - reported for this item alone
+                        failed.append((item.key, exc))
+            if keys:
+                embeds, mask = self._left_pad(rows)
+                decoder.add(keys, embeds, mask)
+        return failed
+
+    def _one(self, item: WorkItem, options: GenerationOptions, exact: bool) -> Any:
+        try:
+            if item.wave is None:
+                return self.generate_text([item.prompt], options, exact=exact)[0]
+            return self.generate([item.wave], [item.prompt], options, exact=exact)[0]
+        except Exception as exc:  # noqa: BLE001 - reported for this item alone
+            return exc
+
+    def _text_row(self, text: str) -> torch.Tensor:
+        return self._embed([self.tokenizer.bos_id, *self.tokenizer.encode(text_prompt(text))])
+
+    def _audio_row(self, audio: torch.Tensor, prompt: str) -> torch.Tensor:
+        before, after = self.prompt_ids(prompt)
+        head = self._embed([self.tokenizer.bos_id, *before])
+        return torch.cat([head, audio.to(head.dtype), self._embed(after)])
+
+    def _encoder_attention(self, exact: bool) -> contextlib.AbstractContextManager:
+        """Whisper attention for this call: eager (the original's) when exact, else SDPA."""
+        config = getattr(self.speech_encoder, "config", None)
+        if exact or config is None or getattr(config, "_attn_implementation", None) != "eager":
+            return contextlib.nullcontext()
+        return _attention_implementation(config, "sdpa")
+
+    def _result(self, ids: list[int]) -> GenerationResult:
+        return GenerationResult(self.tokenizer.decode(list(ids)), [int(i) for i in ids])
 
     def _generate(
-        self, embeds: torch.Tensor, mask: torch.Tensor, options: GenerationOptions
+        self, embeds: torch.Tensor, mask: torch.Tensor, options: GenerationOptions, exact: bool
     ) -> list[GenerationResult]:
         from .generation import generate_ids
 
@@ -389,5 +535,16 @@ class SalmonnModel(nn.Module):
             pad_token_id=0,
             embed_tokens=self.embed_tokens,
             bos_token_id=self.tokenizer.bos_id,
+            exact=exact,
         )
-        return [GenerationResult(self.tokenizer.decode(list(x)), [int(i) for i in x]) for x in ids]
+        return [self._result(x) for x in ids]
+
+
+@contextlib.contextmanager
+def _attention_implementation(config: Any, name: str) -> Iterator[None]:
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before

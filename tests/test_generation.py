@@ -457,3 +457,92 @@ def test_finished_hypotheses_keep_the_best_num_beams():
     assert sorted(s for s, _ in hyps.beams) == [-0.5, -0.5] and hyps.worst_score == -0.5
     assert hyps.best() == [1, 8]  # equal scores: the last added wins
     assert not hyps.is_done(-1.4, 3) and hyps.is_done(-1.5, 3)  # worst >= best / length
+
+
+# --------------------------------------------------------------------------------------------------
+# Continuous batching and the exact mode
+
+
+def _continuous(lm, prompts, schedule, **option_fields) -> dict[int, list[int]]:
+    """Decoder fed by ``schedule``: {step number: prompt indices joining before that step}."""
+    from salmonn.generation import Decoder
+
+    decoder = Decoder(
+        lm,
+        GenerationOptions(**option_fields),
+        eos_token_id=EOS,
+        embed_tokens=lm.get_input_embeddings(),
+        bos_token_id=BOS,
+    )
+    done: dict[int, list[int]] = {}
+    step = 0
+    while step <= max(schedule) or decoder.running:
+        joining = schedule.get(step, [])
+        if joining:
+            assert decoder.can_join
+            decoder.add(joining, *_left_pad([prompts[i] for i in joining]))
+        done.update(decoder.step())
+        step += 1
+    return done
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_items_joining_a_running_batch_give_their_own_ids(eos_lm, lm, prompts, beams):
+    schedule = {0: [0, 1], 2: [2], 3: [3, 4], 9: [5]}  # step 9: after everyone else finished too
+    for model in (lm, eos_lm):
+        alone = _alone(model, prompts, num_beams=beams, max_new_tokens=12)
+        got = _continuous(model, prompts, schedule, num_beams=beams, max_new_tokens=12)
+        assert [got[i] for i in range(len(prompts))] == alone
+    lengths = {len(ids) for ids in alone}
+    assert len(lengths) > 1  # answers end at different steps, so rows leave and join
+
+
+def test_exact_mode_matches_the_slow_reference_under_eager_attention(lm, prompts):
+    from salmonn.generation import EXACT_ATTENTION, exact_attention
+
+    import functools
+
+    seen: list[str] = []
+    real_forward = lm.forward
+
+    @functools.wraps(real_forward)
+    def spy(*args, **kwargs):
+        seen.append(lm.config._attn_implementation)
+        return real_forward(*args, **kwargs)
+
+    lm.forward = spy
+    try:
+        embeds, mask = _left_pad(prompts)
+        exact = generate_ids(
+            lm,
+            embeds,
+            mask,
+            GenerationOptions(max_new_tokens=10),
+            eos_token_id=EOS,
+            embed_tokens=lm.get_input_embeddings(),
+            exact=True,
+        )
+    finally:
+        del lm.forward
+    assert set(seen) == {EXACT_ATTENTION}
+    assert lm.config._attn_implementation != EXACT_ATTENTION  # restored afterwards
+    with exact_attention(lm):
+        expected = [_slow_beam(lm, p, 10) for p in prompts]
+    assert exact == expected
+    assert exact == _run(lm, prompts, max_new_tokens=10)  # fast mode agrees on this model
+
+
+def test_exact_attention_is_the_428_arithmetic():
+    from salmonn.generation import _attention_428
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 5, 32, generator=gen) for _ in range(3))
+    mask = torch.zeros(2, 1, 5, 5)
+    mask[0, ..., 0] = torch.finfo(torch.float32).min  # row 0's first position is padding
+    out, weights = _attention_428(types.SimpleNamespace(), q, k, v, mask)
+    scores = q.double() @ k.double().transpose(2, 3) / 32**0.5
+    scores = scores.masked_fill(mask.bool().expand_as(scores), -float("inf"))
+    expected = torch.softmax(scores, dim=-1) @ v.double()
+    assert out.shape == (2, 5, 4, 32)  # [B, L, heads, d], as transformers expects
+    torch.testing.assert_close(out.double(), expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    assert float(weights[0, :, :, 0].abs().max()) == 0.0

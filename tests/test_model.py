@@ -223,3 +223,42 @@ def test_identity(model, tiny_paths):
     assert ident["device"] == "cpu" and ident["dtype"] == "float32"
     assert ident["checkpoint"] == str(tiny_paths.checkpoint) and ident["lora_scaling"] == 4.0
     assert model.device == torch.device("cpu") and model.dtype == torch.float32
+
+
+def test_generate_stream_equals_one_at_a_time(model, clips):
+    from salmonn.model import WorkItem
+
+    prompts = [PROMPT, "Listen to the speech and translate it into German.", "Hi"]
+    too_long = np.zeros(16000 * 31, np.float32)
+    work = [WorkItem(("clip", i), p, c) for i, (c, p) in enumerate(zip(clips, prompts))]
+    work.insert(1, WorkItem("text", "Summarize: a dog barks."))
+    work.insert(3, WorkItem("bad", PROMPT, too_long))
+    for options in (SHORT, BEAM):
+        got = dict(model.generate_stream(iter(work * 2), options, batch_size=2))
+        assert isinstance(got.pop("bad"), ConfigError)  # the others go on
+        alone = {
+            ("clip", i): model.generate([c], p, options)[0] for i, (c, p) in enumerate(zip(clips, prompts))
+        }
+        alone["text"] = model.generate_text("Summarize: a dog barks.", options)[0]
+        assert {k: v.token_ids for k, v in got.items()} == {k: v.token_ids for k, v in alone.items()}
+    with pytest.raises(ConfigError):
+        next(model.generate_stream(work, SHORT, batch_size=0))
+
+
+def test_exact_mode(model, clips, greedy, beam, monkeypatch):
+    """Exact mode runs one clip at a time; on this float32 model it agrees with the fast mode."""
+    calls = []
+    real = model._generate
+    monkeypatch.setattr(
+        model, "_generate", lambda e, m, o, exact: calls.append((e.shape[0], exact)) or real(e, m, o, exact)
+    )
+    assert _ids(model.generate(clips, PROMPT, SHORT, exact=True)) == _ids(greedy)
+    assert calls == [(1, True)] * len(clips)
+    model.exact = True
+    try:
+        assert _ids(model.generate(clips, PROMPT, BEAM)) == _ids(beam)
+        assert calls[-1] == (1, True)
+    finally:
+        model.exact = False
+    assert _ids(model.generate(clips, PROMPT, SHORT)) == _ids(greedy)
+    assert calls[-1] == (len(clips), False)

@@ -1,0 +1,88 @@
+"""Random SALMONN models for the benchmarks (no real weights needed).
+
+``decode_heavy_model``: the tiny encoders and Q-Former of ``salmonn.tiny`` in front of a random
+LLaMA of 8 layers x 1024 (8 heads of 128, FFN 2816, vocabulary 32001) with LoRA r=8, float32 on
+CPU. Its LLM decode step costs what it would in a real model relative to the encoders, which the
+tiny model hides. ``eos_gain`` scales the lm_head's EOS row: 0 keeps EOS rare (answers run to the
+limit), a few units make answers end at varied steps.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import torch
+
+from salmonn.model import SalmonnModel
+
+LLM_VOCAB = 32001
+DECODE_HEAVY = {"hidden": 1024, "layers": 8, "heads": 8, "ffn": 2816}
+
+
+def tiny_model(device: str = "cpu", **load_kwargs: Any) -> SalmonnModel:
+    from salmonn.checkpoint import load_model
+    from salmonn.tiny import write_tiny_model
+
+    paths = write_tiny_model(tempfile.mkdtemp(prefix="salmonn-bench-"), seed=0)
+    return load_model(
+        paths.whisper, paths.beats, paths.llm, paths.checkpoint, device=device, **load_kwargs
+    )
+
+
+def decode_heavy_model(
+    *, seed: int = 0, eos_gain: float = 0.0, dims: dict[str, int] | None = None
+) -> SalmonnModel:
+    """The tiny SALMONN with its LLM replaced by a random LLaMA of ``dims`` (CPU, float32)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from salmonn.llm import wrap_lora
+
+    dims = {**DECODE_HEAVY, **(dims or {})}
+    tiny = tiny_model("cpu")
+    eos = tiny.tokenizer.eos_id
+    config = LlamaConfig(
+        vocab_size=LLM_VOCAB,
+        hidden_size=dims["hidden"],
+        intermediate_size=dims["ffn"],
+        num_hidden_layers=dims["layers"],
+        num_attention_heads=dims["heads"],
+        num_key_value_heads=dims["heads"],
+        rms_norm_eps=1e-6,
+        max_position_embeddings=2048,
+        bos_token_id=tiny.tokenizer.bos_id,
+        eos_token_id=eos,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lm = LlamaForCausalLM(config).eval()
+        with torch.no_grad():
+            lm.lm_head.weight.normal_(0.0, 0.1)  # peaky logits, as a trained LM's
+            if eos_gain:
+                lm.lm_head.weight[eos] *= eos_gain
+        lm.requires_grad_(False)
+        model = SalmonnModel(
+            tiny.speech_encoder,
+            tiny.beats,
+            tiny.speech_Qformer.config,
+            wrap_lora(lm, 8, 4.0),
+            tiny.tokenizer,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            identity={"preset": f"random {dims['layers']}x{dims['hidden']}"},
+        )
+        state = {
+            k: v
+            for k, v in tiny.state_dict().items()
+            if k.startswith(("speech_Qformer", "speech_query_tokens", "ln_"))
+        }
+        model.load_state_dict(state, strict=False)
+        with torch.no_grad():
+            model.speech_llama_proj.weight.normal_(0.0, 0.05)
+            model.speech_llama_proj.bias.zero_()
+            for name, param in model.llama_model.named_parameters():
+                if ".lora_" in name:
+                    param.normal_(0.0, 0.02)
+    return model
