@@ -3,8 +3,8 @@
 ``decode_heavy_model``: the tiny encoders and Q-Former of ``salmonn.tiny`` in front of a random
 LLaMA of 8 layers x 1024 (8 heads of 128, FFN 2816, vocabulary 32001) with LoRA r=8, float32 on
 CPU. Its LLM decode step costs what it would in a real model relative to the encoders, which the
-tiny model hides. ``eos_gain`` scales the lm_head's EOS row: 0 keeps EOS rare (answers run to the
-limit), a few units make answers end at varied steps.
+tiny model hides. Random weights almost never pick EOS, so answers run to the limit;
+:func:`eos_after_tokens` makes answers end at varied steps, as real ones do.
 """
 
 from __future__ import annotations
@@ -30,9 +30,33 @@ def tiny_model(device: str = "cpu", **load_kwargs: Any) -> SalmonnModel:
     )
 
 
-def decode_heavy_model(
-    *, seed: int = 0, eos_gain: float = 0.0, dims: dict[str, int] | None = None
-) -> SalmonnModel:
+def eos_after_tokens(model: SalmonnModel, modulus: int) -> None:
+    """Make EOS the best next token right after a fed token whose id is a multiple of ``modulus``.
+
+    A row's answer then ends at a step that depends on its own tokens only (about ``modulus`` steps
+    on average with greedy search), so batched, continuous and one-at-a-time runs still agree.
+    Hooks record the ids fed at a decode step and raise the EOS logit of those rows.
+    """
+    eos = model.tokenizer.eos_id
+    fed: dict[str, torch.Tensor | None] = {"ids": None}
+
+    def on_embed(_module: torch.nn.Module, inputs: tuple, _out: torch.Tensor) -> None:
+        ids = inputs[0]
+        if ids.dim() == 2 and ids.shape[1] == 1:  # [rows, 1]: the tokens of a decode step
+            fed["ids"] = ids[:, 0]
+
+    def on_logits(_module: torch.nn.Module, _inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
+        ids, fed["ids"] = fed["ids"], None
+        if ids is not None and ids.shape[0] == logits.shape[0]:  # a decode step, not a prefill
+            hit = (ids % modulus == 0) & (ids != eos)
+            logits[hit, ..., eos] = logits[hit].amax(dim=-1) + 5.0
+        return logits
+
+    model.llama_model.get_input_embeddings().register_forward_hook(on_embed)
+    model.llama_model.get_output_embeddings().register_forward_hook(on_logits)
+
+
+def decode_heavy_model(*, seed: int = 0, dims: dict[str, int] | None = None) -> SalmonnModel:
     """The tiny SALMONN with its LLM replaced by a random LLaMA of ``dims`` (CPU, float32)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -40,7 +64,6 @@ def decode_heavy_model(
 
     dims = {**DECODE_HEAVY, **(dims or {})}
     tiny = tiny_model("cpu")
-    eos = tiny.tokenizer.eos_id
     config = LlamaConfig(
         vocab_size=LLM_VOCAB,
         hidden_size=dims["hidden"],
@@ -51,7 +74,7 @@ def decode_heavy_model(
         rms_norm_eps=1e-6,
         max_position_embeddings=2048,
         bos_token_id=tiny.tokenizer.bos_id,
-        eos_token_id=eos,
+        eos_token_id=tiny.tokenizer.eos_id,
         pad_token_id=0,
         tie_word_embeddings=False,
     )
@@ -60,8 +83,6 @@ def decode_heavy_model(
         lm = LlamaForCausalLM(config).eval()
         with torch.no_grad():
             lm.lm_head.weight.normal_(0.0, 0.1)  # peaky logits, as a trained LM's
-            if eos_gain:
-                lm.lm_head.weight[eos] *= eos_gain
         lm.requires_grad_(False)
         model = SalmonnModel(
             tiny.speech_encoder,

@@ -16,7 +16,7 @@ three prompts, 4 beams:
 It prints clips/s and the ratio to the original-style loop, checks that the fast modes give the same
 ids, reports exact-vs-fast id agreement, and times one decode step at 4 and 32 rows.
 
-Part 2 (``--varied``): a model whose EOS row is boosted so answers end at varied steps; 24 clips,
+Part 2 (``--part varied``): answers that end at varied steps (``eos_after_tokens``); 24 clips,
 static batches of 8 vs continuous batching with a budget of 8; ids must be identical.
 
     python benchmarks/bench_decode.py               # both parts, best of 2
@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _models import decode_heavy_model  # noqa: E402
+from _models import decode_heavy_model, eos_after_tokens  # noqa: E402
 
 from salmonn.config import GenerationOptions  # noqa: E402
 from salmonn.model import SalmonnModel, WorkItem  # noqa: E402
@@ -155,7 +155,8 @@ def part_static(new_tokens: int, beams: int, repeats: int) -> None:
 
 
 def part_varied(new_tokens: int, beams: int, repeats: int, count: int = 24) -> None:
-    model = decode_heavy_model(eos_gain=2.2)
+    model = decode_heavy_model()
+    eos_after_tokens(model, modulus=4 * new_tokens // 3)
     clips = _clips(count, seed=1)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
     options = GenerationOptions(max_new_tokens=new_tokens, num_beams=beams)

@@ -4,8 +4,12 @@
 one model call. When that call fails, each chunk is answered alone, so that only the chunks that make
 the model fail get an error; the other chunks of a file that failed there are not tried again.
 
-The engine (:mod:`salmonn.engine`) is the only user; another batching policy (e.g. continuous batching)
-can replace this class by offering the same ``add`` / ``full`` / ``discard`` / ``flush``.
+:class:`StreamBatcher` is the continuous-batching policy with the same ``add`` / ``full`` /
+``discard`` / ``flush``: chunks join a running decode as soon as rows free up, so a batch never waits
+for its longest answer. :func:`make_batcher` picks it for models that offer ``open_stream`` (a
+:class:`~salmonn.model.SalmonnModel`), else the plain :class:`Batcher`.
+
+The engine (:mod:`salmonn.engine`) is the only user.
 """
 
 from __future__ import annotations
@@ -70,8 +74,12 @@ class Batcher:
         """Forget the queued chunks of ``file`` (it failed elsewhere)."""
         self._pending = [p for p in self._pending if p.file != file]
 
-    def flush(self) -> list[ChunkAnswer]:
-        """Answer every queued chunk (one model call; chunk by chunk when that call fails)."""
+    def flush(self, final: bool = True) -> list[ChunkAnswer]:
+        """Answer every queued chunk (one model call; chunk by chunk when that call fails).
+
+        ``final`` is for the interface shared with :class:`StreamBatcher`: a batch is always
+        answered whole."""
+        del final
         batch, self._pending = self._pending, []
         if not batch:
             return []
@@ -102,3 +110,90 @@ class Batcher:
                 failed[p.file] = error
             answers.append(ChunkAnswer(p.file, p.key, text, error, time.perf_counter() - start))
         return answers
+
+
+class StreamBatcher:
+    """Continuous batching: up to ``batch_size`` chunks decode together and finished ones are
+    replaced at once by waiting chunks (``stream``: a :class:`~salmonn.model.GenerationStream`).
+
+    ``full`` is true when ``batch_size`` chunks wait; ``flush(final=False)`` then decodes until
+    some of them could join (returning the answers finished meanwhile), and ``flush()`` at the end
+    decodes until every chunk is answered. Each chunk's answer is what it gets alone. When the
+    model fails, the chunks in flight are answered one by one with ``answer``, as in
+    :class:`Batcher`.
+    """
+
+    def __init__(self, stream: Any, prompt: str, answer: Answer, batch_size: int) -> None:
+        self.stream, self.prompt = stream, prompt
+        self.answer, self.batch_size = answer, batch_size
+        self._inflight: dict[tuple[Hashable, Hashable], _Pending] = {}
+        self._seconds: dict[tuple[Hashable, Hashable], float] = {}
+
+    @property
+    def full(self) -> bool:
+        """Whether enough chunks wait that decoding should go on before more are added."""
+        return self.stream.waiting >= self.batch_size
+
+    def add(self, file: Hashable, key: Hashable, wave: Any) -> None:
+        """Queue the chunk ``key`` of ``file``."""
+        from .model import WorkItem
+
+        self._inflight[(file, key)] = _Pending(file, key, wave)
+        self._seconds[(file, key)] = 0.0
+        self.stream.put(WorkItem((file, key), self.prompt, wave))
+
+    def discard(self, file: Hashable) -> None:
+        """Forget the waiting chunks of ``file``; its chunks already decoding finish."""
+        self.stream.discard(lambda item: item.key[0] != file)
+        running = self.stream.running_keys
+        for pair in [pair for pair in self._inflight if pair[0] == file]:
+            if pair not in running:
+                del self._inflight[pair]
+                del self._seconds[pair]
+
+    def flush(self, final: bool = True) -> list[ChunkAnswer]:
+        """Decode; stop when room frees up for new chunks, or (``final``) when all are answered."""
+        answers: list[ChunkAnswer] = []
+        while self.stream.busy:
+            start = time.perf_counter()
+            try:
+                finished = self.stream.step()
+            except Exception as exc:  # noqa: BLE001 - the chunks in flight are retried alone
+                logger.warning(
+                    "decoding %d chunks failed (%s); retrying one by one",
+                    len(self._inflight),
+                    error_line(exc),
+                )
+                return answers + self._one_by_one()
+            elapsed = time.perf_counter() - start
+            sharing = set(self.stream.running_keys) | {pair for pair, _ in finished}
+            for pair in sharing:
+                self._seconds[pair] = self._seconds.get(pair, 0.0) + elapsed / len(sharing)
+            for pair, result in finished:
+                self._inflight.pop(pair, None)
+                seconds = self._seconds.pop(pair, 0.0)
+                if isinstance(result, Exception):
+                    answers.append(ChunkAnswer(pair[0], pair[1], None, error_line(result), seconds))
+                else:
+                    answers.append(ChunkAnswer(pair[0], pair[1], result.text, None, seconds))
+            if not final and self.stream.waiting < self.batch_size:
+                break
+        return answers
+
+    def _one_by_one(self) -> list[ChunkAnswer]:
+        pending = list(self._inflight.values())
+        self._inflight.clear()
+        self._seconds.clear()
+        self.stream.reset()
+        return Batcher(self.answer, 1)._one_by_one(pending)
+
+
+def make_batcher(
+    model: Any, prompt: str, options: Any, batch_size: int, answer: Answer
+) -> Batcher | StreamBatcher:
+    """The continuous :class:`StreamBatcher` when ``model`` offers ``open_stream``, else a
+    :class:`Batcher` calling ``answer``."""
+    open_stream = getattr(model, "open_stream", None)
+    if open_stream is None:
+        return Batcher(answer, batch_size)
+    return StreamBatcher(open_stream(options, batch_size=batch_size), prompt, answer, batch_size)

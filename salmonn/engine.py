@@ -5,7 +5,9 @@
 * :class:`~salmonn.batcher.Batcher` takes the chunks of many files (decoded ahead by
   :class:`~salmonn.prefetch.Prefetcher`) into batches of up to ``batch_size`` chunks and answers each
   batch with one ``model.generate`` call; a failing batch is retried chunk by chunk, so only the bad
-  file gets the error.
+  file gets the error. With a model that offers ``open_stream`` (``SalmonnModel``) it is
+  :class:`~salmonn.batcher.StreamBatcher` instead: continuous batching, where chunks join the running
+  decode as soon as others finish.
 * :class:`~salmonn.summary.SummaryPass`: with ``join="summary"`` (caption, ask, story, reason), a file of
   more than one chunk gets a final text-only pass of the same LLM over the timestamped chunk answers
   (``TaskSpec.summary_prompt``), unless ``per_chunk`` asks for the chunk answers alone.
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .assembly import Assembler
-from .batcher import Answer, Batcher
+from .batcher import Answer, Batcher, StreamBatcher, make_batcher
 from .config import (
     DEFAULT_BATCH_SIZE,
     ChunkingOptions,
@@ -237,7 +239,8 @@ def process(
     records = Assembler(
         items, spec, record_options(generation, chunking, spec), dict(model.identity)
     )
-    batcher = Batcher(_audio_answerer(model, spec.prompt, generation), batch_size)
+    answer = _audio_answerer(model, spec.prompt, generation)
+    batcher = make_batcher(model, spec.prompt, generation, batch_size, answer)
     summary = None
     if spec.summary_prompt is not None:
         summary = SummaryPass(model, spec.summary_prompt, generation)
@@ -256,7 +259,7 @@ class _Run:
     def __init__(
         self,
         records: Assembler,
-        batcher: Batcher,
+        batcher: Batcher | StreamBatcher,
         summary: SummaryPass | None,
         progress: _Progress,
         batch_size: int,
@@ -268,7 +271,7 @@ class _Run:
         for fc in chunks:
             self.take(fc)
             if self.batcher.full:
-                self.flush()
+                self.flush(final=False)
                 yield from self.finish()
             elif fc.last:
                 yield from self.finish()
@@ -287,9 +290,10 @@ class _Run:
         if fc.last:
             f.n_chunks = len(f.spans)
 
-    def flush(self) -> None:
-        """Answer the queued chunks and hand each answer to its file."""
-        answers = self.batcher.flush()
+    def flush(self, final: bool = True) -> None:
+        """Answer the queued chunks (``final``: all of them; else at least until more can be
+        taken) and hand each answer to its file."""
+        answers = self.batcher.flush(final=final)
         if not answers:
             return
         counts = self.progress.counts

@@ -13,7 +13,8 @@ weights; the LLM holds ``dtype`` weights. With ``dtype`` other than float32 ever
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -409,59 +410,31 @@ class SalmonnModel(nn.Module):
         Items are taken from ``work`` as room frees up: when an answer ends, the next items are
         encoded, their prompts prefilled, and they join the running decode; each item's ids equal
         what it gives alone (and what :meth:`generate` gives). ``work`` is read lazily, so it can
-        be fed while results come out.
+        be fed while results come out. See :class:`GenerationStream` for the push-style API.
 
         Yields:
             ``(key, result)`` in the order the answers finish. An item that cannot be prepared
             (a clip over 30 s, a bad prompt) yields ``(key, exception)`` and the others go on.
         """
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        options = (options or GenerationOptions()).with_overrides(**overrides)
-        exact = self.exact if exact is None else exact
-        if exact:
-            for item in work:
-                yield item.key, self._one(item, options, exact=True)
-            return
-        from .generation import Decoder
-
-        decoder = Decoder(
-            self.llama_model,
-            options,
-            eos_token_id=self.tokenizer.eos_id,
-            embed_tokens=self.embed_tokens,
-            bos_token_id=self.tokenizer.bos_id,
-        )
+        stream = GenerationStream(self, options, batch_size=batch_size, exact=exact, **overrides)
         source = iter(work)
         exhausted = False
         while True:
-            room = batch_size - decoder.running
-            if room > 0 and not exhausted and decoder.can_join:
-                taken: list[WorkItem] = []
-                for item in source:
-                    taken.append(item)
-                    if len(taken) == room:
-                        break
-                else:
+            while not exhausted and stream.waiting < stream.room:
+                item = next(source, None)
+                if item is None:
                     exhausted = True
-                for key, error in self._join(decoder, taken):
-                    yield key, error
-            if not decoder.running:
-                if exhausted or not decoder.can_join:
-                    break
-                continue
-            with torch.inference_mode(), self._autocast():
-                finished = decoder.step()
-            for key, ids in finished:
-                yield key, self._result(ids)
-            if not decoder.can_join and not decoder.running:  # a runner that cannot refill
-                decoder = Decoder(
-                    self.llama_model,
-                    options,
-                    eos_token_id=self.tokenizer.eos_id,
-                    embed_tokens=self.embed_tokens,
-                    bos_token_id=self.tokenizer.bos_id,
-                )
+                else:
+                    stream.put(item)
+            if not stream.busy:
+                return
+            yield from stream.step()
+
+    def open_stream(
+        self, options: GenerationOptions | None = None, *, batch_size: int = 8, **overrides: Any
+    ) -> GenerationStream:
+        """A :class:`GenerationStream` (push-style continuous batching) over this model."""
+        return GenerationStream(self, options, batch_size=batch_size, **overrides)
 
     def _join(self, decoder: Any, items: list[WorkItem]) -> list[tuple[Hashable, Exception]]:
         """Prefill ``items`` into ``decoder``; returns the items that could not be prepared."""
@@ -538,6 +511,108 @@ class SalmonnModel(nn.Module):
             exact=exact,
         )
         return [self._result(x) for x in ids]
+
+
+class GenerationStream:
+    """Push-style continuous batching over one model: :meth:`put` work, :meth:`step` for answers.
+
+    Up to ``batch_size`` items decode together; each :meth:`step` first lets waiting items join
+    the running batch (encode, prefill) while there is room, then advances every running item by
+    one token, and returns the items that finished: ``(key, GenerationResult)``, or
+    ``(key, exception)`` for an item that could not be prepared. In exact mode a step answers one
+    waiting item alone, from start to end (the original's loop).
+
+    ``model.generate_stream`` wraps this for an iterable of work items.
+    """
+
+    def __init__(
+        self,
+        model: SalmonnModel,
+        options: GenerationOptions | None = None,
+        *,
+        batch_size: int = 8,
+        exact: bool | None = None,
+        **overrides: Any,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.options = (options or GenerationOptions()).with_overrides(**overrides)
+        self.batch_size = batch_size
+        self.exact = model.exact if exact is None else exact
+        self._waiting: deque[WorkItem] = deque()
+        self._decoder: Any = None
+
+    @property
+    def waiting(self) -> int:
+        """Items put and not yet decoding."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Items decoding now."""
+        return self._decoder.running if self._decoder is not None else 0
+
+    @property
+    def running_keys(self) -> set[Hashable]:
+        """Keys of the items decoding now."""
+        return {item.key for item in self._decoder.items} if self._decoder is not None else set()
+
+    @property
+    def room(self) -> int:
+        """Items that could join now (``batch_size`` minus the running ones)."""
+        return self.batch_size - self.running
+
+    @property
+    def busy(self) -> bool:
+        """Whether any item is waiting or running."""
+        return bool(self._waiting) or self.running > 0
+
+    def put(self, item: WorkItem) -> None:
+        """Queue one item; it joins at a later :meth:`step`."""
+        self._waiting.append(item)
+
+    def reset(self) -> None:
+        """Forget every waiting and running item (after a failure)."""
+        self._waiting.clear()
+        self._decoder = None
+
+    def discard(self, keep: Callable[[WorkItem], bool]) -> None:
+        """Drop the waiting items for which ``keep`` is false (running ones finish)."""
+        self._waiting = deque(item for item in self._waiting if keep(item))
+
+    def step(self) -> list[tuple[Hashable, GenerationResult | Exception]]:
+        """Join waiting items while there is room, then decode one token for every running item."""
+        model = self.model
+        if self.exact:
+            if not self._waiting:
+                return []
+            item = self._waiting.popleft()
+            return [(item.key, model._one(item, self.options, exact=True))]
+        finished: list[tuple[Hashable, GenerationResult | Exception]] = []
+        decoder = self._decoder
+        if decoder is None or (not decoder.running and not decoder.can_join):
+            decoder = self._decoder = self._new_decoder()
+        if self._waiting and decoder.can_join and self.room > 0:
+            joining = [self._waiting.popleft() for _ in range(min(self.room, len(self._waiting)))]
+            finished += model._join(decoder, joining)
+        if decoder.running:
+            with torch.inference_mode(), model._autocast():
+                done = decoder.step()
+            finished += [(key, model._result(ids)) for key, ids in done]
+        return finished
+
+    def _new_decoder(self) -> Any:
+        from .generation import Decoder
+
+        model = self.model
+        return Decoder(
+            model.llama_model,
+            self.options,
+            eos_token_id=model.tokenizer.eos_id,
+            embed_tokens=model.embed_tokens,
+            bos_token_id=model.tokenizer.bos_id,
+        )
 
 
 @contextlib.contextmanager
