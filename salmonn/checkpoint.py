@@ -1,8 +1,8 @@
 """``load_model``: assemble a :class:`SalmonnModel` from its four components, check the checkpoint.
 
 The original loads the SALMONN checkpoint with ``strict=False``, so a wrong LLM or a misnamed key
-gives empty answers without an error (spec §9.1, §11 item 14). Here every checkpoint key must land
-on a parameter or be one of the known extras (Appendix C.2), every trainable SALMONN parameter
+gives empty answers without an error (see docs/original-model.md, "Checkpoints"). Here every checkpoint key must land
+on a parameter or be one of the known extras, every trainable SALMONN parameter
 (Q-Former, query, ln_speech, ln_audio, projector, every LoRA A/B) must be loaded, shapes must agree,
 and the classic mismatches get one-line errors that say how to fix them.
 """
@@ -41,8 +41,8 @@ _TRAINABLE_PREFIXES = (
 _ROTARY = re.compile(r"^llama_model\..*\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 _ROTARY_OWN = "llama_model.base_model.model.model.rotary_emb.inv_freq"  # transformers 5: one table
 _POSITION_IDS = "speech_Qformer.bert.embeddings.position_ids"
-# The Q-Former's text branch: the October 2023 code kept these modules (R24 deletes them); the query
-# path never uses them (spec §5.3, §9.1), so a checkpoint that carries them loads all the same.
+# The Q-Former's text branch: the October 2023 code kept these modules (a later revision deletes them); the query
+# path never uses them (see docs/original-model.md, "Checkpoints"), so a checkpoint that carries them loads all the same.
 _QFORMER_TEXT_BRANCH = re.compile(
     r"^speech_Qformer\.(cls\.|bert\.embeddings\.(word|position)_embeddings\."
     r"|bert\.encoder\.layer\.\d+\.(intermediate|output)\.)"
@@ -267,7 +267,7 @@ def apply_checkpoint(
 def _known_extra(
     own: Mapping[str, torch.Tensor], key: str, value: torch.Tensor, path: str | Path
 ) -> bool:
-    """Non-trainable tensors the original's checkpoint carries (spec Appendix C.2)."""
+    """Non-trainable tensors the original's checkpoint carries (see docs/original-model.md, "Checkpoints")."""
     if key == _POSITION_IDS or _QFORMER_TEXT_BRANCH.match(key):
         return True  # unused by the query path
     if _ROTARY.match(key):  # derived from the LLM config: check it against the loaded LLM's table
@@ -306,6 +306,7 @@ def load_model(
     lora_scaling: float | None = None,
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
+    exact: bool = False,
 ) -> SalmonnModel:
     """Load SALMONN: Whisper encoder, BEATs, LLM + LoRA and the SALMONN checkpoint.
 
@@ -316,6 +317,9 @@ def load_model(
         dtype: LLM weight / autocast dtype; ``None`` -> float16 on CUDA, float32 on CPU.
         lora_scaling: LoRA alpha / r at inference; ``None`` -> the preset's, else 4.0.
         load_in_8bit, load_in_4bit: quantize the LLM with bitsandbytes (CUDA only).
+        exact: generate with the original's arithmetic and shapes by default (``model.exact``;
+            one clip at a time, transformers-4.28 eager attention); the default fast mode batches
+            and decodes through :mod:`salmonn.kvcache` (see README, "Exact and fast mode").
     Raises:
         CheckpointError: a component is missing or does not fit the checkpoint (says why).
     """
@@ -363,6 +367,7 @@ def load_model(
         device=dev,
         dtype=dt,
         identity=identity,
+        exact=exact,
     )
     apply_checkpoint(model, state, comps.checkpoint)
     log.info(

@@ -5,7 +5,7 @@ depend on the input's length. Cut points: ``"quiet"`` takes the quietest 100 ms 
 ``search_seconds`` before the limit (latest among equals, so chunks stay long); ``"fixed"`` cuts at
 the limit. Consecutive chunks share ``overlap_seconds``. A final piece shorter than ``min_seconds``
 is avoided by moving the last quiet cut earlier (``short_tail="merge"``) or, when it cannot be
-avoided, zero-padded as the original does (spec §1.1).
+avoided, zero-padded as the original does (see docs/original-model.md, "Audio front end").
 """
 
 from __future__ import annotations

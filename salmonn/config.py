@@ -9,16 +9,19 @@ from .constants import MIN_SECONDS, WINDOW_SECONDS
 from .errors import ConfigError
 
 DEFAULT_BATCH_SIZE = 4  # chunks per model call, taken across files
+AUTO_BATCH_SIZE = "auto"  # the largest batch that fits the device (salmonn.capacity); CPU: the default
 
 
-def check_batch_size(value: Any) -> int:
-    """``value`` as a batch size (an integer >= 1).
+def check_batch_size(value: Any) -> Any:
+    """``value`` as a batch size: an integer >= 1, or ``"auto"`` (kept as the string).
 
     Raises:
-        ConfigError: not an integer, or below 1.
+        ConfigError: not an integer nor "auto", or below 1.
     """
+    if isinstance(value, str) and value.strip().lower() == AUTO_BATCH_SIZE:
+        return AUTO_BATCH_SIZE
     if isinstance(value, bool):
-        raise ConfigError(f"batch_size must be an integer, got {value!r}")
+        raise ConfigError(f"batch_size must be an integer or auto, got {value!r}")
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -30,8 +33,11 @@ def check_batch_size(value: Any) -> int:
     return number
 
 
-def prefetch_depth(batch_size: int) -> int:
-    """How many decoded chunks to keep ready ahead of the model: two batches, at least 16."""
+def prefetch_depth(batch_size: Any) -> int:
+    """How many decoded chunks to keep ready ahead of the model: two batches, at least 16
+    (32 for ``"auto"``, whose size is known only once the model is loaded)."""
+    if batch_size == AUTO_BATCH_SIZE:
+        return 32
     return max(16, 2 * batch_size)
 
 

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from .assembly import Assembler
 from .batcher import Answer, Batcher, StreamBatcher, make_batcher
 from .config import (
+    AUTO_BATCH_SIZE,
     DEFAULT_BATCH_SIZE,
     ChunkingOptions,
     GenerationOptions,
@@ -204,7 +205,7 @@ def process(
     *,
     chunking: ChunkingOptions | None = None,
     generation: GenerationOptions | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     chunks: Iterable[Any] | None = None,
 ) -> Iterator[Record]:
@@ -216,7 +217,8 @@ def process(
             To skip inputs already done, filter them first with :func:`pending_items`.
         spec: the task (prompt, how chunk answers are joined).
         chunking, generation: options (defaults: the dataclass defaults).
-        batch_size: chunks per model call, taken across files.
+        batch_size: chunks decoding together, taken across files; ``"auto"``: the model's
+            ``auto_batch_size(generation)`` (the largest that fits a CUDA device's memory).
         on_progress: called with a :class:`ProgressEvent` at the start, after each batch and each record.
         chunks: the ``FileChunk`` stream of exactly ``items`` (``file_index`` = position in
             ``items``), e.g. a :class:`~salmonn.prefetch.Prefetcher` started early so that decoding
@@ -227,6 +229,9 @@ def process(
     batch_size = check_batch_size(batch_size)
     chunking = chunking or ChunkingOptions()
     generation = generation or GenerationOptions()
+    if batch_size == AUTO_BATCH_SIZE:
+        auto = getattr(model, "auto_batch_size", None)
+        batch_size = auto(generation) if auto is not None else DEFAULT_BATCH_SIZE
     progress = _Progress(len(items), on_progress)
     progress.report("start")
     if not items:

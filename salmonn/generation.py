@@ -41,7 +41,7 @@ from torch import Tensor
 from .config import GenerationOptions
 from .errors import ConfigError
 
-__all__ = ["Decoder", "generate_ids", "exact_attention"]
+__all__ = ["Decoder", "exact_attention", "generate_ids"]
 
 _BEAM_INIT = -1e9  # 4.28: every beam but the first starts here, so step 0 expands beam 0 only
 _WORST_INIT = 1e9  # 4.28 BeamHypotheses.worst_score before any hypothesis

@@ -218,7 +218,9 @@ class LlamaStepper:
         width = int(glen.max()) + 1
         row_index = torch.arange(rows, device=tokens.device)
         gbias = torch.zeros(rows, width, dtype=torch.float32, device=tokens.device)
-        gbias.masked_fill_(torch.arange(width, device=tokens.device)[None, :] > glen[:, None], float("-inf"))
+        gbias.masked_fill_(
+            torch.arange(width, device=tokens.device)[None, :] > glen[:, None], float("-inf")
+        )
         gbias = gbias[:, None, None, :]  # [R, 1, 1, W]
         pbias = self.pbias[:, None, None, :]  # [G, 1, 1, P]
         same_column = bool((glen == glen[0]).all())

@@ -2,14 +2,14 @@
 
 * Weights load with ``transformers.LlamaForCausalLM.from_pretrained`` (never remote code), frozen.
 * The original adds ``[PAD]`` as token ``len(tokenizer)`` (32000 for Vicuna) and resizes the
-  embedding table and lm_head with a random, never saved row (spec §6.5). Here the extra row is
+  embedding table and lm_head with a random, never saved row (see docs/original-model.md, "Prompt and LLM"). Here the extra row is
   **zero** in both tables: the extra logit is exactly 0, the deterministic stand-in for the
   original's near-zero row.
-* LoRA on every ``q_proj``/``v_proj`` (spec §7); the adapter state-dict keys
+* LoRA on every ``q_proj``/``v_proj`` (see docs/original-model.md, "Prompt and LLM"); the adapter state-dict keys
   ``base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.default.weight`` equal the
   checkpoint's names under ``llama_model.``.
 * Tokenisation follows the original slow SentencePiece tokenizer: each prompt piece is
-  ``sp.encode``-d on its own, without BOS/EOS (spec §6.3).
+  ``sp.encode``-d on its own, without BOS/EOS (see docs/original-model.md, "Tokenizer").
 """
 
 from __future__ import annotations
@@ -70,13 +70,13 @@ class PromptTokenizer:
         self.pad_id = self.vocab_size
 
     def encode(self, text: str) -> list[int]:
-        """Ids of ``text`` alone: no BOS/EOS, SentencePiece's own dummy-prefix ``▁`` (spec §6.3)."""
+        """Ids of ``text`` alone: no BOS/EOS, SentencePiece's own dummy-prefix ``▁`` (see docs/original-model.md, "Tokenizer")."""
         if self._sp is not None:
             return list(self._sp.encode(text))
         return list(self._hf(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
-        """Text of generated ids (spec §8.3): up to the first EOS, special tokens skipped, no
+        """Text of generated ids (see docs/original-model.md, "Tokenizer"): up to the first EOS, special tokens skipped, no
         clean-up."""
         if self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
@@ -90,7 +90,7 @@ class PromptTokenizer:
 
 
 def wrap_prompt(user_text: str) -> str:
-    """The full LLM prompt (spec §6.2).
+    """The full LLM prompt (see docs/original-model.md, "Prompt and LLM").
 
     ``"Describe it."`` -> ``"USER: <Speech><SpeechHere></Speech> Describe it.\\nASSISTANT:"``. A
     text that already contains ``<SpeechHere>`` is used as is inside the template.
@@ -153,7 +153,7 @@ def add_pad_row(model: nn.Module, vocab_size: int) -> None:
 
 
 def wrap_lora(lm: nn.Module, rank: int, scaling: float) -> nn.Module:
-    """Wrap a causal LM with LoRA adapters on every ``q_proj``/``v_proj`` (spec §7).
+    """Wrap a causal LM with LoRA adapters on every ``q_proj``/``v_proj`` (see docs/original-model.md, "Prompt and LLM").
 
     The adapters are float32 (peft's default upcast, as peft 0.3.0 made them) whatever the LM dtype;
     the result is frozen and in eval mode.

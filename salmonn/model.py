@@ -1,11 +1,11 @@
-"""``SalmonnModel``: Whisper + BEATs -> window-level Q-Former -> projector -> Vicuna + LoRA (§0).
+"""``SalmonnModel``: Whisper + BEATs -> window-level Q-Former -> projector -> Vicuna + LoRA.
 
 Attribute names equal the official checkpoint's top-level names (``ln_speech``, ``ln_audio``,
 ``speech_query_tokens``, ``speech_Qformer``, ``speech_llama_proj``, ``llama_model``; the frozen
 encoders are ``speech_encoder`` and ``beats``), so ``named_parameters()`` and the checkpoint keys
 line up.
 
-Precision (spec Appendix A): the encoders, Q-Former, projector and LoRA adapters hold float32
+Precision (see docs/original-model.md, "Prompt and LLM"): the encoders, Q-Former, projector and LoRA adapters hold float32
 weights; the LLM holds ``dtype`` weights. With ``dtype`` other than float32 every forward runs under
 ``torch.autocast(device.type, dtype)``, which reproduces the reference's CUDA float16 regime.
 """
@@ -28,7 +28,9 @@ from .errors import ConfigError
 from .llm import PromptTokenizer, split_prompt, text_prompt
 from .qformer import QFormer, QFormerConfig, split_windows
 
-ENCODER_LN_EPS = 1e-5  # ln_speech / ln_audio (torch default, spec §2 and §3.7)
+ENCODER_LN_EPS = (
+    1e-5  # ln_speech / ln_audio (torch default; see docs/original-model.md, "Q-Former and windows")
+)
 
 Wave = np.ndarray | torch.Tensor
 
@@ -38,7 +40,7 @@ class GenerationResult:
     """One answer.
 
     ``token_ids``: generated ids after the dummy BOS, ending with EOS when one was produced;
-    ``text``: those ids up to the first EOS, special tokens skipped (spec §8.3).
+    ``text``: those ids up to the first EOS, special tokens skipped (see docs/original-model.md, "Tokenizer").
     """
 
     text: str
@@ -61,7 +63,7 @@ class WorkItem:
 
 @dataclass
 class AudioStages:
-    """Intermediate tensors of :meth:`SalmonnModel.encode_audio_stages` (to compare with R24).
+    """Intermediate tensors of :meth:`SalmonnModel.encode_audio_stages` (to compare with the original code's).
 
     Shapes for B clips, official sizes: ``mel`` [B, 80, 3000]; ``whisper`` [B, 1500, 1280] (encoder
     output, before ln_speech); ``beats`` list of [N_i, 768] (before ln_audio); ``speech``
@@ -95,7 +97,7 @@ def _as_list(values: Any, count: int, what: str) -> list[Any]:
 
 
 def _prepare_wave(wave: Wave, index: int) -> np.ndarray:
-    """One clip as a float64 1-D array, zero-padded to 1 s (spec §1.1); over 30 s is an error."""
+    """One clip as a float64 1-D array, zero-padded to 1 s (see docs/original-model.md, "Audio front end"); over 30 s is an error."""
     if isinstance(wave, torch.Tensor):
         wave = wave.detach().to("cpu", torch.float64).numpy()
     array = np.asarray(wave, dtype=np.float64)
@@ -267,7 +269,9 @@ class SalmonnModel(nn.Module):
         for item in beats:
             if item.shape[0] > frames:
                 raise ConfigError(f"BEATs gave {item.shape[0]} frames for a clip, Whisper {frames}")
-            normed = self.ln_audio(item)  # zero rows are added after the LayerNorm (spec §4)
+            normed = self.ln_audio(
+                item
+            )  # zero rows are added after the LayerNorm (see docs/original-model.md, "BEATs encoder")
             rows.append(
                 torch.cat([normed, normed.new_zeros(frames - normed.shape[0], normed.shape[1])])
             )
@@ -294,7 +298,7 @@ class SalmonnModel(nn.Module):
         return self.llama_model.get_input_embeddings()(ids)
 
     def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
-        """Ids of the text before and after the audio (no BOS; each piece encoded alone, §6.3)."""
+        """Ids of the text before and after the audio (no BOS; each piece encoded alone)."""
         before, after = split_prompt(prompt)
         return self.tokenizer.encode(before), self.tokenizer.encode(after)
 
@@ -304,7 +308,7 @@ class SalmonnModel(nn.Module):
     def build_inputs(
         self, audio: torch.Tensor, prompts: Sequence[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """LLM inputs ``[BOS] + p_before + audio + p_after`` per clip (spec §6.4), left-padded.
+        """LLM inputs ``[BOS] + p_before + audio + p_after`` per clip (see docs/original-model.md, "Prompt and LLM"), left-padded.
 
         Args:
             audio: ``[B, 88, d_llm]`` from :meth:`encode_audio`; prompts: one user prompt per clip.
@@ -429,6 +433,17 @@ class SalmonnModel(nn.Module):
             if not stream.busy:
                 return
             yield from stream.step()
+
+    def auto_batch_size(self, options: GenerationOptions | None = None) -> int:
+        """The largest batch whose working memory fits the free memory of this model's CUDA
+        device now (the weights already loaded); on other devices the default batch size."""
+        from .capacity import LlmShape, auto_batch_size, free_memory
+
+        config = self.llama_model.get_base_model().config if hasattr(
+            self.llama_model, "get_base_model"
+        ) else self.llama_model.config
+        shape = LlmShape.from_config(config, self._dtype)
+        return auto_batch_size(free_memory(self._device), shape, options or GenerationOptions())
 
     def open_stream(
         self, options: GenerationOptions | None = None, *, batch_size: int = 8, **overrides: Any

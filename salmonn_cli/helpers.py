@@ -189,6 +189,13 @@ def _match(comps: Any) -> str:
     )
 
 
+def _auto_batch(comps: Any, kwargs: dict[str, Any]) -> str:
+    """What ``--batch-size auto`` would pick on this machine for these components."""
+    from salmonn.capacity import describe_components
+
+    return describe_components(comps, kwargs.get("device"), kwargs.get("dtype"))
+
+
 @click.command()
 @click.option(
     "--model", metavar="PRESET", help="Preset to check. [default: as for the task commands]"
@@ -239,6 +246,9 @@ def doctor(**flags: Any) -> None:
         ok &= good
         if good:
             click.echo(f"  {'match':<12} ok    {summary}")
+            good, line = _check("auto batch", lambda: _auto_batch(comps, kwargs))
+            if good:
+                click.echo(f"  {'auto batch':<12} {line}")
     if not ok:
         sys.exit(1)
 

@@ -88,8 +88,14 @@ MODEL_OPTIONS = [
     click.option(
         "--batch-size",
         metavar="N",
-        help=f"Chunks per model call, across files. "
-        f"[default: {DEFAULT_BATCH_SIZE}; {_env_help('batch_size')}]",
+        help=f"Chunks decoding together, across files; auto = the most that fit the GPU's free "
+        f"memory. [default: auto ({DEFAULT_BATCH_SIZE} on CPU); {_env_help('batch_size')}]",
+    ),
+    click.option(
+        "--exact",
+        is_flag=True,
+        help="Reproduce the original's arithmetic and shapes (one chunk at a time, "
+        "transformers-4.28 eager attention); slower. [default: fast mode]",
     ),
 ]
 

@@ -50,7 +50,7 @@ class Job:
     model: ModelSettings
     generation: GenerationOptions
     chunking: ChunkingOptions
-    batch_size: int
+    batch_size: int | str
     verbose: int = 0
     quiet: bool = False
 

@@ -23,7 +23,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from salmonn.config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOptions, check_batch_size
+from salmonn.config import (
+    AUTO_BATCH_SIZE,
+    DEFAULT_BATCH_SIZE,  # noqa: F401 - re-exported for the option help
+    ChunkingOptions,
+    GenerationOptions,
+    check_batch_size,
+)
 from salmonn.constants import COMPONENTS
 from salmonn.errors import ConfigError
 
@@ -40,7 +46,7 @@ ENV_VARS = {
     "dtype": "SALMONN_DTYPE",
     "batch_size": "SALMONN_BATCH_SIZE",
 }
-DEFAULTS: dict[str, Any] = {"model": DEFAULT_MODEL, "batch_size": DEFAULT_BATCH_SIZE}
+DEFAULTS: dict[str, Any] = {"model": DEFAULT_MODEL, "batch_size": AUTO_BATCH_SIZE}
 CONFIG_ENV = "SALMONN_CONFIG"
 
 Warn = Callable[[str], None]
@@ -153,6 +159,7 @@ class ModelSettings:
     lora_scaling: float | None = None
     load_in_8bit: bool = False
     load_in_4bit: bool = False
+    exact: bool = False
     preset_origin: str = "default"
 
     def __post_init__(self) -> None:
@@ -186,7 +193,7 @@ class ModelSettings:
         cls, settings: Mapping[str, Setting], params: Mapping[str, Any] | None = None
     ) -> ModelSettings:
         """From :func:`resolve`'s settings, plus the flag-only options found in ``params``
-        (``lora_scaling``, ``load_in_8bit``, ``load_in_4bit``)."""
+        (``lora_scaling``, ``load_in_8bit``, ``load_in_4bit``, ``exact``)."""
         params = params or {}
         paths = {key: settings[key].value for key in COMPONENTS}
         model = settings["model"]
@@ -199,6 +206,7 @@ class ModelSettings:
             lora_scaling=params.get("lora_scaling"),
             load_in_8bit=bool(params.get("load_in_8bit")),
             load_in_4bit=bool(params.get("load_in_4bit")),
+            exact=bool(params.get("exact")),
             preset_origin=model.origin,
         )
 
@@ -214,7 +222,7 @@ class ModelSettings:
 
     def load_kwargs(self, *, quantization: bool = False) -> dict[str, Any]:
         """Keyword arguments of :func:`salmonn.load_model` (with ``quantization``: also
-        ``lora_scaling`` and the ``load_in_*`` flags)."""
+        ``lora_scaling``, the ``load_in_*`` flags and ``exact``)."""
         kwargs: dict[str, Any] = {key: getattr(self, key) for key in COMPONENTS}
         kwargs.update(preset=self.preset, device=self.device, dtype=self.dtype)
         if quantization:
@@ -222,6 +230,7 @@ class ModelSettings:
                 lora_scaling=self.lora_scaling,
                 load_in_8bit=self.load_in_8bit,
                 load_in_4bit=self.load_in_4bit,
+                exact=self.exact,
             )
         return kwargs
 
@@ -310,7 +319,7 @@ class TaskSettings:
     output: OutputSettings
     generation: GenerationOptions
     chunking: ChunkingOptions
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | str = AUTO_BATCH_SIZE
 
     @classmethod
     def from_params(

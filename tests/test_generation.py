@@ -498,9 +498,9 @@ def test_items_joining_a_running_batch_give_their_own_ids(eos_lm, lm, prompts, b
 
 
 def test_exact_mode_matches_the_slow_reference_under_eager_attention(lm, prompts):
-    from salmonn.generation import EXACT_ATTENTION, exact_attention
-
     import functools
+
+    from salmonn.generation import EXACT_ATTENTION, exact_attention
 
     seen: list[str] = []
     real_forward = lm.forward

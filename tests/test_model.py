@@ -237,10 +237,13 @@ def test_generate_stream_equals_one_at_a_time(model, clips):
         got = dict(model.generate_stream(iter(work * 2), options, batch_size=2))
         assert isinstance(got.pop("bad"), ConfigError)  # the others go on
         alone = {
-            ("clip", i): model.generate([c], p, options)[0] for i, (c, p) in enumerate(zip(clips, prompts))
+            ("clip", i): model.generate([c], p, options)[0]
+            for i, (c, p) in enumerate(zip(clips, prompts))
         }
         alone["text"] = model.generate_text("Summarize: a dog barks.", options)[0]
-        assert {k: v.token_ids for k, v in got.items()} == {k: v.token_ids for k, v in alone.items()}
+        assert {k: v.token_ids for k, v in got.items()} == {
+            k: v.token_ids for k, v in alone.items()
+        }
     with pytest.raises(ConfigError):
         next(model.generate_stream(work, SHORT, batch_size=0))
 
@@ -250,7 +253,9 @@ def test_exact_mode(model, clips, greedy, beam, monkeypatch):
     calls = []
     real = model._generate
     monkeypatch.setattr(
-        model, "_generate", lambda e, m, o, exact: calls.append((e.shape[0], exact)) or real(e, m, o, exact)
+        model,
+        "_generate",
+        lambda e, m, o, exact: calls.append((e.shape[0], exact)) or real(e, m, o, exact),
     )
     assert _ids(model.generate(clips, PROMPT, SHORT, exact=True)) == _ids(greedy)
     assert calls == [(1, True)] * len(clips)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from salmonn.config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOptions
+from salmonn.config import ChunkingOptions, GenerationOptions
 from salmonn.records import Record
 from salmonn.tasks import make_task
 from salmonn_cli import run
@@ -79,7 +79,7 @@ def test_task_settings_from_flags():
     settings = TaskSettings.from_params(params, warn=warnings.append)
     assert settings.generation == GenerationOptions(num_beams=2, top_k=7)
     assert settings.chunking == ChunkingOptions(max_seconds=12.0, strategy="fixed")
-    assert settings.batch_size == DEFAULT_BATCH_SIZE
+    assert settings.batch_size == "auto"  # DEFAULT_BATCH_SIZE on CPU, by memory on CUDA
     assert settings.model.preset == "salmonn-13b" and settings.model.lora_scaling == 3.0
     assert settings.inputs.paths == ("a.wav",) and settings.output.target == "out.jsonl"
     assert warnings == ["--top-k only matter with --do-sample"]
@@ -140,7 +140,7 @@ def test_the_executor_seam_runs_a_planned_job(tmp_path):
         run.run_task(params, make_task("transcribe"), executor=executor)
     (job,) = jobs
     assert [Path(i.path).name for i in job.items] == ["a.wav", "b.wav"]
-    assert job.generation.num_beams == 3 and job.batch_size == DEFAULT_BATCH_SIZE
+    assert job.generation.num_beams == 3 and job.batch_size == "auto"
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in records] == ["x", "x"] and records[0]["task"] == "transcribe"
 

@@ -52,7 +52,9 @@ def folder(tmp_path_factory):
     sr = 16_000
     for name, seconds in (("a.wav", 40), ("b.wav", 4), ("c.wav", 12), ("d.wav", 31)):
         t = np.arange(seconds * sr) / sr
-        wave = 0.2 * np.sin(2 * np.pi * (150 + 40 * seconds) * t) + 0.05 * rng.standard_normal(t.size)
+        wave = 0.2 * np.sin(2 * np.pi * (150 + 40 * seconds) * t) + 0.05 * rng.standard_normal(
+            t.size
+        )
         sf.write(root / name, wave.astype(np.float32), sr)
     return root
 
@@ -94,6 +96,9 @@ def test_failure_in_flight_is_retried_chunk_by_chunk(model):
     stream.step = real_step
     batcher.add("h", 0, np.zeros(16_000, np.float32))
     (only,) = batcher.flush()
-    assert only.file == "h" and only.error is None and only.text == model.generate(
-        [np.zeros(16_000, np.float32)], "Describe the audio.", GREEDY
-    )[0].text
+    assert (
+        only.file == "h"
+        and only.error is None
+        and only.text
+        == model.generate([np.zeros(16_000, np.float32)], "Describe the audio.", GREEDY)[0].text
+    )
