@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -102,11 +103,46 @@ def _stream(model: SalmonnModel, clips, prompts, options, batch_size: int) -> li
     return [done[i] for i in range(len(clips))]
 
 
+def load_before(path: str) -> Any:
+    """An earlier ``salmonn/generation.py`` (e.g. ``git show REV:salmonn/generation.py``), imported
+    inside the ``salmonn`` package so its relative imports resolve."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("salmonn._generation_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _generate_before(model: SalmonnModel, before: Any, clips, prompts, options) -> list[Any]:
+    """``model.generate`` with the earlier ``generate_ids`` (same encoders and prompt assembly)."""
+    with torch.inference_mode():
+        audio = model.encode_audio(clips)
+        embeds, mask = model.build_inputs(audio, prompts)
+        ids = before.generate_ids(
+            model.llama_model,
+            embeds,
+            mask,
+            options,
+            eos_token_id=model.tokenizer.eos_id,
+            embed_tokens=model.embed_tokens,
+            bos_token_id=model.tokenizer.bos_id,
+        )
+    return [SimpleNamespace(token_ids=list(x)) for x in ids]
+
+
 def step_ms(
-    model: SalmonnModel, clips, options: GenerationOptions, items: int, repeats: int
+    model: SalmonnModel,
+    clips,
+    options: GenerationOptions,
+    items: int,
+    repeats: int,
+    generate_ids: Callable[..., Any] | None = None,
 ) -> float:
     """ms per decode step with ``items * num_beams`` rows: (t(N tokens) - t(1 token)) / (N - 1)."""
-    from salmonn.generation import generate_ids
+    if generate_ids is None:
+        from salmonn.generation import generate_ids
 
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(items)]
     audio = model.encode_audio(clips[:items])
@@ -129,7 +165,7 @@ def step_ms(
     return 1000 * (full - one) / (options.max_new_tokens - 1)
 
 
-def part_static(new_tokens: int, beams: int, repeats: int) -> None:
+def part_static(new_tokens: int, beams: int, repeats: int, before: Any = None) -> None:
     model = decode_heavy_model()
     hook = _suppress_eos(model)
     clips = _clips(8)
@@ -146,12 +182,25 @@ def part_static(new_tokens: int, beams: int, repeats: int) -> None:
             ],
             "batch 8 (fast)": lambda: model.generate(clips, prompts, options),
             "continuous, budget 8 (fast)": lambda: _stream(model, clips, prompts, options, 8),
+            **(
+                {
+                    "before: one-at-a-time": lambda: [
+                        _generate_before(model, before, [c], [p], options)[0]
+                        for c, p in zip(clips, prompts)
+                    ],
+                    "before: batch 8": lambda: _generate_before(
+                        model, before, clips, prompts, options
+                    ),
+                }
+                if before is not None
+                else {}
+            ),
         },
         repeats,
     )
     rows = [(name, seconds) for name, (seconds, _) in timed.items()]
     t_exact = rows[0][1]
-    exact, one, batch, cont = (out for _, out in timed.values())
+    exact, one, batch, cont = (timed[name][1] for name, _ in rows[:4])
     print(
         f"decode-heavy SALMONN (8x1024 LLaMA) on CPU fp32, torch threads {torch.get_num_threads()}: "
         f"{len(clips)} clips of {SECONDS[0]}-{SECONDS[-1]} s, {beams} beams, "
@@ -164,9 +213,16 @@ def part_static(new_tokens: int, beams: int, repeats: int) -> None:
     agree = sum(a == b for a, b in zip(_ids(exact), _ids(one)))
     print(f"fast modes give identical ids: {same}")
     print(f"exact vs fast: {agree}/{len(clips)} answers with identical ids")
+    if before is not None:
+        befores = [_ids(timed[name][1]) for name in ("before: one-at-a-time", "before: batch 8")]
+        print(f"before == now (one-at-a-time, batch 8): {[b == _ids(one) for b in befores]}")
     for items in (1, 8):
         ms = step_ms(model, clips, options, items, repeats)
-        print(f"decode step at {items * beams:>2} rows: {ms:7.1f} ms")
+        line = f"decode step at {items * beams:>2} rows: {ms:7.1f} ms"
+        if before is not None:
+            old = step_ms(model, clips, options, items, repeats, before.generate_ids)
+            line += f"   (before: {old:7.1f} ms)"
+        print(line, flush=True)
     hook.remove()
     if not same:
         raise SystemExit("batched / continuous ids differ from one-at-a-time")
@@ -174,7 +230,7 @@ def part_static(new_tokens: int, beams: int, repeats: int) -> None:
 
 def part_varied(new_tokens: int, beams: int, repeats: int, count: int = 24) -> None:
     model = decode_heavy_model()
-    eos_after_tokens(model, modulus=4 * new_tokens // 3)
+    eos_after_tokens(model, modulus=max(4, new_tokens // 2))
     clips = _clips(count, seed=1)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
     options = GenerationOptions(max_new_tokens=new_tokens, num_beams=beams)
@@ -213,13 +269,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="12 tokens, 1 repeat")
     parser.add_argument("--part", choices=("static", "varied", "both"), default="both")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--before",
+        metavar="FILE",
+        help="an earlier salmonn/generation.py to time side by side (git show REV:salmonn/generation.py)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.new_tokens, args.repeats = 12, 1
     if args.part in ("static", "both"):
-        part_static(args.new_tokens, args.beams, args.repeats)
+        before = load_before(args.before) if args.before else None
+        part_static(args.new_tokens, args.beams, args.repeats, before)
     if args.part in ("varied", "both"):
         part_varied(args.new_tokens, args.beams, args.repeats)
     return 0
