@@ -1,0 +1,141 @@
+"""Peak memory of ``salmonn transcribe`` on one file, 10 min vs 3 h: it should not grow with length.
+
+Each run is a fresh process running the real CLI in-process (tiny model, greedy, batch 8 unless
+changed) on a file made with ffmpeg's lavfi (a tone with noise, mp3 16 kHz mono); it reports its
+own peak RSS (``ru_maxrss``; ffmpeg's separate process is not counted) and wall time.
+
+    python benchmarks/bench_memory.py                        # 10 min and 3 h, tiny model
+    python benchmarks/bench_memory.py --minutes 10 60        # other lengths
+    python benchmarks/bench_memory.py --fake-model           # the pipeline alone (no model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def make_file(folder: Path, minutes: float) -> Path:
+    from salmonn.audio import find_ffmpeg
+
+    path = folder / f"tone_{minutes:g}min.mp3"
+    if path.is_file():
+        return path
+    seconds = minutes * 60
+    cmd = [
+        find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"sine=frequency=330:sample_rate=16000:duration={seconds}",
+        "-f", "lavfi", "-i", f"anoisesrc=color=pink:amplitude=0.05:sample_rate=16000:duration={seconds}",
+        "-filter_complex", "amix=inputs=2:duration=shortest",
+        "-ac", "1", "-b:a", "32k", str(path),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    return path
+
+
+def child(path: str, tiny_dir: str, fake: bool, batch: int) -> None:
+    """Transcribe ``path`` in this process; print peak RSS and time as JSON."""
+    began = time.perf_counter()
+    if fake:
+        from types import SimpleNamespace
+
+        from salmonn.engine import TaskSpec, process
+        from salmonn.inputs import expand_inputs
+
+        class Fake:
+            identity: dict = {}  # noqa: RUF012 - never changed
+
+            def generate(self, waves, prompts, options):
+                return [SimpleNamespace(text=f"{len(w)}") for w in waves]
+
+            def generate_text(self, prompts, options):
+                return [SimpleNamespace(text="") for _ in prompts]
+
+        for _ in process(Fake(), expand_inputs([path]), TaskSpec("t", "p"), batch_size=batch):
+            pass
+    else:
+        from salmonn_cli.main import cli
+
+        paths = json.loads((Path(tiny_dir) / "paths.json").read_text())
+        args = ["transcribe", path, "--num-beams", "1", "--max-new-tokens", "8", "-q"]
+        args += ["--batch-size", str(batch), "-o", os.devnull]
+        for key in ("whisper", "beats", "llm", "checkpoint"):
+            args += [f"--{key}", paths[key]]
+        cli.main(args, standalone_mode=False)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "peak_mib": round(peak_kib / 1024, 1),
+                "seconds": round(time.perf_counter() - began, 1),
+            }
+        )
+    )
+
+
+def measure(path: Path, tiny_dir: Path, fake: bool, batch: int) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(path),
+        "--tiny-dir",
+        str(tiny_dir),
+        "--batch-size",
+        str(batch),
+    ]
+    if fake:
+        cmd.append("--fake-model")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[10, 180])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--fake-model", action="store_true", help="no model: decoding + engine only"
+    )
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep the files here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--tiny-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.tiny_dir, args.fake_model, args.batch_size)
+        return 0
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="salmonn-mem-"))
+    work.mkdir(parents=True, exist_ok=True)
+    tiny_dir = work / "tiny"
+    if not (tiny_dir / "paths.json").is_file():
+        from dataclasses import asdict
+
+        from salmonn.tiny import write_tiny_model
+
+        paths = write_tiny_model(tiny_dir, seed=0)
+        (tiny_dir / "paths.json").write_text(json.dumps(asdict(paths)))
+    rows = []
+    for minutes in args.minutes:
+        path = make_file(work, minutes)
+        result = measure(path, tiny_dir, args.fake_model, args.batch_size)
+        rows.append((minutes, result))
+        print(
+            f"{minutes:>7g} min: peak RSS {result['peak_mib']:8.1f} MiB, {result['seconds']:7.1f} s",
+            flush=True,
+        )
+    if len(rows) > 1:
+        first, last = rows[0][1]["peak_mib"], rows[-1][1]["peak_mib"]
+        print(f"longest vs shortest: {100 * (last / first - 1):+.1f} % peak RSS")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
