@@ -95,7 +95,7 @@ def _ids(results: Sequence[Any]) -> list[list[int]]:
 
 
 def _stream(model: SalmonnModel, clips, prompts, options, batch_size: int) -> list[Any]:
-    work = [WorkItem(i, p, c) for i, (c, p) in enumerate(zip(clips, prompts))]
+    work = [WorkItem(i, p, c) for i, (c, p) in enumerate(zip(clips, prompts, strict=True))]
     done = dict(model.generate_stream(work, options, batch_size=batch_size))
     for key, value in done.items():
         if isinstance(value, Exception):
@@ -175,10 +175,11 @@ def part_static(new_tokens: int, beams: int, repeats: int, before: Any = None) -
     timed = _rounds(
         {
             "original-style (exact, 1 at a time)": lambda: [
-                model.generate([c], [p], options, exact=True)[0] for c, p in zip(clips, prompts)
+                model.generate([c], [p], options, exact=True)[0]
+                for c, p in zip(clips, prompts, strict=True)
             ],
             "one-at-a-time (fast)": lambda: [
-                model.generate([c], [p], options)[0] for c, p in zip(clips, prompts)
+                model.generate([c], [p], options)[0] for c, p in zip(clips, prompts, strict=True)
             ],
             "batch 8 (fast)": lambda: model.generate(clips, prompts, options),
             "continuous, budget 8 (fast)": lambda: _stream(model, clips, prompts, options, 8),
@@ -186,7 +187,7 @@ def part_static(new_tokens: int, beams: int, repeats: int, before: Any = None) -
                 {
                     "before: one-at-a-time": lambda: [
                         _generate_before(model, before, [c], [p], options)[0]
-                        for c, p in zip(clips, prompts)
+                        for c, p in zip(clips, prompts, strict=True)
                     ],
                     "before: batch 8": lambda: _generate_before(
                         model, before, clips, prompts, options
@@ -210,7 +211,7 @@ def part_static(new_tokens: int, beams: int, repeats: int, before: Any = None) -
     for name, seconds in rows:
         print(f"{name:<38} {seconds:>8.2f} {len(clips) / seconds:>8.3f} {t_exact / seconds:>17.2f}")
     same = _ids(one) == _ids(batch) == _ids(cont)
-    agree = sum(a == b for a, b in zip(_ids(exact), _ids(one)))
+    agree = sum(a == b for a, b in zip(_ids(exact), _ids(one), strict=True))
     print(f"fast modes give identical ids: {same}")
     print(f"exact vs fast: {agree}/{len(clips)} answers with identical ids")
     if before is not None:

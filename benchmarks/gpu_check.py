@@ -232,14 +232,14 @@ def _agreement(check: Check, model: SalmonnModel, cfg: dict[str, Any]) -> dict[s
     fast = [r.token_ids for r in model.generate(clips, PROMPT, options)]
     exact = [r.token_ids for r in model.generate(clips, PROMPT, options, exact=True)]
     shared = []
-    for a, b in zip(fast, exact):
+    for a, b in zip(fast, exact, strict=True):
         n = 0
         while n < min(len(a), len(b)) and a[n] == b[n]:
             n += 1
         shared.append(n / max(len(a), len(b)))
     return {
         "clips": len(clips),
-        "identical": sum(a == b for a, b in zip(fast, exact)),
+        "identical": sum(a == b for a, b in zip(fast, exact, strict=True)),
         "mean_shared_prefix": round(float(np.mean(shared)), 4),
     }
 

@@ -495,7 +495,7 @@ class Decoder:
         else:
             tokens = scores.argmax(dim=-1)
         finished, keep = [], []
-        for row, (item, token) in enumerate(zip(self.items, tokens.tolist())):
+        for row, (item, token) in enumerate(zip(self.items, tokens.tolist(), strict=True)):
             item.ids.append(token)
             item.length += 1
             if token == self.eos or item.length >= self.max_length:
@@ -570,7 +570,7 @@ class Decoder:
         assert self.seqs is not None and item.hyps is not None
         nb = self.num_beams
         chosen: list[tuple[int, int, float]] = []
-        for rank, (token, score, beam) in enumerate(zip(tokens, scores, beams)):
+        for rank, (token, score, beam) in enumerate(zip(tokens, scores, beams, strict=True)):
             row = k * nb + beam
             if token == self.eos:
                 if rank < nb:  # an EOS below the top num_beams ranks is ignored

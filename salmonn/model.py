@@ -376,7 +376,10 @@ class SalmonnModel(nn.Module):
         clips = self._waves(waves)
         texts = _as_list(prompts, len(clips), "prompts")
         if exact and len(clips) > 1:  # the original encodes and decodes one clip at a time
-            return [self.generate([c], [t], options, exact=True)[0] for c, t in zip(clips, texts)]
+            return [
+                self.generate([c], [t], options, exact=True)[0]
+                for c, t in zip(clips, texts, strict=True)
+            ]
         with torch.inference_mode(), self._autocast(), self._encoder_attention(exact):
             audio = self._encode(clips, None)
             embeds, mask = self.build_inputs(audio, texts)
@@ -439,9 +442,11 @@ class SalmonnModel(nn.Module):
         device now (the weights already loaded); on other devices the default batch size."""
         from .capacity import LlmShape, auto_batch_size, free_memory
 
-        config = self.llama_model.get_base_model().config if hasattr(
-            self.llama_model, "get_base_model"
-        ) else self.llama_model.config
+        config = (
+            self.llama_model.get_base_model().config
+            if hasattr(self.llama_model, "get_base_model")
+            else self.llama_model.config
+        )
         shape = LlmShape.from_config(config, self._dtype)
         return auto_batch_size(free_memory(self._device), shape, options or GenerationOptions())
 
