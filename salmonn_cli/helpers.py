@@ -13,7 +13,7 @@ import click
 
 from salmonn.errors import SalmonnError
 
-from .model_errors import describe, quiet_hub
+from .model_errors import describe, offline_variable, quiet_hub
 from .settings import COMPONENTS, config_path, model_kwargs, resolve
 
 
@@ -84,7 +84,7 @@ def models(ctx: click.Context) -> None:
         return
     from salmonn.hub import PRESETS, cached_status, hub_cache_dir, hub_offline
 
-    offline = "  (offline mode: HF_HUB_OFFLINE)" if hub_offline() else ""
+    offline = f"  (offline mode: {offline_variable()})" if hub_offline() else ""
     click.echo(f"cache: {hub_cache_dir()}{offline}")
     for name, preset in PRESETS.items():
         report = cached_status(name)

@@ -38,7 +38,7 @@ def not_found(err: ComponentsNotFound) -> str:
     head = f"not in the Hugging Face cache {err.cache}: {listed}"
     if err.offline:
         return (
-            f"{head}. {_offline_variable()} is set: unset it and run {fetch} to download, {instead}"
+            f"{head}. {offline_variable()} is set: unset it and run {fetch} to download, {instead}"
         )
     return f"{head}. Task commands download them on first use; ahead of time: {fetch}, {instead}"
 
@@ -66,7 +66,7 @@ def fetch_commands(err: ComponentsNotFound) -> str:
     return " and ".join(commands)
 
 
-def _offline_variable() -> str:
+def offline_variable() -> str:
     """The variable that put huggingface_hub offline (it reads either)."""
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
