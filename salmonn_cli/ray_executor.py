@@ -108,26 +108,30 @@ def ray_executor(params: dict[str, Any]) -> Any:
 
 def _start(settings: RaySettings, job: Any, reporter: Any) -> Iterator[Any]:
     """Start the workers and wait for the first model replica; return the record iterator."""
-    from salmonn.ray_runner import RayUnavailableError, run_task_on_ray
+    from salmonn.ray_runner import RayUnavailableError, import_ray, run_task_on_ray
 
     if any(str(item.path) == "-" for item in job.items):
         raise _usage("--ray cannot read standard input ('-'): save the audio to a file")
     try:
-        run = run_task_on_ray(
-            job.items,
-            job.spec,
-            model=job.model.load_kwargs(quantization=True),
-            address=settings.address,
-            workers=settings.workers,
-            gpus_per_worker=settings.gpus_per_worker,
-            cpus_per_worker=settings.cpus_per_worker,
-            generation=job.generation,
-            chunking=job.chunking,
-            batch_size=job.batch_size,
-            on_progress=reporter,
-        )
+        import_ray()
     except RayUnavailableError as err:
         raise _usage(str(err)) from None
+    model = job.model.load_kwargs(quantization=True)
+    if settings.address == "local":
+        model = _resolved(model, job)
+    run = run_task_on_ray(
+        job.items,
+        job.spec,
+        model=model,
+        address=settings.address,
+        workers=settings.workers,
+        gpus_per_worker=settings.gpus_per_worker,
+        cpus_per_worker=settings.cpus_per_worker,
+        generation=job.generation,
+        chunking=job.chunking,
+        batch_size=job.batch_size,
+        on_progress=reporter,
+    )
     bridge = _WarningsTo(reporter)
     reporter.status("starting Ray workers")
     try:
@@ -139,6 +143,20 @@ def _start(settings: RaySettings, job: Any, reporter: Any) -> Iterator[Any]:
         bridge.close()
         raise
     return _Run(run, bridge)
+
+
+def _resolved(model: dict[str, Any], job: Any) -> dict[str, Any]:
+    """The model's component paths found (or downloaded) here, once, before the workers start:
+    workers on this machine then share them instead of each fetching the same files."""
+    from salmonn.constants import COMPONENTS
+    from salmonn.hub import resolve_components
+
+    from .model_errors import quiet_hub
+
+    if not job.verbose:
+        quiet_hub(bars=not job.quiet)
+    found = resolve_components(model["preset"], *(model[c] for c in COMPONENTS))
+    return {**model, **{c: str(getattr(found, c)) for c in COMPONENTS}}
 
 
 class _WarningsTo(logging.Handler):
