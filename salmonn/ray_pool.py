@@ -73,7 +73,7 @@ class SalmonnWorker:
         records = process(
             self.model, items, spec, chunking=chunking, generation=generation, batch_size=batch_size
         )
-        for (index, item), record in zip(batch, records):
+        for (index, item), record in zip(batch, records, strict=True):  # one record per input
             if record.error is not None and not os.path.exists(item.path):
                 record.error = (
                     f"{record.error} (on Ray node {socket.gethostname()}: inputs must be on "
@@ -238,7 +238,9 @@ class Dispatcher:
             return
         except self.ray.exceptions.RayTaskError as exc:  # a bug, as a local run would raise it
             cause = getattr(exc, "cause", None)
-            raise cause if isinstance(cause, Exception) else exc
+            if isinstance(cause, Exception):
+                raise cause from exc
+            raise
         for index, record in results:
             call.received.add(index)
             if index in self.done:  # never expected; the driver must not write a record twice
