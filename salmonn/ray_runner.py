@@ -27,6 +27,10 @@ Why Ray actors with a driver-side queue rather than Ray Data's ``map_batches`` o
 * a file that keeps killing its worker (out of memory, a crash in a codec) is retried alone and
   given up after ``max_attempts`` with an error record, instead of taking its batch-mates with it.
 
+Through Ray Client (``ray://``), which has no streaming calls, a call's records come back together
+when the call ends; everything else is the same. So the extra is ``ray[client]``; Ray Data is not
+needed.
+
 Inputs and model files must be paths that every node can read (shared storage): workers open them
 by absolute path. A file a node cannot see gets an error record that says so.
 """
@@ -43,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOptions
+from .constants import COMPONENTS
 from .errors import ConfigError, SalmonnError, error_line
 from .ray_pool import Dispatcher, PendingInput, SalmonnWorker
 from .records import Record
@@ -134,7 +139,6 @@ _FORWARDED_ENV = (
     "HF_HUB_CACHE",
     "SALMONN_FFMPEG",
 )
-_COMPONENT_ARGS = ("whisper", "beats", "llm", "checkpoint")
 
 
 def run_task_on_ray(
@@ -226,7 +230,7 @@ def run_task_on_ray(
 
 def _model_args(model: Mapping[str, Any] | None) -> dict[str, Any]:
     args = dict(model or {})
-    for key in _COMPONENT_ARGS:
+    for key in COMPONENTS:
         value = args.get(key)
         if value is not None and os.path.exists(value):
             args[key] = os.path.abspath(value)
