@@ -64,7 +64,7 @@ class SalmonnWorker:
         spec: Any,
         chunking: ChunkingOptions,
         generation: GenerationOptions,
-        batch_size: int,
+        batch_size: int | str,
     ) -> Iterator[tuple[int, Record]]:
         """Yield ``(index, record)`` for each ``(index, InputItem)`` of ``batch``, in its order."""
         from .engine import process

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOptions
+from .config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOptions, check_batch_size
 from .constants import COMPONENTS
 from .errors import ConfigError, SalmonnError, error_line
 from .ray_pool import Dispatcher, PendingInput, SalmonnWorker
@@ -58,6 +58,9 @@ RAY_EXTRA = "salmonn[ray]"
 ADDRESS_FORMS = "'local', 'auto' or 'ray://HOST:PORT'"
 DEFAULT_MAX_ATTEMPTS = 3  # hand-outs of a file whose worker died before giving it up
 DEFAULT_MAX_RESTARTS = 3  # times Ray restarts a dead worker (model reloaded)
+# files per call with batch_size "auto" (sized on the worker's GPU): enough to keep a large batch
+# full, few enough that a lost worker costs little
+AUTO_FILES_PER_CALL = 32
 
 
 class RayUnavailableError(ConfigError):
@@ -88,7 +91,7 @@ class RayOptions:
             cluster has GPUs, else 0.
         cpus_per_worker: CPUs reserved per replica; Ray also sets the worker's thread count to it.
         files_per_call: files handed to a worker at a time (the engine batches chunks across
-            them); ``None``: the batch size.
+            them); ``None``: the batch size, or :data:`AUTO_FILES_PER_CALL` with ``"auto"``.
         max_attempts: hand-outs of a file whose worker dies before it gets an error record.
         max_restarts: times Ray restarts a dead worker (reloading the model).
     """
@@ -152,7 +155,7 @@ def run_task_on_ray(
     cpus_per_worker: float = 1.0,
     generation: GenerationOptions | None = None,
     chunking: ChunkingOptions | None = None,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
     on_progress: Callable[[Any], None] | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     **task_args: Any,
@@ -209,15 +212,14 @@ def run_task_on_ray(
         cpus_per_worker=cpus_per_worker,
         max_attempts=max_attempts,
     )
-    size = batch_size if batch_size is not None else DEFAULT_BATCH_SIZE
-    if size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {size}")
+    size = check_batch_size(DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
     job = {
         "spec": spec,
         "chunking": chunking or ChunkingOptions(),
         "generation": generation or GenerationOptions(),
         "batch_size": size,
-        "files_per_call": options.files_per_call or size,
+        "files_per_call": options.files_per_call
+        or (size if isinstance(size, int) else AUTO_FILES_PER_CALL),
         "max_attempts": options.max_attempts,
         "on_progress": on_progress,
     }
