@@ -252,9 +252,11 @@ def test_library_call_gives_the_same_records_through_whole_calls(
     import salmonn
     from salmonn import ray_runner
     from salmonn.config import GenerationOptions
+    from salmonn.inputs import InputItem
 
     monkeypatch.setattr(ray_runner, "_client_mode", lambda ray: True)
     inputs = [folder / "short" / "bad.wav", folder / "short" / "s0.wav"]
+    unseen = InputItem("/nowhere/on/this/node.wav", "/nowhere", "node.wav")  # not on shared storage
     model = {
         "whisper": tiny_paths.whisper,
         "beats": tiny_paths.beats,
@@ -264,7 +266,7 @@ def test_library_call_gives_the_same_records_through_whole_calls(
     }
     events = []
     with salmonn.run_task_on_ray(
-        inputs,
+        [*inputs, unseen],
         "caption",
         model=model,
         workers=1,
@@ -273,9 +275,13 @@ def test_library_call_gives_the_same_records_through_whole_calls(
         on_progress=events.append,
     ) as records:
         got = [r.to_dict() for r in records]
-    same_as_local(got, {str(p): local[str(p)] for p in inputs})
-    assert [e.kind for e in events] == ["start", "record", "record"]
-    assert events[-1].files_done == 2 and events[-1].files_failed == 1
+    missing = [r for r in got if r["path"] == unseen.path]
+    assert len(missing) == 1 and "storage that every node can read" in missing[0]["error"]
+    same_as_local(
+        [r for r in got if r["path"] != unseen.path], {str(p): local[str(p)] for p in inputs}
+    )
+    assert [e.kind for e in events] == ["start", "record", "record", "record"]
+    assert events[-1].files_done == 3 and events[-1].files_failed == 2
 
 
 PROBE = r"""
