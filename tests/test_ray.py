@@ -358,3 +358,16 @@ def test_default_placement_follows_the_cluster(cluster, flags, expected):
     from salmonn.ray_runner import RayOptions
 
     assert RayOptions(**flags).placement(cluster) == expected
+
+
+def test_shard_and_fail_fast_mean_what_they_mean_locally(ray_local, task_args, local, tmp_path):
+    out = tmp_path / "out.jsonl"
+    args = [*task_args, "--ray", "local", "--ray-workers", "1", "--shard", "2/2", "-o", out]
+    result = invoke([*args, "--fail-fast"])
+    assert result.exit_code == 1, result.output
+    shard = sorted(local)[1::2]  # inputs 2, 4, ... of the sorted list: bad.wav first
+    assert shard[0].endswith("bad.wav")
+    written = read_jsonl(out)
+    assert written and written[-1]["path"] == shard[0]  # the run stopped at the failure
+    same_as_local(written, {r["path"]: local[r["path"]] for r in written})
+    assert {r["path"] for r in written} <= set(shard)
