@@ -1,16 +1,25 @@
-"""One model worker for many concurrent requests: their model calls merged into batches.
+"""One model worker for many concurrent requests: their model calls batched together.
 
 Every request runs the ordinary engine (:func:`salmonn.engine.process`) in its own thread, over a
 :class:`RequestModel`: a stand-in for the model whose ``generate`` / ``generate_text`` hand the call
-to the :class:`Batcher` and wait. The batcher's single worker thread takes the oldest queued call,
-waits up to ``wait_s`` for calls of other requests in flight, merges the calls that decode alike
-into one model call of at most ``max_batch_size`` clips or prompts, and hands each request its own
-results. Chunking, the whole-recording pass and record assembly stay in the engine, so a request
-answered by the server is built exactly as the CLI builds it.
+to the :class:`Batcher` and wait. Chunking, the whole-recording pass and record assembly stay in the
+engine, so a request answered by the server is built exactly as the CLI builds it.
 
-Why merging changes no answer: the model's greedy and beam decoding give each item of a batch what it
-gives alone (``SalmonnModel.generate``). Sampling draws from one random generator per call, so a
-sampled call is never merged with another: it runs as the engine sent it, like the CLI's.
+The batcher's single worker thread runs the calls of all requests:
+
+* with a model that offers ``open_stream`` (``SalmonnModel``): continuous batching. Calls that decode
+  alike share one :class:`~salmonn.model.GenerationStream`; their clips and prompts join the running
+  decode as rows free up (at most ``max_batch_size`` at once), so a new request never waits for the
+  longest answer of the batch before it;
+* otherwise: the oldest queued call and the queued calls that decode alike are merged into one
+  ``generate`` call of at most ``max_batch_size`` clips.
+
+When the worker is idle, the first call waits up to ``wait_s`` for calls of the other requests in
+flight (a lone request never waits).
+
+Why batching changes no answer: the model's greedy and beam decoding give each item of a batch what it
+gives alone. Sampling draws from one random generator per call, so a sampled call never shares a
+model call or a stream with another: it runs as the engine sent it, like the CLI's.
 """
 
 from __future__ import annotations
@@ -49,6 +58,12 @@ class _Call:
     done: threading.Event = field(default_factory=threading.Event)
     results: list[Any] | None = None
     error: BaseException | None = None
+    remaining: int = 0  # items not answered yet (continuous batching)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.error = self.error or error
+            self.done.set()
 
     @property
     def size(self) -> int:
@@ -61,10 +76,19 @@ class _Call:
     def key(self) -> tuple[str, GenerationOptions]:
         return self.kind, self.options
 
+    def stream_key(self) -> Any:
+        """Calls with equal keys may share a stream: equal decoding, and never when sampling."""
+        return self.options if self.mergeable else ("alone", id(self))
+
 
 @dataclass(frozen=True)
 class BatchInfo:
-    """What one model call did (for metrics): kind, items, requests merged, tokens, seconds."""
+    """What one model call did (for metrics): kind, items, requests merged, tokens, seconds.
+
+    With continuous batching a "call" is one prefill: the items that joined the running decode
+    together (``kind`` ``"mixed"`` when clips and text prompts joined at once); ``running`` is the
+    number of items decoding in the step (0 for a plain ``generate`` call).
+    """
 
     kind: str
     items: int
@@ -72,6 +96,7 @@ class BatchInfo:
     tokens: int
     seconds: float
     audio_seconds: float
+    running: int = 0
 
 
 class Batcher:
@@ -104,6 +129,11 @@ class Batcher:
         self._closed = False
         self._active: set[int] = set()
         self._ids = itertools.count(1)
+        self._streams: Any = None
+        if getattr(model, "open_stream", None) is not None:
+            from .streams import StreamWorker
+
+            self._streams = StreamWorker(model, max_batch_size, self._report, self._run)
         self._thread = threading.Thread(target=self._loop, name="salmonn-model", daemon=True)
         self._thread.start()
 
@@ -163,15 +193,32 @@ class Batcher:
 
     # -- worker ------------------------------------------------------------------------------------
     def _loop(self) -> None:
+        streams = self._streams
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while not self._queue and not (streams and streams.busy) and not self._closed:
                     self._cond.wait()
                 if self._closed:
+                    if streams is not None:
+                        streams.fail_all(ServerClosing("the server is shutting down"))
                     return
-                self._wait_for_company()
-                batch = self._take()
-            self._run(batch)
+                if streams is None:
+                    self._wait_for_company()
+                    batch = self._take()
+                else:
+                    if not streams.busy:
+                        self._wait_for_company()
+                    batch = list(self._queue)
+                    self._queue.clear()
+            if streams is None:
+                self._run(batch)
+            else:
+                streams.put(batch)
+                streams.step()
+
+    def _report(self, info: BatchInfo) -> None:
+        if self.on_batch is not None:
+            self.on_batch(info)
 
     def _wait_for_company(self) -> None:
         """Wait (lock held) while other requests in flight may still add calls to the first one's batch."""

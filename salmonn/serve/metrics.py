@@ -24,7 +24,7 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "salmonn_batch_size",
-            "Clips or text prompts per model call",
+            "Clips or text prompts per model call (with continuous batching: per prefill)",
             ["kind"],
             buckets=BATCH_BUCKETS,
             registry=r,
@@ -32,6 +32,12 @@ class Metrics:
         self.batch_requests = Histogram(
             "salmonn_batch_requests",
             "Requests merged into one model call",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.decode_batch = Histogram(
+            "salmonn_decode_batch_size",
+            "Items decoding together in one continuous-batching step",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
@@ -44,8 +50,11 @@ class Metrics:
         self.tokens = Counter("salmonn_generated_tokens", "Tokens generated", registry=r)
 
     def observe_batch(self, info: BatchInfo) -> None:
-        self.batch_size.labels(info.kind).observe(info.items)
-        self.batch_requests.observe(info.requests)
+        if info.items:  # a model call, or a prefill of items joining a running decode
+            self.batch_size.labels(info.kind).observe(info.items)
+            self.batch_requests.observe(info.requests)
+        if info.running:
+            self.decode_batch.observe(info.running)
         self.model_seconds.inc(info.seconds)
         self.audio_seconds.inc(info.audio_seconds)
         self.tokens.inc(info.tokens)
