@@ -165,7 +165,13 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
     _check_source(source)
     cmd = [find_ffmpeg(), "-hide_banner", "-nostdin", "-i", _ffmpeg_url(source)]
     try:
-        done = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_S, check=False)
+        done = subprocess.run(
+            cmd,
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+            start_new_session=True,  # not stopped by the terminal's Ctrl-C before we are
+        )
     except subprocess.TimeoutExpired as exc:
         raise AudioDecodeError(
             source, f"ffmpeg did not answer within {PROBE_TIMEOUT_S:.0f} s"
@@ -231,8 +237,15 @@ class _FFmpegStream:
         if source == STDIN:
             stdin, self._feed_from = _stdin_source()
         try:
+            # its own session: a Ctrl-C in the terminal stops us, and we stop ffmpeg (close());
+            # ffmpeg killed first would read as a corrupt file and mark a good input failed
             self.proc = subprocess.Popen(
-                cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+                cmd,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,
             )
         except OSError as exc:
             raise FFmpegNotFoundError(

@@ -11,6 +11,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -206,3 +207,59 @@ def test_control_characters_in_names_do_not_reach_the_terminal(clips, model_flag
         assert code == 1, visible(terminal)
         assert b"\x1b]0;pwned" not in terminal and b"\x1b[2J" not in terminal
         assert "error: " in visible(terminal) and "pwned" in visible(terminal)
+
+
+def test_ctrl_c_exits_130_keeps_finished_records_and_resumes(clips, model_flags, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(6):
+        tone(folder / f"c{i}.wav", 4.0 + i, 200.0 + 60 * i)
+    out = tmp_path / "out.jsonl"
+    args = ["transcribe", folder, "-o", out, "--batch-size", "1", *FAST, *model_flags]
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [*salmonn_command(), *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env=env(),
+        process_group=0,  # its own group, as a terminal's foreground job
+    )
+    os.close(slave)
+    seen = bytearray()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_file() and out.read_bytes().count(b"\n") >= 1:
+            break
+        if select.select([master], [], [], 0.05)[0]:
+            seen.extend(os.read(master, 65536))
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    while True:
+        try:
+            ready = select.select([master], [], [], 30)[0]
+            data = os.read(master, 65536) if ready else b""
+        except OSError:
+            data = b""
+        if not data:
+            break
+        seen.extend(data)
+    code = proc.wait(timeout=60)
+    os.close(master)
+    text = visible(bytes(seen))
+    assert code == 130, text
+    assert "Traceback" not in text and "Aborted" not in text
+    lines = [line for line in re.split(r"[\r\n]+", text) if "interrupt" in line.lower()]
+    assert len(lines) == 1, text
+    first = out.read_text(encoding="utf-8")
+    records = [json.loads(line) for line in first.splitlines() if line.strip()]
+    assert 1 <= len(records) < 6
+    assert all(r["error"] is None for r in records)  # no input marked failed by the interrupt
+    # a line torn by the interrupt is cut by --resume, which then finishes the folder
+    with open(out, "a", encoding="utf-8") as stream:
+        stream.write('{"path": "torn')
+    code, terminal, _ = run_in_pty([*args, "--resume"], stdout="pipe")
+    assert code == 0, visible(terminal)
+    final = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sorted(Path(r["path"]).name for r in final) == [f"c{i}.wav" for i in range(6)]
+    assert all(r["error"] is None for r in final)
