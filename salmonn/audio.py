@@ -100,6 +100,14 @@ _NOISE_RE = re.compile(
 )
 
 
+# what ffmpeg says when a container (mp4/m4a/mov with its index at the end) cannot be read from a pipe
+_UNSEEKABLE_RE = re.compile(r"demux|moov atom|Invalid data found|seek", re.IGNORECASE)
+_PASS_THE_PATH = (
+    "formats such as mp4, m4a or mov need a seekable file: pass the file's path instead of "
+    "piping it to standard input"
+)
+
+
 def channels_from_layout(layout: str) -> int | None:
     """Channel count of an ffmpeg layout name: ``"mono"`` 1, ``"5.1(side)"`` 6, ``"6 channels"``."""
     layout = layout.strip()
@@ -309,7 +317,10 @@ class _FFmpegStream:
                 cause = _ffmpeg_cause("\n".join(self._stderr))
                 logger.warning("%s: ffmpeg reported decoding errors (%s)", self.source, cause)
             return None
-        return AudioDecodeError(self.source, _ffmpeg_cause("\n".join(self._stderr)))
+        cause = _ffmpeg_cause("\n".join(self._stderr))
+        if self.source == STDIN and _UNSEEKABLE_RE.search(cause):
+            cause += f"; {_PASS_THE_PATH}"
+        return AudioDecodeError(self.source, cause)
 
     def close(self) -> None:
         """Stop ffmpeg (if still running) and release the pipes."""

@@ -205,8 +205,8 @@ class _Walker:
                 path = os.path.join(dirpath, name)
                 if self._wanted_name(name) and os.path.splitext(name)[1].lower() in self.exts:
                     found.append((path, os.path.relpath(path, root)))
-        if not found:
-            logger.warning("%s: no audio or video files found", directory)
+        if not found:  # INFO: a caller with nothing at all to do says so itself, once
+            logger.info("%s: no audio or video files found", directory)
         for path, relpath in sorted(found, key=lambda item: _sort_key(item[1])):
             # a broken link (or a fifo, a socket) found here is one input among others: it fails
             # when decoded, with an error record, and the rest of the folder still runs

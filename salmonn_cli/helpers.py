@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from salmonn.errors import SalmonnError
+from salmonn.errors import PromptError, SalmonnError
 
 from .model_errors import describe, offline_variable, quiet_hub
 from .settings import COMPONENTS, config_path, model_kwargs, resolve
@@ -28,7 +28,10 @@ def prompts(name: str | None, as_json: bool) -> None:
     """
     from salmonn.templates import get_template, load_templates
 
-    chosen = [get_template(name)] if name else list(load_templates().values())
+    try:
+        chosen = [get_template(name)] if name else list(load_templates().values())
+    except PromptError as err:  # an unknown NAME is a usage error, as for `prompt --template`
+        raise click.UsageError(str(err)) from None
     if as_json:
         rows = [
             {

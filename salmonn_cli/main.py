@@ -6,7 +6,9 @@ actually runs, so ``--help``, ``prompts`` and usage errors answer instantly.
 
 from __future__ import annotations
 
+import glob
 import os
+import shlex
 from typing import Any
 
 import click
@@ -59,7 +61,8 @@ def cli() -> None:
 
 
 def _paths_arg(func: Any) -> Any:
-    return click.argument("paths", nargs=-1, required=True, metavar="PATH...")(func)
+    # not required by Click: --files-from may give every input (run.collect_inputs checks for none)
+    return click.argument("paths", nargs=-1, metavar="[PATH]...")(func)
 
 
 def _run(params: dict[str, Any], task: str, **task_args: Any) -> None:
@@ -121,7 +124,7 @@ def caption(music: bool, **params: Any) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
 @click.argument("question")
 @PER_CHUNK_OPTION
 @common_options
@@ -129,6 +132,21 @@ def ask(question: str, **params: Any) -> None:
     """Ask a free QUESTION about the audio, e.g. salmonn ask meeting.wav "who is angry?"."""
     if not question.strip():
         raise click.BadParameter("the question is empty", param_hint="QUESTION")
+    paths = params["paths"]
+    if not paths and params.get("list_file") is None and os.path.lexists(question):
+        raise click.UsageError(
+            f"missing the QUESTION after the audio: salmonn ask {shlex.quote(question)} "
+            '"what is happening?"'
+        )
+    misplaced = [p for p in paths if p != "-" and not os.path.lexists(p) and not glob.glob(p)]
+    if misplaced and os.path.lexists(question):  # salmonn ask "who is angry?" meeting.wav
+        files = " ".join(
+            shlex.quote(p) for p in [*(p for p in paths if p not in misplaced), question]
+        )
+        raise click.UsageError(
+            f"the question goes last, after the audio: salmonn ask {files} "
+            f"{shlex.quote(misplaced[0])}"
+        )
     _run(params, "ask", question=question)
 
 

@@ -132,57 +132,89 @@ def repair_jsonl_tail(path: Path) -> bool:
             block = min(size, block * 2)
 
 
-def _keys_of_jsonl(path: Path) -> set[str]:
+@dataclass(frozen=True)
+class Done:
+    """What an earlier run left for one input: its resume key, the weights it ran with
+    (:func:`weights_of`; ``None`` when not recorded) and whether it failed."""
+
+    key: str
+    weights: dict[str, Any] | None
+    failed: bool
+
+
+WEIGHT_KEYS = ("preset", "whisper", "beats", "llm", "checkpoint", "lora_scaling", "quantization")
+
+
+def weights_of(model: dict[str, Any]) -> dict[str, Any]:
+    """The part of a record's ``model`` identity that decides its answers: preset, component
+    paths, LoRA scaling, quantization (device and dtype only change rounding)."""
+    return {key: model.get(key) for key in WEIGHT_KEYS}
+
+
+def _done_of(record: Any) -> Done:
+    return Done(record.resume_key(), weights_of(record.model), record.error is not None)
+
+
+def _done_in_jsonl(path: Path) -> list[Done]:
     from salmonn.records import iter_jsonl
 
     with open(path, encoding="utf-8") as stream:
-        return {record.resume_key() for record in iter_jsonl(stream)}
+        return [_done_of(record) for record in iter_jsonl(stream)]
 
 
-def _keys_of_json(path: Path) -> set[str]:
+def _done_in_json(path: Path) -> list[Done]:
     from salmonn.records import Record
 
     data = json.loads(path.read_text(encoding="utf-8"))
     rows = data if isinstance(data, list) else [data]
-    return {Record.from_dict(row).resume_key() for row in rows}
+    return [_done_of(Record.from_dict(row)) for row in rows]
 
 
-def done_keys_file(path: Path) -> set[str]:
-    """Resume keys of the records in the JSONL file ``path`` (none when it does not exist)."""
+def done_in_file(path: Path) -> list[Done]:
+    """The records of the JSONL file ``path`` (none when it does not exist)."""
     if not path.is_file():
-        return set()
-    return _keys_of_jsonl(path)
+        return []
+    return _done_in_jsonl(path)
 
 
-def done_keys_dir(folder: Path, names: Sequence[str], fmt: str) -> set[str]:
-    """Resume keys present under ``folder``: the per-input JSON/JSONL files, else the manifest."""
-    keys: set[str] = set()
+def done_in_dir(folder: Path, names: Sequence[str], fmt: str) -> list[Done]:
+    """What is present under ``folder``: the per-input JSON/JSONL files, else the manifest."""
+    done: list[Done] = []
     if fmt in JSON_FORMATS:
-        reader = _keys_of_jsonl if fmt == "jsonl" else _keys_of_json
+        reader = _done_in_jsonl if fmt == "jsonl" else _done_in_json
         for name in names:
             path = folder / name
             if path.is_file():
                 try:
-                    keys |= reader(path)
+                    done += reader(path)
                 except (ValueError, OSError):
                     continue  # unreadable: the input is done again
-        return keys
+        return done
     manifest = folder / MANIFEST
     if manifest.is_file():
         for line in manifest.read_text(encoding="utf-8").splitlines():
             try:
-                keys.add(json.loads(line)["key"])
-            except (ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                # a failed input wrote no file (non-JSON formats skip error records)
+                failed = bool(entry.get("failed", entry.get("output") is None))
+                done.append(Done(entry["key"], entry.get("weights"), failed))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a torn last line
-    return keys
+    return done
 
 
-def add_to_manifest(folder: Path, key: str, output: str | None) -> None:
+def add_to_manifest(folder: Path, record: Any, output: str | None) -> None:
     """Append one finished input to ``folder``'s manifest (non-JSON formats in DIR mode)."""
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / MANIFEST
     if manifest.is_file() and manifest.stat().st_size:
         repair_jsonl_tail(manifest)
+    entry = {
+        "key": record.resume_key(),
+        "output": output,
+        "failed": record.error is not None,
+        "weights": weights_of(record.model),
+    }
     with open(manifest, "a", encoding="utf-8") as stream:
-        stream.write(json.dumps({"key": key, "output": output}) + "\n")
+        stream.write(json.dumps(entry) + "\n")
         stream.flush()

@@ -11,6 +11,7 @@ inputs over a cluster) can be passed to :func:`run_task` instead.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,10 +61,19 @@ Executor = Callable[[Job, Reporter], Iterator[Any]]
 ready (so a failed load leaves the output untouched); closing the iterator stops the work."""
 
 
-def collect_inputs(settings: InputSettings) -> list[Any]:
-    """Expanded inputs; a missing path or an empty selection is a usage error."""
+def collect_inputs(settings: InputSettings, note: Callable[[str], None] | None = None) -> list[Any]:
+    """Expanded inputs; no input, a missing path or an empty selection is a usage error.
+
+    ``note`` is told about each folder named on the command line that holds no audio when other
+    inputs do (an empty selection is one usage error, not a note and an error).
+    """
     from salmonn.inputs import expand_inputs
 
+    if not settings.paths and settings.list_file is None:
+        raise _usage(
+            "no inputs: give PATH... (files, folders, globs, - for standard input) "
+            "or --files-from FILE"
+        )
     problems: list[AudioError] = []
     try:
         items = expand_inputs(
@@ -83,6 +93,11 @@ def collect_inputs(settings: InputSettings) -> list[Any]:
         raise _usage(
             f"no audio or video files found in {', '.join(settings.paths) or '--files-from'}"
         )
+    if note is not None:
+        roots = {i.root for i in items}
+        for path in settings.paths:
+            if os.path.isdir(path) and path not in roots:
+                note(f"{path}: no audio or video files found")
     return items
 
 
@@ -106,16 +121,16 @@ class Sink:
         self._stream: Any = None
         self._writer: Any = None
 
-    def done_keys(self) -> set[str]:
-        """Resume keys already present in the output."""
+    def done(self) -> list[Any]:
+        """What the output already holds (:class:`paths.Done`, one per record)."""
         if self.plan.mode == "stdout":
             raise _usage("--resume needs -o FILE (jsonl) or -o DIR/")
         try:
             if self.plan.mode == "file":
                 if self.fmt != "jsonl":
                     raise _usage("--resume with -o FILE needs --format jsonl (or use -o DIR/)")
-                return outputs.done_keys_file(self.plan.target)  # type: ignore[arg-type]
-            return outputs.done_keys_dir(self.plan.target, list(self.names.values()), self.fmt)  # type: ignore[arg-type]
+                return outputs.done_in_file(self.plan.target)  # type: ignore[arg-type]
+            return outputs.done_in_dir(self.plan.target, list(self.names.values()), self.fmt)  # type: ignore[arg-type]
         except ConfigError as err:
             raise _usage(f"--resume: cannot read {self.plan.target}: {err}") from None
 
@@ -148,7 +163,7 @@ class Sink:
         if writer.count:
             outputs.write_atomic(folder / name, buffer.getvalue())
         if self.fmt not in outputs.JSON_FORMATS:
-            outputs.add_to_manifest(folder, record.resume_key(), name if writer.count else None)
+            outputs.add_to_manifest(folder, record, name if writer.count else None)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -174,16 +189,20 @@ def run_task(params: dict[str, Any], task: Any, executor: Executor | None = None
     setup_logging(params["verbose"])
     reporter = Reporter(quiet=params["quiet"])
     with _errors_as_usage():
-        spec = task.spec()
+        try:
+            spec = task.spec()
+        except PromptError as err:
+            raise PromptError(str(err) + _var_hint(task)) from None
         settings = TaskSettings.from_params(params, warn=reporter.warn)
-    items = collect_inputs(settings.inputs)
+    items = collect_inputs(settings.inputs, note=reporter.info)
     sink = Sink(settings.output, items)
     if settings.inputs.shard is not None:
         from salmonn.engine import select_shard
 
         items = select_shard(items, *settings.inputs.shard)
-    todo = _pending(items, spec, settings, sink, reporter)
+    todo, earlier_failed = _pending(items, spec, settings, sink, reporter)
     if not todo:
+        _exit_for_failures(0, 0, earlier_failed, reporter)
         return
     job = Job(
         items=todo,
@@ -196,26 +215,73 @@ def run_task(params: dict[str, Any], task: Any, executor: Executor | None = None
         quiet=settings.output.quiet,
     )
     failed = _write(job, executor or local_executor, sink, reporter, settings.output.fail_fast)
+    _exit_for_failures(failed, len(todo), earlier_failed, reporter)
+
+
+def _exit_for_failures(failed: int, ran: int, earlier_failed: int, reporter: Reporter) -> None:
+    """Exit 1 while any input of the run has an error record: from this run or an earlier one."""
     if failed:
-        reporter.info(f"{failed} of {len(todo)} inputs failed")
+        reporter.info(f"{failed} of {ran} inputs failed")
+    if earlier_failed:
+        s = "s" if earlier_failed > 1 else ""
+        reporter.warn(
+            f"{earlier_failed} input{s} failed in an earlier run; the output still holds "
+            f"{'their error records' if s else 'its error record'} (delete them and --resume "
+            "to run them again)"
+        )
+    if failed or earlier_failed:
         sys.exit(1)
+
+
+def _var_hint(task: Any) -> str:
+    """``; give it with --var question=VALUE`` when a template's variables were not all given."""
+    from salmonn.templates import get_template
+
+    name, given = getattr(task, "template", None), getattr(task, "variables", None) or {}
+    try:
+        variables = get_template(name).variables if name else ()
+    except PromptError:
+        return ""
+    missing = [v for v in variables if v not in given]
+    if not missing:
+        return ""
+    flags = " ".join(f"--var {v}=VALUE" for v in missing)
+    return f"; give {'it' if len(missing) == 1 else 'them'} with {flags}"
 
 
 def _pending(
     items: list[Any], spec: Any, settings: TaskSettings, sink: Sink, reporter: Reporter
-) -> list[Any]:
-    """The inputs still to do: with ``--resume``, those whose record is not in the output yet."""
-    if not settings.output.resume:
-        return items
-    from salmonn.engine import pending_items
+) -> tuple[list[Any], int]:
+    """The inputs still to do and how many of the others failed in an earlier run.
 
-    done = sink.done_keys()
-    todo = pending_items(
-        items, spec, done, chunking=settings.chunking, generation=settings.generation
-    )
+    With ``--resume``, an input is done when the output holds its record (same path, task, prompt,
+    options) made by the same model (:meth:`ModelSettings.made`); a failed record counts as done
+    (delete it to retry) but keeps the exit code at 1.
+    """
+    if not settings.output.resume:
+        return items, 0
+    from salmonn.engine import resume_key
+
+    done = sink.done()
+    same = [d for d in done if settings.model.made(d.weights)]
+    ok = {d.key for d in same if not d.failed}
+    failed = {d.key for d in same if d.failed} - ok
+    other_model = {d.key for d in done} - ok - failed
+    keys = [
+        resume_key(i, spec, chunking=settings.chunking, generation=settings.generation)
+        for i in items
+    ]
+    todo = [i for i, key in zip(items, keys, strict=True) if key not in ok and key not in failed]
+    earlier_failed = sum(key in failed for key in keys)
     if len(todo) < len(items):
-        reporter.info(f"resume: {len(items) - len(todo)} of {len(items)} inputs already done")
-    return todo
+        message = f"resume: {len(items) - len(todo)} of {len(items)} inputs already done"
+        if earlier_failed:
+            message += f" ({earlier_failed} of them failed; delete their records to run them again)"
+        reporter.info(message)
+    again = sum(key in other_model for key in keys)
+    if again:
+        reporter.info(f"resume: {again} inputs done with another model are run again")
+    return todo, earlier_failed
 
 
 def _write(job: Job, executor: Executor, sink: Sink, reporter: Reporter, fail_fast: bool) -> int:

@@ -17,8 +17,10 @@ warning). Keys: ``whisper``, ``beats``, ``llm``, ``checkpoint``, ``model``, ``de
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,10 @@ def read_config(path: Path, warn: Warn) -> dict[str, Any]:
     return config
 
 
+DEVICE_RE = re.compile(r"(cpu|mps|(cuda|xpu)(:\d+)?)")
+DTYPE_NAMES = ("float32", "fp32", "float", "float16", "fp16", "half", "bfloat16", "bf16")
+
+
 def _convert(key: str, value: Any, origin: str) -> Any:
     if key == "batch_size":
         try:
@@ -105,7 +111,13 @@ def _convert(key: str, value: Any, origin: str) -> Any:
             raise SettingsError(f"{origin}: {err}") from None
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise SettingsError(f"{origin}: {key} must be a string, got {value!r}")
-    return str(value)
+    value = str(value)
+    # checked here, without torch, so a bad value from any source is a usage error naming it
+    if key == "device" and not DEVICE_RE.fullmatch(value):
+        raise SettingsError(f"{origin}: unknown device {value!r}; use cpu, cuda or cuda:N")
+    if key == "dtype" and value.lower() not in DTYPE_NAMES:
+        raise SettingsError(f"{origin}: unknown dtype {value!r}; use float32, float16 or bfloat16")
+    return value
 
 
 def resolve(
@@ -220,6 +232,37 @@ class ModelSettings:
                 f"choose from {', '.join(PRESETS)}"
             )
 
+    def made(self, weights: Mapping[str, Any] | None) -> bool:
+        """Whether a record whose model identity was ``weights`` (:func:`paths.weights_of`) came
+        from the model these settings load: same preset, component files, LoRA scaling and
+        quantization. ``None`` (not recorded) counts as the same. Checked without loading anything:
+        a component given as a local path is compared by its resolved path, one taken from the
+        preset by the preset's name (a hub source given by hand is not compared)."""
+        if weights is None:
+            return True
+        quantization = "8bit" if self.load_in_8bit else "4bit" if self.load_in_4bit else None
+        if weights.get("quantization") != quantization:
+            return False
+        for key in COMPONENTS:
+            given = getattr(self, key)
+            if given is None:
+                same = weights.get("preset") == self.preset
+            elif os.path.exists(given):
+                same = weights.get(key) == str(Path(given).expanduser().resolve())
+            else:
+                same = True  # a hub source typed by hand: resolved only when the model loads
+            if not same:
+                return False
+        scaling = self.lora_scaling
+        if scaling is None:
+            from salmonn.constants import DEFAULT_LORA_SCALING
+            from salmonn.presets import PRESETS
+
+            preset = PRESETS.get(self.preset) if self.preset else None
+            scaling = getattr(preset, "lora_scaling", DEFAULT_LORA_SCALING)
+        recorded = weights.get("lora_scaling")
+        return isinstance(recorded, int | float) and math.isclose(recorded, scaling)
+
     def load_kwargs(self, *, quantization: bool = False) -> dict[str, Any]:
         """Keyword arguments of :func:`salmonn.load_model` (with ``quantization``: also
         ``lora_scaling``, the ``load_in_*`` flags and ``exact``)."""
@@ -242,7 +285,7 @@ def generation_options(params: Mapping[str, Any]) -> GenerationOptions:
     try:
         return GenerationOptions().with_overrides(**given)
     except ConfigError as err:
-        raise SettingsError(str(err)) from None
+        raise SettingsError(in_flag_words(str(err), given)) from None
 
 
 def chunking_options(params: Mapping[str, Any]) -> ChunkingOptions:
@@ -251,7 +294,25 @@ def chunking_options(params: Mapping[str, Any]) -> ChunkingOptions:
     try:
         return ChunkingOptions().with_overrides(**given)
     except ConfigError as err:
-        raise SettingsError(str(err)) from None
+        raise SettingsError(in_flag_words(str(err), given)) from None
+
+
+def in_flag_words(message: str, names: Iterable[str]) -> str:
+    """``message`` of the options dataclasses with each field name in ``names`` replaced by the
+    flag that sets it in the running command (``max_seconds`` -> ``--chunk-seconds``)."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return message
+    flags = {
+        p.name: max(p.opts, key=len)
+        for p in ctx.command.params
+        if isinstance(p, click.Option) and p.name in set(names)
+    }
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+    return message
 
 
 def sampling_without_do_sample(params: Mapping[str, Any], options: GenerationOptions) -> list[str]:
@@ -344,7 +405,11 @@ class TaskSettings:
         chunking = chunking_options(params)
         sampling = sampling_without_do_sample(params, generation)
         if sampling:
-            warn(f"{', '.join(sampling)} only matter with --do-sample")
+            verb = "matters" if len(sampling) == 1 else "matter"
+            names = " and ".join(
+                [", ".join(sampling[:-1]), sampling[-1]] if sampling[:-1] else sampling
+            )
+            warn(f"{names} only {verb} with --do-sample")
         return cls(
             model=model,
             inputs=InputSettings.from_params(params),

@@ -219,7 +219,9 @@ def test_output_dir_mirrors_the_tree_and_resume(tree, model_flags, tmp_path):
     again = invoke(
         ["transcribe", tree / "in", "-o", f"{out}/", "--resume", *model_flags, *FAST[:-1]]
     )
-    assert again.exit_code == 0 and "2 of 3 inputs already done" in again.stderr
+    # bad.wav's error record is still there: the run is not clean (exit 1, and it says so)
+    assert again.exit_code == 1 and "2 of 3 inputs already done (1 of them failed" in again.stderr
+    assert "1 input failed in an earlier run" in again.stderr
     assert (out / "sub" / "a.jsonl").is_file()
 
     srt_out, srt_in = tmp_path / "srt", [tree / "in" / "sub" / "a.wav", tree / "in" / "bad.wav"]
@@ -240,7 +242,8 @@ def test_output_dir_mirrors_the_tree_and_resume(tree, model_flags, tmp_path):
             *FAST[:-1],
         ]
     )
-    assert redo.exit_code == 0 and "2 of 2 inputs already done" in redo.stderr
+    assert redo.exit_code == 1 and "2 of 2 inputs already done" in redo.stderr
+    assert "1 input failed in an earlier run" in redo.stderr
 
 
 def test_resume_a_jsonl_file_cut_mid_line(tree, model_flags, tmp_path):
@@ -372,8 +375,8 @@ def test_prompts_list_show_and_validation(tmp_path, monkeypatch, tree):
     )
     monkeypatch.setenv("SALMONN_PROMPTS_DIR", str(user))
     broken = invoke(["prompts"])
-    assert (
-        broken.exit_code == 1 and "mine.twice" in broken.stderr and "<SpeechHere>" in broken.stderr
+    assert (  # a broken template file is a usage error everywhere (exit 2), as for the tasks
+        broken.exit_code == 2 and "mine.twice" in broken.stderr and "<SpeechHere>" in broken.stderr
     )
     run = invoke(["transcribe", tree / "in" / "a.wav"])
     assert run.exit_code == 2 and "mine.twice" in run.stderr
@@ -401,10 +404,10 @@ def test_prompts_list_show_and_validation(tmp_path, monkeypatch, tree):
     "args, needle",
     [
         (["transcribe", "/nonexistent/x.wav"], "nonexistent"),
-        (["transcribe"], "Missing argument"),
-        (["ask", "a.wav"], "Missing argument"),
+        (["transcribe"], "no inputs: give PATH... (files, folders, globs, - for standard input)"),
+        (["ask", "{in}"], "missing the QUESTION after the audio"),
         (["transcribe", "{in}", "--shard", "3/2"], "K <= N"),
-        (["transcribe", "{in}", "--num-beams", "0"], "num_beams"),
+        (["transcribe", "{in}", "--num-beams", "0"], "--num-beams must be >= 1"),
         (["transcribe", "{in}", "--resume"], "--resume needs -o"),
         (["transcribe", "{in}", "--resume", "-o", "x.txt", "-f", "text"], "--format jsonl"),
         (["prompt", "{in}"], "exactly one of"),
