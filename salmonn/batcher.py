@@ -37,7 +37,9 @@ class ChunkAnswer:
         key: the chunk's key within its file.
         text: the model's answer, or ``None`` when ``error`` is set.
         error: one line saying why the chunk has no answer, else ``None``.
-        model_s: wall seconds of model time spent on this chunk (a batch's time is shared evenly).
+        model_s: this chunk's share of the model time: a batch's wall time split over its chunks
+            in proportion to their length in samples (their audio seconds), so the shares of a
+            batch add up to its time and summing ``model_s`` over files never counts twice.
     """
 
     file: Hashable
@@ -92,8 +94,13 @@ class Batcher:
                 "batch of %d chunks failed (%s); retrying one by one", len(batch), error_line(exc)
             )
             return self._one_by_one(batch)
-        share = (time.perf_counter() - start) / len(batch)
-        return [ChunkAnswer(p.file, p.key, text, None, share) for p, text in pairs]
+        elapsed = time.perf_counter() - start
+        lengths = [_length(p.wave) for p, _ in pairs]
+        total = sum(lengths)
+        return [
+            ChunkAnswer(p.file, p.key, text, None, elapsed * n / total)
+            for (p, text), n in zip(pairs, lengths, strict=True)
+        ]
 
     def _one_by_one(self, batch: list[_Pending]) -> list[ChunkAnswer]:
         answers: list[ChunkAnswer] = []
@@ -197,3 +204,14 @@ def make_batcher(
     if open_stream is None:
         return Batcher(answer, batch_size)
     return StreamBatcher(open_stream(options, batch_size=batch_size), prompt, answer, batch_size)
+
+
+def _length(wave: Any) -> int:
+    """Samples in ``wave`` (its last axis), 1 for anything without a length (even shares)."""
+    shape = getattr(wave, "shape", None)
+    if shape:
+        return max(1, int(shape[-1]))
+    try:
+        return max(1, len(wave))
+    except TypeError:
+        return 1

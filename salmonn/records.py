@@ -61,7 +61,9 @@ class Record:
         error: ``None``, or a one-line message saying why the file failed.
         model: model identity (preset, component paths, dtype, device).
         options: decoding (and chunking) options used.
-        timings: seconds spent (``decode_s``, ``model_s``, ``total_s``, ...).
+        timings: seconds spent: ``model_s`` and ``summary_s`` are this file's shares of the model
+            time (a batch's time split by audio seconds; they add up over files), ``total_s`` the
+            wall time from its first chunk to its record (it overlaps other files of a batch).
         schema_version: version of this layout; 1.
     """
 

@@ -123,3 +123,23 @@ def test_fit_context_groups_answers_until_the_prompt_fits(context):
     assert all(a.end == b.start for a, b in zip(fitted, fitted[1:], strict=False))
     untouched = SummaryPass(TextModel(context=1000), render, options).fit_context(segments)
     assert untouched == segments
+
+
+def test_a_batch_time_is_shared_by_audio_length():
+    import time
+
+    import numpy as np
+
+    def slow(waves):
+        time.sleep(0.2)
+        return ["x"] * len(waves)
+
+    batcher = Batcher(slow, batch_size=3)
+    for file, seconds in (("a", 1.0), ("b", 3.0), ("c", 30.0)):
+        batcher.add(file, 0, np.zeros(int(16_000 * seconds), np.float32))
+    began = time.perf_counter()
+    answers = batcher.flush()
+    took = time.perf_counter() - began
+    shares = [a.model_s for a in answers]
+    assert shares[1] == pytest.approx(3 * shares[0]) and shares[2] == pytest.approx(30 * shares[0])
+    assert 0.2 <= sum(shares) <= took  # the batch's time once, not once per file
