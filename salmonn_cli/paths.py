@@ -79,14 +79,14 @@ def output_names(items: Sequence[Any], extension: str) -> list[str]:
         str(PurePath(*_safe_parts(os.path.normpath(str(i.path)))))
         if same_rel[r] > 1
         else str(PurePath(*_safe_parts(r)))
-        for i, r in zip(items, rels)
+        for i, r in zip(items, rels, strict=True)
     ]
     names = [
         str(PurePath(r).with_suffix(extension)) if PurePath(r).suffix else r + extension
         for r in rels
     ]
     clash = Counter(names)
-    names = [r + extension if clash[n] > 1 else n for r, n in zip(rels, names)]
+    names = [r + extension if clash[n] > 1 else n for r, n in zip(rels, names, strict=True)]
     dupes = sorted(n for n, c in Counter(names).items() if c > 1)
     if dupes:
         raise click.UsageError(f"two inputs would write the same output file {dupes[0]}")
