@@ -260,7 +260,7 @@ def _pending(
     """
     if not settings.output.resume:
         return items, 0
-    from salmonn.engine import resume_key
+    from salmonn.engine import planned_resume_key
 
     done = sink.done()
     same = [d for d in done if settings.model.made(d.weights)]
@@ -268,7 +268,7 @@ def _pending(
     failed = {d.key for d in same if d.failed} - ok
     other_model = {d.key for d in done} - ok - failed
     keys = [
-        resume_key(i, spec, chunking=settings.chunking, generation=settings.generation)
+        planned_resume_key(i, spec, chunking=settings.chunking, generation=settings.generation)
         for i in items
     ]
     todo = [i for i, key in zip(items, keys, strict=True) if key not in ok and key not in failed]
