@@ -224,10 +224,11 @@ def _exit_for_failures(failed: int, ran: int, earlier_failed: int, reporter: Rep
         reporter.info(f"{failed} of {ran} inputs failed")
     if earlier_failed:
         s = "s" if earlier_failed > 1 else ""
+        them = "them" if s else "it"
         reporter.warn(
             f"{earlier_failed} input{s} failed in an earlier run; the output still holds "
-            f"{'their error records' if s else 'its error record'} (delete them and --resume "
-            "to run them again)"
+            f"{'their error records' if s else 'its error record'} (delete {them} and --resume "
+            f"to run {them} again)"
         )
     if failed or earlier_failed:
         sys.exit(1)

@@ -168,7 +168,9 @@ def test_same_records_as_local_into_a_folder_then_resume(ray_local, task_args, l
     (out / "long.jsonl").unlink()
     (out / "short" / "s3.jsonl").unlink()
     again = invoke([*ray_args, "--resume", "--ray-workers", "1"])
-    assert again.exit_code == 0, again.output  # bad.wav's error record is already there
+    # bad.wav's error record is already there: not run again, but the run is not clean either
+    assert again.exit_code == 1, again.output
+    assert "1 input failed in an earlier run" in again.stderr
     same_as_local([r for f in sorted(out.rglob("*.jsonl")) for r in read_jsonl(f)], local)
 
 

@@ -82,7 +82,7 @@ def test_task_settings_from_flags():
     assert settings.batch_size == "auto"  # DEFAULT_BATCH_SIZE on CPU, by memory on CUDA
     assert settings.model.preset == "salmonn-13b" and settings.model.lora_scaling == 3.0
     assert settings.inputs.paths == ("a.wav",) and settings.output.target == "out.jsonl"
-    assert warnings == ["--top-k only matter with --do-sample"]
+    assert warnings == ["--top-k only matters with --do-sample"]
 
 
 def test_batch_size_is_checked_once_for_flag_env_and_config(monkeypatch, tmp_path):
