@@ -37,9 +37,10 @@ class ChunkAnswer:
         key: the chunk's key within its file.
         text: the model's answer, or ``None`` when ``error`` is set.
         error: one line saying why the chunk has no answer, else ``None``.
-        model_s: this chunk's share of the model time: a batch's wall time split over its chunks
-            in proportion to their length in samples (their audio seconds), so the shares of a
-            batch add up to its time and summing ``model_s`` over files never counts twice.
+        model_s: this chunk's share of the model time, so that summing ``model_s`` over files
+            never counts a batch twice: :class:`Batcher` splits a batch's wall time over its chunks
+            in proportion to their length in samples (audio seconds); :class:`StreamBatcher`
+            splits each decoding step evenly over the chunks in it.
     """
 
     file: Hashable
