@@ -128,7 +128,10 @@ class Sink:
         try:
             if self.plan.mode == "file":
                 if self.fmt != "jsonl":
-                    raise _usage("--resume with -o FILE needs --format jsonl (or use -o DIR/)")
+                    raise _usage(
+                        f"--resume with -o FILE needs the jsonl format, not {self.fmt} "
+                        "(a .jsonl file name or --format jsonl), or use -o DIR/"
+                    )
                 return outputs.done_in_file(self.plan.target)  # type: ignore[arg-type]
             return outputs.done_in_dir(self.plan.target, list(self.names.values()), self.fmt)  # type: ignore[arg-type]
         except ConfigError as err:

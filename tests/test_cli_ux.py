@@ -91,7 +91,10 @@ def test_resume_with_a_jsonl_extension_needs_no_format_flag(clip, model_flags, t
     assert len(jsonl(target.read_text(encoding="utf-8"))) == 1
     srt = tmp_path / "runs.srt"
     result = invoke(["transcribe", clip, "-o", srt, "--resume", *FAST, *model_flags])
-    assert result.exit_code == 2 and "--resume" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "--resume with -o FILE needs the jsonl format, not srt" in result.stderr
+    )
 
 
 # ------------------------------------------------------------------- bad inputs inside a folder
