@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_BATCH_SIZE, GenerationOptions
 from .constants import WINDOW_SECONDS
+
+if TYPE_CHECKING:
+    import torch
 
 AUTO = "auto"
 MAX_AUTO_BATCH = 64  # beyond this a step is compute-bound and latency only grows
@@ -36,6 +37,8 @@ class LlmShape:
 
     @classmethod
     def from_config(cls, config: Any, dtype: torch.dtype) -> LlmShape:
+        import torch
+
         get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
         return cls(
             layers=int(get("num_hidden_layers")),
@@ -88,6 +91,8 @@ def auto_batch_size(
 
 def free_memory(device: torch.device) -> int | None:
     """Free bytes on a CUDA device (what the allocator holds but does not use counts as free)."""
+    import torch
+
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
     free, _total = torch.cuda.mem_get_info(device)
@@ -134,3 +139,38 @@ def describe_components(comps: Any, device: str | None, dtype: str | None) -> st
     shape = LlmShape.from_folder(comps.llm, resolve_dtype(dtype, dev))
     weights = weights_on_disk(comps.whisper, comps.beats, comps.llm, comps.checkpoint)
     return describe(dev, shape, GenerationOptions(), weights)
+
+
+class HeapTrimmer:
+    """Give freed heap memory back to the OS every ``every`` answered chunks (glibc only).
+
+    A batch allocates and frees hundreds of MB of encoder activations and features; glibc keeps
+    much of what was freed inside the heap, in pieces, so a long run's resident memory creeps up
+    with its length although no data outlives its batch. ``malloc_trim`` after each batch keeps it
+    flat. Elsewhere (macOS, Windows, musl) this does nothing.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = max(1, every)
+        self.pending = 0
+        self._trim = _malloc_trim()
+
+    def answered(self, chunks: int) -> None:
+        self.pending += chunks
+        if self._trim is not None and self.pending >= self.every:
+            self.pending = 0
+            self._trim(0)
+
+
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None

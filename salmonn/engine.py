@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from .assembly import Assembler
 from .batcher import Answer, Batcher, StreamBatcher, make_batcher
+from .capacity import HeapTrimmer
 from .config import (
     AUTO_BATCH_SIZE,
     DEFAULT_BATCH_SIZE,
@@ -271,6 +272,7 @@ class _Run:
     ) -> None:
         self.records, self.batcher, self.summary = records, batcher, summary
         self.progress, self.batch_size = progress, batch_size
+        self.trimmer = HeapTrimmer(batch_size)  # resident memory flat in the length of a run
 
     def drive(self, chunks: Iterable[Any]) -> Iterator[Record]:
         for fc in chunks:
@@ -301,6 +303,7 @@ class _Run:
         answers = self.batcher.flush(final=final)
         if not answers:
             return
+        self.trimmer.answered(len(answers))
         counts = self.progress.counts
         for answer in answers:
             f = self.records.files[answer.file]  # type: ignore[index]

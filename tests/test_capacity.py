@@ -112,3 +112,18 @@ def test_cli_exact_and_auto_batch_settings(flag, monkeypatch):
     assert settings.batch_size == "auto"
     assert settings.model.load_kwargs(quantization=True)["exact"] is bool(flag)
     assert "exact" not in settings.model.load_kwargs()
+
+
+def test_heap_trimmer_trims_once_per_batch_of_answers():
+    import sys
+
+    from salmonn.capacity import HeapTrimmer
+
+    trimmer = HeapTrimmer(every=3)
+    if sys.platform.startswith("linux"):
+        assert trimmer._trim is not None  # glibc's malloc_trim is found
+    calls = []
+    trimmer._trim = calls.append
+    for answered in (1, 1, 2, 5, 0, 1):
+        trimmer.answered(answered)
+    assert calls == [0, 0]  # after 4 answers and after 5 more; the last 1 waits
