@@ -27,6 +27,8 @@ _LAZY = {
     "load_model": "checkpoint",
     "SalmonnModel": "model",
     "GenerationResult": "model",
+    "WorkItem": "model",
+    "GenerationStream": "model",
     "iter_chunks": "chunking",
     "Chunk": "chunking",
     "load_audio": "audio",
@@ -87,7 +89,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import ProgressEvent, TaskSpec, process  # noqa: F401
     from .hub import PRESETS, resolve_components  # noqa: F401
     from .inputs import InputItem, expand_inputs  # noqa: F401
-    from .model import GenerationResult, SalmonnModel  # noqa: F401
+    from .model import GenerationResult, GenerationStream, SalmonnModel, WorkItem  # noqa: F401
     from .prefetch import FileChunk, Prefetcher  # noqa: F401
     from .ray_runner import RayOptions, run_task_on_ray  # noqa: F401
     from .records import Record, Segment  # noqa: F401
