@@ -31,29 +31,41 @@ def tiny_model(device: str = "cpu", **load_kwargs: Any) -> SalmonnModel:
 
 
 def eos_after_tokens(model: SalmonnModel, modulus: int) -> None:
-    """Make EOS the best next token right after a fed token whose id is a multiple of ``modulus``.
+    """Make EOS the best next token at pseudo-random decode steps: when a row's fed token and its
+    position hash to 0 modulo ``modulus``.
 
-    A row's answer then ends at a step that depends on its own tokens only (about ``modulus`` steps
-    on average with greedy search), so batched, continuous and one-at-a-time runs still agree.
-    Hooks record the ids fed at a decode step and raise the EOS logit of those rows.
+    A row's answer then ends at a step that depends on its own history only (about ``modulus``
+    steps on average with greedy search; random weights alone almost never choose EOS and often
+    repeat one token), so batched, continuous and one-at-a-time runs still agree. Hooks on the
+    input embedding and the rotary embedding record the ids and positions of a decode step.
     """
     eos = model.tokenizer.eos_id
-    fed: dict[str, torch.Tensor | None] = {"ids": None}
+    fed: dict[str, torch.Tensor | None] = {"ids": None, "positions": None}
+    lm = model.llama_model
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
 
     def on_embed(_module: torch.nn.Module, inputs: tuple, _out: torch.Tensor) -> None:
         ids = inputs[0]
         if ids.dim() == 2 and ids.shape[1] == 1:  # [rows, 1]: the tokens of a decode step
             fed["ids"] = ids[:, 0]
 
+    def on_rotary(_module: torch.nn.Module, args: tuple, kwargs: dict, _out: Any) -> None:
+        positions = args[1] if len(args) > 1 else kwargs.get("position_ids")
+        fed["positions"] = positions[:, -1] if positions is not None else None
+
     def on_logits(_module: torch.nn.Module, _inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
-        ids, fed["ids"] = fed["ids"], None
-        if ids is not None and ids.shape[0] == logits.shape[0]:  # a decode step, not a prefill
-            hit = (ids % modulus == 0) & (ids != eos)
-            logits[hit, ..., eos] = logits[hit].amax(dim=-1) + 5.0
+        ids, positions = fed["ids"], fed["positions"]
+        fed["ids"] = None
+        rows = logits.shape[0]
+        if ids is None or positions is None or ids.shape[0] != rows or positions.shape[0] != rows:
+            return logits  # a prefill, not a decode step
+        hit = ((ids * 7919 + positions * 104729) % modulus == 0) & (ids != eos)
+        logits[hit, ..., eos] = logits[hit].amax(dim=-1) + 5.0
         return logits
 
-    model.llama_model.get_input_embeddings().register_forward_hook(on_embed)
-    model.llama_model.get_output_embeddings().register_forward_hook(on_logits)
+    lm.get_input_embeddings().register_forward_hook(on_embed)
+    base.model.rotary_emb.register_forward_hook(on_rotary, with_kwargs=True)
+    lm.get_output_embeddings().register_forward_hook(on_logits)
 
 
 def decode_heavy_model(*, seed: int = 0, dims: dict[str, int] | None = None) -> SalmonnModel:
