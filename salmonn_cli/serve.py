@@ -38,7 +38,13 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
 @apply(_MODEL_OPTIONS)
 @apply(DECODING_OPTIONS)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on (0: any free port; the ready line names it).",
+)
 @click.option(
     "--served-model-name",
     metavar="NAME",
