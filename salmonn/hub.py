@@ -14,10 +14,8 @@ asks the cache for exactly that: see :mod:`salmonn.snapshots`. Presets and the s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .constants import COMPONENTS
 from .errors import CheckpointError, ConfigError, name_some
@@ -30,7 +28,7 @@ from .presets import (  # re-exported: the public names of salmonn.hub
     get_preset,
     parse_source,
 )
-from .snapshots import FetchFailed, NotCached, fetch, first_line, from_cache
+from .snapshots import FetchFailed, NotCached, fetch, from_cache
 
 __all__ = [
     "COMPONENTS",
@@ -325,73 +323,16 @@ def download(preset: str | Preset, *, cache_dir: str | Path | None = None) -> Re
 
 # -------------------------------------------------------------------------------------------- beats
 
-_BEATS_CFG_KEYS = (
-    "input_patch_size",
-    "embed_dim",
-    "encoder_layers",
-    "encoder_embed_dim",
-    "encoder_attention_heads",
-)
-
-
 def verify_beats_file(path: str | Path) -> BeatsFileInfo:
-    """Check cheaply that ``path`` is a BEATs checkpoint (a dict with ``cfg`` and ``model``).
+    """Check that ``path`` is a BEATs checkpoint (:func:`salmonn.encoders.beats.read_beats_file`:
+    every key and shape of the model its ``cfg`` describes; no model is built).
 
     Raises ``CheckpointError`` (one line) otherwise. ``official`` tells the released cpt2 config
     (12 layers, width 768, max_distance 800) from a smaller file in the same format.
     """
-    import torch
+    from .encoders.beats import read_beats_file
 
-    path = Path(path)
-    try:
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # not a zip-format file: mmap is unsupported there
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unpickling failure means "not a BEATs file"
-        raise CheckpointError(
-            f"{path}: not a loadable BEATs checkpoint ({first_line(err)})"
-        ) from err
-    cfg, state = _beats_parts(path, ck)
-    layers, width = int(cfg["encoder_layers"]), int(cfg["encoder_embed_dim"])
-    patch, embed = int(cfg["input_patch_size"]), int(cfg["embed_dim"])
-    expected = {
-        "patch_embedding.weight": (embed, 1, patch, patch),
-        "encoder.pos_conv.0.weight_v": None,
-        f"encoder.layers.{layers - 1}.self_attn.q_proj.weight": (width, width),
-    }
-    for key, shape in expected.items():
-        tensor = state.get(key)
-        if not isinstance(tensor, torch.Tensor) or (
-            shape is not None and tuple(tensor.shape) != shape
-        ):
-            got = "missing" if tensor is None else f"shape {tuple(getattr(tensor, 'shape', ()))}"
-            raise CheckpointError(
-                f"{path}: BEATs tensor {key} is {got}, expected {shape or 'a tensor'}"
-            )
-    if f"encoder.layers.{layers}.self_attn.q_proj.weight" in state:
-        raise CheckpointError(
-            f"{path}: BEATs state dict has more layers than cfg encoder_layers={layers}"
-        )
-    max_distance = cfg.get("max_distance")
-    official = (layers, width, max_distance) == (12, 768, 800)
-    return BeatsFileInfo(path, official, layers, width, max_distance, len(state))
-
-
-def _beats_parts(path: Path, ck: Any) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
-    if not isinstance(ck, Mapping) or not isinstance(ck.get("model"), Mapping):
-        raise CheckpointError(
-            f"{path}: not a BEATs checkpoint (expected a dict with 'cfg' and 'model')"
-        )
-    state = ck["model"]
-    if "speech_query_tokens" in state:
-        raise CheckpointError(
-            f"{path}: this is a SALMONN checkpoint, not BEATs; use it as the checkpoint component"
-        )
-    cfg = ck.get("cfg")
-    if not isinstance(cfg, Mapping):
-        raise CheckpointError(f"{path}: not a BEATs checkpoint (no 'cfg' dict next to 'model')")
-    absent = [k for k in _BEATS_CFG_KEYS if k not in cfg]
-    if absent:
-        raise CheckpointError(f"{path}: BEATs cfg lacks {', '.join(absent)}")
-    return cfg, state
+    cfg, state = read_beats_file(path)
+    layers, width = cfg.encoder_layers, cfg.encoder_embed_dim
+    official = (layers, width, cfg.max_distance) == (12, 768, 800)
+    return BeatsFileInfo(Path(path), official, layers, width, cfg.max_distance, len(state))

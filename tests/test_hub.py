@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from salmonn import hub
+from salmonn import formats, hub
 from salmonn.errors import CheckpointError, ConfigError
 from salmonn.hub import (
     PRESETS,
@@ -261,30 +261,22 @@ def test_verify_beats_file(tiny_paths, tmp_path):
         info.encoder_embed_dim,
         info.max_distance,
     ) == (2, 128, 800)
-    cfg = {
-        "input_patch_size": 16,
-        "embed_dim": 512,
-        "encoder_layers": 12,
-        "encoder_embed_dim": 768,
-        "encoder_attention_heads": 12,
-        "max_distance": 800,
-    }
-    state = {
-        "patch_embedding.weight": torch.zeros(512, 1, 16, 16),
-        "encoder.pos_conv.0.weight_v": torch.zeros(1),
-        "encoder.layers.11.self_attn.q_proj.weight": torch.zeros(768, 768),
-    }
+    # The released layout (salmonn.formats), full size: zero-stride tensors keep the file tiny.
+    cfg = formats.beats_cfg()
+    state = {name: torch.zeros(1).expand(shape) for name, shape in formats.beats_shapes(cfg)}
     torch.save({"cfg": cfg, "model": state, "label_dict": {}}, tmp_path / "official.pt")
-    assert verify_beats_file(tmp_path / "official.pt").official
+    assert (tmp_path / "official.pt").stat().st_size < 1e6
+    info = verify_beats_file(tmp_path / "official.pt")
+    assert info.official and info.num_tensors == len(state)
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ({"weights": torch.randn(3, 3)}, "expected a dict with 'cfg' and 'model'"),
+        ({"weights": torch.randn(3, 3)}, "expected keys 'cfg' and 'model'"),
         ({"model": {"speech_query_tokens": torch.zeros(1)}}, "SALMONN checkpoint"),
-        ({"model": {}, "cfg": {"embed_dim": 32}}, "cfg lacks"),
-        (b"not a torch file", "not a loadable BEATs checkpoint"),
+        ({"model": {}, "cfg": {"embed_dim": 32}}, "unsupported BEATs configuration"),
+        (b"not a torch file", "is not a BEATs checkpoint"),
     ],
 )
 def test_verify_beats_file_rejects(tmp_path, content, message):
@@ -301,7 +293,8 @@ def test_verify_beats_file_rejects_wrong_shapes(tiny_paths, tmp_path):
     ck = torch.load(tiny_paths.beats, map_location="cpu", weights_only=True)
     ck["cfg"] = {**ck["cfg"], "encoder_embed_dim": 256}
     torch.save(ck, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"q_proj\.weight is shape \(128, 128\)"):
+    wrong = r"wrong shape of \S+ \(128, 32\) \(expected \(256, 32\)"
+    with pytest.raises(CheckpointError, match=wrong):
         verify_beats_file(tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="SALMONN checkpoint"):
         verify_beats_file(tiny_paths.checkpoint)

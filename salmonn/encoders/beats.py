@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, key_mismatch
+from ..errors import CheckpointError, key_mismatch, name_some
 from ..features import beats_fbank
+from ..weights import load_torch_file
 
 __all__ = ["Beats", "BeatsConfig", "load_beats", "relative_position_buckets"]
 
@@ -376,9 +377,57 @@ def _legacy_weight_norm_names(state: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
+def read_beats_file(path: str | Path) -> tuple[BeatsConfig, dict[str, torch.Tensor]]:
+    """Open and check a BEATs file without building the model: the one BEATs validator.
+
+    The file must be a ``torch.save`` dict whose ``cfg`` is a configuration this port supports and
+    whose ``model`` holds exactly the keys and shapes of the model that ``cfg`` describes (new-style
+    weight-norm names are mapped to the official ones). Tensors are memory-mapped, so checking a
+    released file reads little of it.
+
+    Returns:
+        the configuration and the state dict (official key names).
+
+    Raises:
+        CheckpointError: ``"{path} is not a BEATs checkpoint: {reason}"`` on one line.
+    """
+    path = Path(path)
+
+    def fail(reason: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a BEATs checkpoint: {reason}")
+
+    ckpt = load_torch_file(path, error="{path} is not a BEATs checkpoint: {reason}")
+    model_state = ckpt.get("model") if isinstance(ckpt, Mapping) else None
+    if isinstance(model_state, Mapping) and "speech_query_tokens" in model_state:
+        raise fail("it is a SALMONN checkpoint (it goes in the checkpoint component)")
+    if not isinstance(ckpt, Mapping) or not {"cfg", "model"} <= set(ckpt):
+        found = sorted(map(str, ckpt))[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise fail(f"expected keys 'cfg' and 'model', found {found}")
+    if not isinstance(ckpt["cfg"], Mapping) or not isinstance(model_state, Mapping):
+        raise fail("'cfg' and 'model' must be dicts")
+    cfg = BeatsConfig.from_dict(ckpt["cfg"])
+    try:
+        with torch.device("meta"):
+            expected = Beats(cfg).state_dict()  # checks that the configuration is supported
+    except CheckpointError as err:
+        raise fail(str(err)) from None
+    state = _legacy_weight_norm_names(dict(model_state))
+    problems = key_mismatch(list(expected), list(state))
+    if problems:
+        raise fail(problems)
+    wrong = [
+        f"{key} {tuple(state[key].shape)} (expected {tuple(tensor.shape)})"
+        for key, tensor in expected.items()
+        if not isinstance(state[key], torch.Tensor) or state[key].shape != tensor.shape
+    ]
+    if wrong:
+        raise fail(f"wrong shape of {name_some(wrong)}")
+    return cfg, state
+
+
 def load_beats(path: str | Path, device: torch.device | str = "cpu") -> Beats:
     """Load an official BEATs checkpoint (a ``torch.save`` dict with ``cfg`` and ``model``),
-    strictly.
+    strictly (checked by :func:`read_beats_file`).
 
     Returns:
         a float32 :class:`Beats` on ``device``, in eval mode, with gradients off.
@@ -387,33 +436,10 @@ def load_beats(path: str | Path, device: torch.device | str = "cpu") -> Beats:
         CheckpointError: the file is missing, unreadable, not a BEATs dict, or its keys or shapes
         differ.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a BEATs checkpoint: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip / unsafe-global errors all mean "not ours"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a BEATs checkpoint: {reason}") from exc
-    if not isinstance(ckpt, Mapping) or not {"cfg", "model"} <= set(ckpt):
-        found = sorted(map(str, ckpt))[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise CheckpointError(
-            f"{path} is not a BEATs checkpoint: expected keys 'cfg' and 'model', found {found}"
-        )
-    if not isinstance(ckpt["cfg"], Mapping) or not isinstance(ckpt["model"], Mapping):
-        raise CheckpointError(f"{path} is not a BEATs checkpoint: 'cfg' and 'model' must be dicts")
-    cfg = BeatsConfig.from_dict(ckpt["cfg"])
-    state = _legacy_weight_norm_names(dict(ckpt["model"]))
+    cfg, state = read_beats_file(path)
     with torch.device("meta"):
         model = Beats(cfg)
-    problems = key_mismatch(list(model.state_dict()), list(state))
-    if problems:
-        raise CheckpointError(f"{path} is not a BEATs checkpoint: {problems}")
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
-        raise CheckpointError(f"{path} is not a BEATs checkpoint: {detail}") from exc
+    model.load_state_dict(state, strict=True, assign=True)
     model = model.to(device=device, dtype=torch.float32)
     model.requires_grad_(False)
     return model.eval()
