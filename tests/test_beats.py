@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from salmonn.encoders.beats import Beats, BeatsConfig, load_beats, relative_position_buckets
 from salmonn.errors import CheckpointError
 from salmonn.features import beats_fbank, beats_n_tokens
+from salmonn.formats import beats_shapes
 
 SR = 16_000
 # The official file's flags (docs/original-model.md, "BEATs encoder") with tiny widths: head dim
@@ -43,42 +44,34 @@ TINY_CFG = {
 
 
 def _official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Keys and shapes of the official file (docs/original-model.md, "Checkpoints"), tiny sizes."""
+    """Random weights in the official file's layout, tiny sizes. The keys and shapes come from
+    salmonn.formats (the one table of the layout; test_tiny checks that table independently); the
+    scales are chosen here so that the forward comparison below exercises every part."""
     gen = torch.Generator().manual_seed(seed)
 
-    def rnd(*shape: int, std: float = 0.05, mean: float = 0.0) -> torch.Tensor:
+    def rnd(shape: tuple[int, ...], std: float = 0.05, mean: float = 0.0) -> torch.Tensor:
         return mean + std * torch.randn(*shape, generator=gen)
 
-    e, d, ffn, heads = 32, 128, 256, 2
-    sd = {
-        "patch_embedding.weight": rnd(e, 1, 16, 16, std=0.1),
-        "layer_norm.weight": rnd(e, mean=1.0, std=0.1),
-        "layer_norm.bias": rnd(e),
-        "post_extract_proj.weight": rnd(d, e, std=0.2),
-        "post_extract_proj.bias": rnd(d),
-        "encoder.pos_conv.0.weight_g": rnd(1, 1, 128, mean=1.0, std=0.2),
-        "encoder.pos_conv.0.weight_v": rnd(d, d // 16, 128),
-        "encoder.pos_conv.0.bias": rnd(d),
-        "encoder.layer_norm.weight": rnd(d, mean=1.0, std=0.1),
-        "encoder.layer_norm.bias": rnd(d),
-        "predictor.weight": rnd(5, d),
-        "predictor.bias": rnd(5),
+    scales = {  # name ending -> (std, mean); biases and the rest: std 0.05 around 0
+        "patch_embedding.weight": (0.1, 0.0),
+        "post_extract_proj.weight": (0.2, 0.0),
+        "weight_g": (0.2, 1.0),
+        "norm.weight": (0.1, 1.0),
+        "_proj.weight": (0.15, 0.0),
+        "grep_linear.weight": (0.02, 0.0),
+        "grep_a": (0.3, 1.0),
+        "fc1.weight": (0.1, 0.0),
+        "fc2.weight": (0.1, 0.0),
     }
-    table = rnd(320, heads, std=1.0)
-    for i in range(2):
-        p = f"encoder.layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            sd[f"{p}self_attn.{proj}.weight"] = rnd(d, d, std=0.15)
-            sd[f"{p}self_attn.{proj}.bias"] = rnd(d)
-        sd[f"{p}self_attn.relative_attention_bias.weight"] = table.clone()
-        sd[f"{p}self_attn.grep_linear.weight"] = rnd(8, 64, std=0.02)
-        sd[f"{p}self_attn.grep_linear.bias"] = rnd(8)
-        sd[f"{p}self_attn.grep_a"] = rnd(1, heads, 1, 1, mean=1.0, std=0.3)
-        for ln in ("self_attn_layer_norm", "final_layer_norm"):
-            sd[f"{p}{ln}.weight"] = rnd(d, mean=1.0, std=0.1)
-            sd[f"{p}{ln}.bias"] = rnd(d)
-        sd[f"{p}fc1.weight"], sd[f"{p}fc1.bias"] = rnd(ffn, d, std=0.1), rnd(ffn)
-        sd[f"{p}fc2.weight"], sd[f"{p}fc2.bias"] = rnd(d, ffn, std=0.1), rnd(d)
+    sd: dict[str, torch.Tensor] = {}
+    table = None
+    for name, shape in beats_shapes(TINY_CFG):
+        if name.endswith("relative_attention_bias.weight"):  # one table, shared by every layer
+            table = rnd(shape, std=1.0) if table is None else table
+            sd[name] = table.clone()
+            continue
+        std, mean = next((v for k, v in scales.items() if name.endswith(k)), (0.05, 0.0))
+        sd[name] = rnd(shape, std=std, mean=mean)
     return sd
 
 
