@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,12 @@ from pathlib import Path
 import torch
 
 from .constants import DEFAULT_LORA_SCALING
-from .errors import CheckpointError, ConfigError, name_some
+from .errors import CheckpointError, ConfigError, DeviceUnavailableError, name_some
 from .model import SalmonnModel
 from .qformer import QFormerConfig
+from .weights import load_torch_file
 
-log = logging.getLogger("salmonn")
+log = logging.getLogger(__name__)
 
 PROJ_KEY = "speech_llama_proj.weight"
 _LORA = re.compile(
@@ -75,9 +75,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(
-                "device 'cuda' requested but CUDA is not available (use --device cpu)"
-            )
+            raise DeviceUnavailableError(str(device), "CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -104,15 +102,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     form of peft 0.3 that the official checkpoints use. Zip-format files are memory-mapped, so the
     optimizer state (about 2/3 of an official file) is never read.
     """
-    try:
-        mmap = zipfile.is_zipfile(path)
-        raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except FileNotFoundError:
-        raise CheckpointError(f"SALMONN checkpoint not found: {path}") from None
-    except Exception as err:  # noqa: BLE001 - unpickling refused, corrupt zip, truncated file ...
-        raise CheckpointError(
-            f"cannot read the SALMONN checkpoint {path}: {err}".splitlines()[0]
-        ) from None
+    if not Path(path).is_file():
+        raise CheckpointError(f"SALMONN checkpoint not found: {path}")
+    raw = load_torch_file(path, error="cannot read the SALMONN checkpoint {path}: {reason}")
     if not isinstance(raw, Mapping) or not isinstance(raw.get("model"), Mapping):
         found = (
             ", ".join(map(str, list(raw)[:5])) if isinstance(raw, Mapping) else type(raw).__name__

@@ -13,6 +13,14 @@ class ConfigError(SalmonnError, ValueError):
     """Invalid options or configuration values."""
 
 
+class DeviceUnavailableError(ConfigError):
+    """The requested device cannot be used here (e.g. CUDA on a machine without it)."""
+
+    def __init__(self, device: str, reason: str) -> None:
+        self.device, self.reason = device, reason
+        super().__init__(f"device {device!r} requested but {reason}; use device 'cpu'")
+
+
 class FFmpegNotFoundError(SalmonnError):
     """No usable ffmpeg binary was found."""
 

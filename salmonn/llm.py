@@ -28,7 +28,7 @@ from .constants import PROMPT_TEMPLATE, SPEECH_PLACEHOLDER
 from .errors import CheckpointError, ConfigError
 from .tasks import audio_instruction
 
-log = logging.getLogger("salmonn")
+log = logging.getLogger(__name__)
 
 LORA_TARGETS = ("q_proj", "v_proj")
 LORA_DROPOUT = 0.1  # inactive: the model is always in eval mode

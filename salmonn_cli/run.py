@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from salmonn.config import ChunkingOptions, GenerationOptions, prefetch_depth
-from salmonn.errors import AudioError, ConfigError, PromptError
+from salmonn.errors import AudioError, ConfigError, DeviceUnavailableError, PromptError
 
 from . import paths as outputs
 from .progress import Reporter, setup_logging
@@ -380,6 +380,8 @@ def load_model(settings: ModelSettings, *, verbose: int = 0, quiet: bool = False
         _quiet_transformers(keep_downloads=not quiet)
     try:
         return load(**kwargs)
+    except DeviceUnavailableError as err:  # the library's words, in the flag's
+        raise _usage(f"--device {err.device}: {err.reason} (use --device cpu)") from None
     except ConfigError as err:
         raise _usage(str(err)) from None
 

@@ -152,3 +152,16 @@ def test_model_settings_from_the_model_flags_alone(monkeypatch):
     assert (model.preset, model.device, model.dtype) == ("salmonn-13b", "cpu", "bfloat16")
     with pytest.raises(SettingsError, match="unknown model"):
         ModelSettings.from_params({"model": "x"})
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="needs a machine without CUDA"
+)
+def test_library_device_error_is_worded_with_the_flag(tmp_path, model_flags):
+    from click.testing import CliRunner
+
+    sf.write(tmp_path / "a.wav", np.zeros(16_000, np.float32), 16_000)
+    args = ["transcribe", str(tmp_path / "a.wav"), *model_flags, "--device", "cuda", "-q"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "--device cuda: CUDA is not available (use --device cpu)" in result.stderr
