@@ -70,8 +70,7 @@ def iter_chunks(
     """
     opts = (options or ChunkingOptions()).with_overrides(**overrides)
     name = os.fspath(source)
-    strict = getattr(opts, "strict_decode", True)  # a ChunkingOptions field once config has it
-    blocks = stream_audio(name, channel=opts.channel, strict=strict)
+    blocks = stream_audio(name, channel=opts.channel, strict=opts.strict_decode)
     yield from chunk_stream(blocks, opts, name)
 
 

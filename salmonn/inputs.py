@@ -20,11 +20,11 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from .constants import STDIN
 from .errors import AudioError, ConfigError
 
 logger = logging.getLogger("salmonn.audio")
 
-STDIN = "-"
 
 AUDIO_EXTENSIONS = frozenset(
     ".wav .wave .mp3 .mp2 .flac .ogg .oga .opus .m4a .m4b .aac .wma .aif .aiff .aifc .amr .ape "

@@ -93,7 +93,7 @@ class Record:
             "text": self.text,
             "segments": [s.to_dict() for s in self.segments],
             "duration": None if self.duration is None else _round_time(self.duration),
-            "error": None if self.error is None else one_line(self.error),
+            "error": None if self.error is None else join_lines(self.error),
             "model": _jsonable(self.model),
             "options": _jsonable(self.options),
             "timings": {k: _round_timing(v) for k, v in sorted(_jsonable(self.timings).items())},
@@ -171,7 +171,7 @@ def iter_jsonl(lines: Iterable[str]) -> Iterator[Record]:
         yield Record.from_dict(data)
 
 
-def one_line(message: str) -> str:
+def join_lines(message: str) -> str:
     """``message`` on one line: line breaks become ``" | "``, surrounding space is dropped."""
     parts = [p.strip() for p in str(message).splitlines() if p.strip()]
     return " | ".join(parts) if parts else str(message).strip()

@@ -30,12 +30,9 @@ class Writer:
 
     Attributes:
         extension: file suffix for ``-o DIR/`` outputs (``".txt"``, ...).
-        one_record_per_file: True when the format is meant for one input per file (subtitles);
-            the CLI may prefer ``-o DIR/`` for several inputs.
     """
 
     extension: ClassVar[str] = ""
-    one_record_per_file: ClassVar[bool] = False
 
     def __init__(self, stream: TextIO, *, multi: bool = False) -> None:
         self.stream = stream
@@ -127,7 +124,6 @@ class SrtWriter(Writer):
     """SubRip cues from the segments, numbered continuously over all records of the stream."""
 
     extension = ".srt"
-    one_record_per_file = True
 
     def __init__(self, stream: TextIO, *, multi: bool = False) -> None:
         super().__init__(stream, multi=multi)
@@ -144,7 +140,6 @@ class VttWriter(Writer):
     """WebVTT cues from the segments; with ``multi`` a ``NOTE`` line names each record's file."""
 
     extension = ".vtt"
-    one_record_per_file = True
 
     def __init__(self, stream: TextIO, *, multi: bool = False) -> None:
         super().__init__(stream, multi=multi)
