@@ -29,7 +29,7 @@ import numpy as np
 from .constants import SAMPLE_RATE, STDIN
 from .errors import AudioDecodeError, AudioError, FFmpegNotFoundError
 
-logger = logging.getLogger("salmonn.audio")
+logger = logging.getLogger(__name__)
 
 FFMPEG_ENV = "SALMONN_FFMPEG"
 PROBE_TIMEOUT_S = 60.0

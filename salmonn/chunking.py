@@ -22,7 +22,7 @@ from .audio import stream_audio
 from .config import ChunkingOptions
 from .constants import SAMPLE_RATE
 
-logger = logging.getLogger("salmonn.audio")
+logger = logging.getLogger(__name__)
 
 FRAME_SAMPLES = SAMPLE_RATE // 100  # 10 ms energy frames
 SMOOTH_FRAMES = 10  # the quietest 100 ms is what counts, not one quiet 10 ms frame

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .constants import STDIN
 from .errors import AudioError, ConfigError
 
-logger = logging.getLogger("salmonn.audio")
+logger = logging.getLogger(__name__)
 
 
 AUDIO_EXTENSIONS = frozenset(

@@ -26,7 +26,7 @@ from .config import ChunkingOptions, GenerationOptions
 from .errors import SalmonnError
 from .records import Record
 
-logger = logging.getLogger("salmonn.ray")
+logger = logging.getLogger(__name__)
 
 _WAIT_S = 1.0  # ray.wait timeout: how often the driver loop wakes up with nothing ready
 _RESTART_POLL_S = 0.5  # how often a restarting worker is asked whether it is back

@@ -52,7 +52,7 @@ from .errors import ConfigError, SalmonnError, error_line
 from .ray_pool import Dispatcher, PendingInput, SalmonnWorker
 from .records import Record
 
-logger = logging.getLogger("salmonn.ray")
+logger = logging.getLogger(__name__)
 
 RAY_EXTRA = "salmonn[ray]"
 ADDRESS_FORMS = "'local', 'auto' or 'ray://HOST:PORT'"

@@ -162,19 +162,24 @@ def _resolved(model: dict[str, Any], job: Any) -> dict[str, Any]:
 class _WarningsTo(logging.Handler):
     """Shows the Ray driver's warnings (workers lost, files handed out again) through the reporter."""
 
+    LOGGERS = ("salmonn.ray_runner", "salmonn.ray_pool")  # the modules that warn about the cluster
+
     def __init__(self, reporter: Any) -> None:
         super().__init__(logging.WARNING)
         self.reporter = reporter
-        self.logger = logging.getLogger("salmonn.ray")
-        self.logger.addHandler(self)
-        self.propagate, self.logger.propagate = self.logger.propagate, False
+        self.loggers = [logging.getLogger(name) for name in self.LOGGERS]
+        self.propagate = [logger.propagate for logger in self.loggers]
+        for logger in self.loggers:
+            logger.addHandler(self)
+            logger.propagate = False
 
     def emit(self, record: logging.LogRecord) -> None:
         self.reporter.warn(record.getMessage())
 
     def close(self) -> None:
-        self.logger.removeHandler(self)
-        self.logger.propagate = self.propagate
+        for logger, propagate in zip(self.loggers, self.propagate, strict=True):
+            logger.removeHandler(self)
+            logger.propagate = propagate
         super().close()
 
 

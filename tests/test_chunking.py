@@ -71,7 +71,7 @@ def test_quiet_merge_avoids_a_short_tail():
 
 def test_fixed_short_tail_is_padded_and_logged(caplog):
     x = np.full(round(30.5 * SR), 0.1, np.float32)
-    with caplog.at_level(logging.INFO, logger="salmonn.audio"):
+    with caplog.at_level(logging.INFO, logger="salmonn"):
         chunks = list(chunk_stream(blocks_of(x, SR), ChunkingOptions(strategy="fixed"), "mem"))
     assert [(c.start, c.end, len(c.samples), c.padded) for c in chunks] == [
         (0.0, 30.0, 30 * SR, False),

@@ -47,7 +47,7 @@ from .openai_api import (
 )
 from .service import Answer, Service
 
-logger = logging.getLogger("salmonn.serve")
+logger = logging.getLogger(__name__)
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 JSON_SLACK_BYTES = 1_000_000  # room for the JSON around base64 audio

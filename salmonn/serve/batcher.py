@@ -37,7 +37,7 @@ from ..config import GenerationOptions
 from ..constants import AUDIO_TOKENS, SAMPLE_RATE
 from ..errors import SalmonnError
 
-logger = logging.getLogger("salmonn.serve")
+logger = logging.getLogger(__name__)
 
 AUDIO, TEXT = "audio", "text"
 

@@ -23,7 +23,7 @@ from .config import ServeConfig
 from .errors import APIError, bad_audio, bad_request, internal, too_large, unavailable
 from .media import AudioFile
 
-logger = logging.getLogger("salmonn.serve")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
