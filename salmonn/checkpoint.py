@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .constants import DEFAULT_LORA_SCALING
+from .constants import DEFAULT_LORA_SCALING, DTYPE_NAMES
 from .errors import CheckpointError, ConfigError, DeviceUnavailableError, name_some
 from .model import SalmonnModel
 from .qformer import QFormerConfig
@@ -53,16 +53,10 @@ _BEATS_BIAS = re.compile(
 _BEATS_BIAS0 = "beats.encoder.layers.0.self_attn.relative_attention_bias.weight"
 _OFFICIAL = {5120: "SALMONN-13B, needs vicuna-13b-v1.1", 4096: "SALMONN-7B, needs vicuna-7b-v1.5"}
 _OFFICIAL_QFORMER = 768
-_DTYPES = {
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-}
+_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+_DTYPES.update(fp16=torch.float16, half=torch.float16, bf16=torch.bfloat16)
+_DTYPES.update(fp32=torch.float32, float=torch.float32)
+_DTYPE_CHOICES = ", ".join(DTYPE_NAMES)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -87,12 +81,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
-            raise ConfigError(f"unsupported dtype {dtype}; use float16, bfloat16 or float32")
+            raise ConfigError(f"unsupported dtype {dtype}; use {_DTYPE_CHOICES}")
         return dtype
     try:
         return _DTYPES[str(dtype).lower().removeprefix("torch.")]
     except KeyError:
-        raise ConfigError(f"unknown dtype {dtype!r}; use float16, bfloat16 or float32") from None
+        raise ConfigError(f"unknown dtype {dtype!r}; use {_DTYPE_CHOICES}") from None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
