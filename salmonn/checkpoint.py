@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .constants import DEFAULT_LORA_SCALING, DTYPE_NAMES
+from .constants import DEFAULT_LORA_SCALING, DTYPE_ALIASES, DTYPE_NAMES
 from .errors import CheckpointError, ConfigError, DeviceUnavailableError, name_some
 from .model import SalmonnModel
 from .qformer import QFormerConfig
@@ -54,8 +54,7 @@ _BEATS_BIAS0 = "beats.encoder.layers.0.self_attn.relative_attention_bias.weight"
 _OFFICIAL = {5120: "SALMONN-13B, needs vicuna-13b-v1.1", 4096: "SALMONN-7B, needs vicuna-7b-v1.5"}
 _OFFICIAL_QFORMER = 768
 _DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
-_DTYPES.update(fp16=torch.float16, half=torch.float16, bf16=torch.bfloat16)
-_DTYPES.update(fp32=torch.float32, float=torch.float32)
+_DTYPES.update({alias: _DTYPES[name] for alias, name in DTYPE_ALIASES.items()})
 _DTYPE_CHOICES = ", ".join(DTYPE_NAMES)
 
 

@@ -45,7 +45,14 @@ DEFAULT_LORA_SCALING = 4.0
 
 # The four files or folders a SALMONN model is loaded from
 COMPONENTS = ("whisper", "beats", "llm", "checkpoint")
-# LLM dtypes by name (load_model also takes torch dtypes and the aliases fp16, half, bf16, fp32, float)
+# LLM dtypes by name, and the other names load_model accepts for them (it also takes torch dtypes)
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
+DTYPE_ALIASES = {
+    "fp32": "float32",
+    "float": "float32",
+    "fp16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+}
 # The input name that means "read standard input"
 STDIN = "-"

@@ -32,7 +32,7 @@ from salmonn.config import (
     GenerationOptions,
     check_batch_size,
 )
-from salmonn.constants import COMPONENTS
+from salmonn.constants import COMPONENTS, DTYPE_ALIASES, DTYPE_NAMES
 from salmonn.errors import ConfigError
 
 from .paths import choose_format
@@ -100,7 +100,7 @@ def read_config(path: Path, warn: Warn) -> dict[str, Any]:
 
 
 DEVICE_RE = re.compile(r"(cpu|mps|(cuda|xpu)(:\d+)?)")
-DTYPE_NAMES = ("float32", "fp32", "float", "float16", "fp16", "half", "bfloat16", "bf16")
+DTYPES_ACCEPTED = frozenset(DTYPE_NAMES) | frozenset(DTYPE_ALIASES)
 
 
 def _convert(key: str, value: Any, origin: str) -> Any:
@@ -115,8 +115,8 @@ def _convert(key: str, value: Any, origin: str) -> Any:
     # checked here, without torch, so a bad value from any source is a usage error naming it
     if key == "device" and not DEVICE_RE.fullmatch(value):
         raise SettingsError(f"{origin}: unknown device {value!r}; use cpu, cuda or cuda:N")
-    if key == "dtype" and value.lower() not in DTYPE_NAMES:
-        raise SettingsError(f"{origin}: unknown dtype {value!r}; use float32, float16 or bfloat16")
+    if key == "dtype" and value.lower() not in DTYPES_ACCEPTED:
+        raise SettingsError(f"{origin}: unknown dtype {value!r}; use {', '.join(DTYPE_NAMES)}")
     return value
 
 
