@@ -11,10 +11,12 @@ from typing import Any
 
 import click
 
+from salmonn.constants import COMPONENTS
 from salmonn.errors import PromptError, SalmonnError
 
 from .model_errors import describe, offline_variable, quiet_hub
-from .settings import COMPONENTS, config_path, model_kwargs, resolve
+from .settings import model_kwargs
+from .sources import config_path, resolve
 
 
 @click.command()

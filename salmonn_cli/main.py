@@ -20,7 +20,7 @@ from salmonn.tasks import TRANSCRIBE_LANGUAGES, make_task
 from .options import PER_CHUNK_OPTION, common_options
 from .ray_executor import ray_executor
 from .run import run_task
-from .settings import SettingsError
+from .sources import SettingsError
 
 DEBUG_ENV = "SALMONN_DEBUG"
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-from salmonn.config import ChunkingOptions, GenerationOptions
+from salmonn.config import DEFAULT_BATCH_SIZE, ChunkingOptions, GenerationOptions
 from salmonn.constants import DTYPE_NAMES
 
 from .ray_executor import RAY_OPTIONS
-from .settings import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, ENV_VARS
+from .sources import DEFAULT_MODEL, ENV_VARS
 
 _GEN = GenerationOptions()
 _CHUNK = ChunkingOptions()

@@ -1,18 +1,12 @@
-"""Typed settings of a command, built once from its Click values; flag > environment > config file > default.
+"""Typed settings of a command, built once from its Click values.
 
 :class:`TaskSettings` holds everything a task command was asked to do: :class:`ModelSettings` (which
 model, how to load it: any command with the model flags can build one and turn it into ``load_model``
 keyword arguments), :class:`InputSettings`, :class:`OutputSettings`, the decoding options
 (:func:`generation_options`: the ``GenerationOptions`` fields given as flags) and the chunking options
-(:func:`chunking_options`), and the batch size. Each value is checked once, by the same code whatever its
-source.
-
-The model components, preset, device, dtype and batch size may also come from the environment or the
-config file, each value with its origin (:func:`resolve`). The config file is
-``$XDG_CONFIG_HOME/salmonn/config.toml`` (default ``~/.config/salmonn/config.toml``; ``SALMONN_CONFIG``
-names another file), read with :mod:`tomllib` (Python 3.11+; on 3.10 the file is skipped with a
-warning). Keys: ``whisper``, ``beats``, ``llm``, ``checkpoint``, ``model``, ``device``, ``dtype``,
-``batch_size``. Relative component paths in the file are relative to the file's folder.
+(:func:`chunking_options`), and the batch size. Each value is checked once: the option dataclasses
+check theirs, and the values that may also come from the environment or the config file are resolved
+and checked in :mod:`salmonn_cli.sources`.
 """
 
 from __future__ import annotations
@@ -20,131 +14,21 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from salmonn.config import (
     AUTO_BATCH_SIZE,
-    DEFAULT_BATCH_SIZE,  # noqa: F401 - re-exported for the option help
     ChunkingOptions,
     GenerationOptions,
-    check_batch_size,
 )
-from salmonn.constants import COMPONENTS, DTYPE_ALIASES, DTYPE_NAMES
+from salmonn.constants import COMPONENTS
 from salmonn.errors import ConfigError
 
 from .paths import choose_format
-
-DEFAULT_MODEL = "salmonn-7b"  # the smaller preset
-ENV_VARS = {
-    "whisper": "SALMONN_WHISPER",
-    "beats": "SALMONN_BEATS",
-    "llm": "SALMONN_LLM",
-    "checkpoint": "SALMONN_CHECKPOINT",
-    "model": "SALMONN_MODEL",
-    "device": "SALMONN_DEVICE",
-    "dtype": "SALMONN_DTYPE",
-    "batch_size": "SALMONN_BATCH_SIZE",
-}
-DEFAULTS: dict[str, Any] = {"model": DEFAULT_MODEL, "batch_size": AUTO_BATCH_SIZE}
-CONFIG_ENV = "SALMONN_CONFIG"
-
-Warn = Callable[[str], None]
-
-
-class SettingsError(ValueError):
-    """A bad value in the environment or the config file (the CLI shows it as a usage error)."""
-
-
-@dataclass(frozen=True)
-class Setting:
-    """A resolved value and where it came from: ``"flag"``, ``"env NAME"``, ``"config PATH"``, ``"default"``."""
-
-    value: Any
-    origin: str
-
-
-def config_path(env: Mapping[str, str] | None = None) -> Path:
-    """The config file path (it may not exist)."""
-    env = os.environ if env is None else env
-    if env.get(CONFIG_ENV):
-        return Path(env[CONFIG_ENV]).expanduser()
-    home = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(home).expanduser() / "salmonn" / "config.toml"
-
-
-def read_config(path: Path, warn: Warn) -> dict[str, Any]:
-    """The known keys of the TOML file at ``path`` (``{}`` when it does not exist)."""
-    if not path.is_file():
-        return {}
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        warn(f"{path}: reading a config file needs Python 3.11+ (tomllib); ignoring it")
-        return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise SettingsError(f"config file {path}: {err}") from err
-    unknown = sorted(set(data) - set(ENV_VARS))
-    if unknown:
-        warn(f"{path}: ignoring unknown key(s) {', '.join(unknown)} (known: {', '.join(ENV_VARS)})")
-    config = {k: v for k, v in data.items() if k in ENV_VARS}
-    for key in COMPONENTS:
-        if key in config:
-            value = Path(str(config[key])).expanduser()
-            config[key] = str(value if value.is_absolute() else path.parent / value)
-    return config
-
-
-DEVICE_RE = re.compile(r"(cpu|mps|(cuda|xpu)(:\d+)?)")
-DTYPES_ACCEPTED = frozenset(DTYPE_NAMES) | frozenset(DTYPE_ALIASES)
-
-
-def _convert(key: str, value: Any, origin: str) -> Any:
-    if key == "batch_size":
-        try:
-            return check_batch_size(value)
-        except ConfigError as err:
-            raise SettingsError(f"{origin}: {err}") from None
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise SettingsError(f"{origin}: {key} must be a string, got {value!r}")
-    value = str(value)
-    # checked here, without torch, so a bad value from any source is a usage error naming it
-    if key == "device" and not DEVICE_RE.fullmatch(value):
-        raise SettingsError(f"{origin}: unknown device {value!r}; use cpu, cuda or cuda:N")
-    if key == "dtype" and value.lower() not in DTYPES_ACCEPTED:
-        raise SettingsError(f"{origin}: unknown dtype {value!r}; use {', '.join(DTYPE_NAMES)}")
-    return value
-
-
-def resolve(
-    flags: Mapping[str, Any],
-    *,
-    env: Mapping[str, str] | None = None,
-    config_file: Path | None = None,
-    warn: Warn = lambda message: None,
-) -> dict[str, Setting]:
-    """Resolve every key of :data:`ENV_VARS`: flag (not ``None``) > env > config file > default.
-
-    A key with no value anywhere resolves to ``Setting(None, "default")`` (the preset decides).
-    """
-    env = os.environ if env is None else env
-    path = config_path(env) if config_file is None else config_file
-    config = read_config(path, warn)
-    settings: dict[str, Setting] = {}
-    for key, var in ENV_VARS.items():
-        if flags.get(key) is not None:
-            settings[key] = Setting(_convert(key, flags[key], f"--{key.replace('_', '-')}"), "flag")
-        elif env.get(var):
-            settings[key] = Setting(_convert(key, env[var], f"env {var}"), f"env {var}")
-        elif key in config:
-            settings[key] = Setting(_convert(key, config[key], f"config {path}"), f"config {path}")
-        else:
-            settings[key] = Setting(DEFAULTS.get(key), "default")
-    return settings
+from .sources import DEFAULT_MODEL, ENV_VARS, Setting, SettingsError, Warn, resolve
 
 
 def model_kwargs(settings: Mapping[str, Setting]) -> dict[str, Any]:

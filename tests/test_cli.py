@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from salmonn_cli.main import cli
 from salmonn_cli.paths import output_names
-from salmonn_cli.settings import ENV_VARS, resolve
+from salmonn_cli.sources import ENV_VARS, resolve
 
 SR = 16_000
 FAST = ["--device", "cpu", "--max-new-tokens", "4", "--num-beams", "1", "-q"]

@@ -17,7 +17,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from salmonn_cli.main import cli
-from salmonn_cli.settings import ENV_VARS
+from salmonn_cli.sources import ENV_VARS
 
 SR = 16_000
 FAST = ["--device", "cpu", "--max-new-tokens", "4", "--num-beams", "1", "-q"]

@@ -17,12 +17,8 @@ from salmonn.tasks import make_task
 from salmonn_cli import run
 from salmonn_cli.main import cli
 from salmonn_cli.options import DECODING_OPTIONS, INPUT_OPTIONS
-from salmonn_cli.settings import (
-    ENV_VARS,
-    ModelSettings,
-    SettingsError,
-    TaskSettings,
-)
+from salmonn_cli.settings import ModelSettings, SettingsError, TaskSettings
+from salmonn_cli.sources import ENV_VARS
 
 
 @pytest.fixture(autouse=True)
