@@ -41,3 +41,17 @@ def test_every_pointer_to_the_doc_names_a_section():
             found += 1
             assert name in SECTIONS, f"{path.relative_to(ROOT)} points to a missing section {name!r}"
     assert found >= 10  # the code does point there
+
+
+def test_the_repository_cites_no_outside_document():
+    """Facts about the original model live in docs/original-model.md, not in a document outside the
+    repository: no section-sign citations, no appendix or revision labels of one."""
+    banned = re.compile(r"spec §|§\s?\d|\bAppendix [A-Z]\b|\bApp\. [A-Z]\b|\bR2[34]\b|shared/SALMONN")
+    hits = []
+    for path in [*_sources(), ROOT / ".ci" / "run", ROOT / "pyproject.toml"]:
+        if path.name == "test_docs.py":
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if banned.search(line):
+                hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not hits, "\n".join(hits)

@@ -176,7 +176,7 @@ def _slow_beam(
 
 def test_greedy_matches_transformers_generate(lm, prompts):
     ours = _alone(lm, prompts, num_beams=1, max_new_tokens=12)
-    for prompt, mine in zip(prompts, ours):
+    for prompt, mine in zip(prompts, ours, strict=True):
         mask = torch.ones(1, len(prompt), dtype=torch.long)
         theirs = lm.generate(
             inputs_embeds=prompt[None],
@@ -367,8 +367,13 @@ class _ScriptedLM(torch.nn.Module):
         values = inputs_embeds[..., 0].round().long().tolist()
         if attention_mask is not None and cache is None:
             mask = attention_mask[:, -len(values[0]) :].tolist()
-            values = [[v for v, m in zip(row, mrow) if m] for row, mrow in zip(values, mask)]
-        rows = [a + b for a, b in zip(cache.rows, values)] if cache is not None else values
+            values = [
+                [v for v, m in zip(row, mrow, strict=True) if m]
+                for row, mrow in zip(values, mask, strict=True)
+            ]
+        rows = (
+            [a + b for a, b in zip(cache.rows, values, strict=True)] if cache is not None else values
+        )
         logits = torch.stack([self._logits(tuple(r)) for r in rows])[:, None]
         return types.SimpleNamespace(logits=logits, cache=_ListCache(rows) if use_cache else None)
 

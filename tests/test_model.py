@@ -169,7 +169,7 @@ def test_batched_equals_one_at_a_time(model, clips):
     prompts = [PROMPT, "Listen to the speech and translate it into German.", "Hi"]
     for options in (SHORT, BEAM):
         batched = model.generate(clips, prompts, options)
-        alone = [model.generate([c], p, options)[0] for c, p in zip(clips, prompts)]
+        alone = [model.generate([c], p, options)[0] for c, p in zip(clips, prompts, strict=True)]
         assert _ids(batched) == _ids(alone)
         assert [r.text for r in batched] == [r.text for r in alone]
 
@@ -230,7 +230,8 @@ def test_generate_stream_equals_one_at_a_time(model, clips):
 
     prompts = [PROMPT, "Listen to the speech and translate it into German.", "Hi"]
     too_long = np.zeros(16000 * 31, np.float32)
-    work = [WorkItem(("clip", i), p, c) for i, (c, p) in enumerate(zip(clips, prompts))]
+    pairs = list(enumerate(zip(clips, prompts, strict=True)))
+    work = [WorkItem(("clip", i), p, c) for i, (c, p) in pairs]
     work.insert(1, WorkItem("text", "Summarize: a dog barks."))
     work.insert(3, WorkItem("bad", PROMPT, too_long))
     for options in (SHORT, BEAM):
@@ -238,7 +239,7 @@ def test_generate_stream_equals_one_at_a_time(model, clips):
         assert isinstance(got.pop("bad"), ConfigError)  # the others go on
         alone = {
             ("clip", i): model.generate([c], p, options)[0]
-            for i, (c, p) in enumerate(zip(clips, prompts))
+            for i, (c, p) in pairs
         }
         alone["text"] = model.generate_text("Summarize: a dog barks.", options)[0]
         assert {k: v.token_ids for k, v in got.items()} == {
