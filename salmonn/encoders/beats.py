@@ -10,6 +10,10 @@ Under a bfloat16 autocast (``--dtype bfloat16``, e.g. on CPU) BEATs runs in floa
 only ever ran it in fp32 or under fp16 autocast, and bf16's 8-bit mantissa made its output depend on
 the CPU's kernels (within 0.1 of fp32 on the tiny test model on one AVX-512 CPU, 3.3 off reported on
 another). Float16 autocast, the reference's CUDA regime, is left as it is.
+
+A little over 400 lines on purpose: the configuration, the modules and the file validator
+(:func:`read_beats_file`, which checks a file against the state-dict layout of these very modules)
+belong together.
 """
 
 from __future__ import annotations
