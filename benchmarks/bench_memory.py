@@ -2,7 +2,9 @@
 
 Each run is a fresh process running the real CLI in-process (tiny model, greedy, batch 8 unless
 changed) on a file made with ffmpeg's lavfi (a tone with noise, mp3 16 kHz mono); it reports its
-own peak RSS (``ru_maxrss``; ffmpeg's separate process is not counted) and wall time.
+own peak RSS (``ru_maxrss``; ffmpeg's separate process is not counted), the peak of RSS sampled
+every 0.25 s over the second half of the run (growth with length shows there, apart from the
+first batch's transient, which varies by tens of MB from run to run), and wall time.
 
     python benchmarks/bench_memory.py                        # 10 min and 3 h, tiny model
     python benchmarks/bench_memory.py --minutes 10 60        # other lengths
@@ -43,7 +45,22 @@ def make_file(folder: Path, minutes: float) -> Path:
 
 def child(path: str, tiny_dir: str, fake: bool, batch: int) -> None:
     """Transcribe ``path`` in this process; print peak RSS and time as JSON."""
+    import threading
+
     began = time.perf_counter()
+    samples: list[tuple[float, float]] = []
+
+    def sample() -> None:
+        while True:
+            with open("/proc/self/statm") as statm:
+                pages = int(statm.read().split()[1])
+            samples.append(
+                (time.perf_counter() - began, pages * os.sysconf("SC_PAGE_SIZE") / 2**20)
+            )
+            time.sleep(0.25)
+
+    if os.path.exists("/proc/self/statm"):
+        threading.Thread(target=sample, daemon=True).start()
     if fake:
         from types import SimpleNamespace
 
@@ -71,14 +88,14 @@ def child(path: str, tiny_dir: str, fake: bool, batch: int) -> None:
             args += [f"--{key}", paths[key]]
         cli.main(args, standalone_mode=False)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        json.dumps(
-            {
-                "peak_mib": round(peak_kib / 1024, 1),
-                "seconds": round(time.perf_counter() - began, 1),
-            }
-        )
-    )
+    seconds = time.perf_counter() - began
+    late = [mib for t, mib in samples if t >= seconds / 2]
+    result = {
+        "peak_mib": round(peak_kib / 1024, 1),
+        "second_half_peak_mib": round(max(late), 1) if late else None,
+        "seconds": round(seconds, 1),
+    }
+    print(json.dumps(result))
 
 
 def measure(path: Path, tiny_dir: Path, fake: bool, batch: int) -> dict:
@@ -127,13 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = make_file(work, minutes)
         result = measure(path, tiny_dir, args.fake_model, args.batch_size)
         rows.append((minutes, result))
+        late = result["second_half_peak_mib"]
+        late_text = "-" if late is None else f"{late:.1f}"
         print(
-            f"{minutes:>7g} min: peak RSS {result['peak_mib']:8.1f} MiB, {result['seconds']:7.1f} s",
+            f"{minutes:>7g} min: peak RSS {result['peak_mib']:8.1f} MiB, "
+            f"second-half peak {late_text} MiB, {result['seconds']:7.1f} s",
             flush=True,
         )
     if len(rows) > 1:
-        first, last = rows[0][1]["peak_mib"], rows[-1][1]["peak_mib"]
-        print(f"longest vs shortest: {100 * (last / first - 1):+.1f} % peak RSS")
+        for key, label in (("peak_mib", "peak"), ("second_half_peak_mib", "second-half peak")):
+            first, last = rows[0][1][key], rows[-1][1][key]
+            if first and last:
+                print(f"longest vs shortest: {100 * (last / first - 1):+.1f} % {label} RSS")
     return 0
 
 
