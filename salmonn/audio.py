@@ -5,6 +5,9 @@ ffmpeg writes a float32 WAV stream to a pipe that is read window by window, so m
 with the file's length. The WAV header tells how many channels ffmpeg delivers; the default down-mix
 is their exact mean, done here (ffmpeg's ``-ac 1`` is a mean only for some layouts: it drops LFE and
 weights centre channels).
+
+A little over 400 lines: probing, the streamed decoder and its WAV-header reader share ffmpeg's
+command line and error wording, which read best in one place.
 """
 
 from __future__ import annotations

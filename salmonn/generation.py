@@ -1,5 +1,10 @@
 """Generation over ``inputs_embeds`` with transformers-4.28 semantics, exact per item.
 
+About 600 lines on purpose: the decoding rules (processors, warpers, beam hypotheses) and the
+``Decoder`` that applies them to a running batch are one algorithm whose pieces must agree step by
+step with 4.28; split across modules, a reader would have to hold several files to check one step.
+The KV cache lives apart, in ``kvcache.py``.
+
 The original calls transformers 4.28 ``generate(inputs_embeds=...)`` (see docs/original-model.md,
 "Generation"). What decides its output:
 
@@ -55,7 +60,6 @@ def generate_ids(
     options: GenerationOptions,
     *,
     eos_token_id: int,
-    pad_token_id: int = 0,
     embed_tokens: Callable[[Tensor], Tensor],
     bos_token_id: int = 1,
     exact: bool = False,
@@ -70,7 +74,6 @@ def generate_ids(
         options: decoding settings; ``num_beams`` / ``do_sample`` select greedy, sampling, beam
             search or beam-sample.
         eos_token_id: end-of-sequence id.
-        pad_token_id: kept for interface compatibility; finished items are dropped, never padded.
         embed_tokens: maps ids [N, 1] to embeddings [N, 1, D] (the LM's input table).
         bos_token_id: the dummy BOS that starts the bookkeeping ids (only the repetition penalty
             sees it).
@@ -80,7 +83,6 @@ def generate_ids(
         Per item, the generated ids without the dummy BOS; they end with ``eos_token_id`` when the
         answer finished, and have ``max_new_tokens`` ids without EOS when it ran to the limit.
     """
-    del pad_token_id  # finished rows leave the running batch instead of being padded
     _check_inputs(inputs_embeds, attention_mask)
     kwargs = {"eos_token_id": eos_token_id, "bos_token_id": bos_token_id}
     if exact:

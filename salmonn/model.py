@@ -5,6 +5,12 @@ Attribute names equal the official checkpoint's top-level names (``ln_speech``, 
 encoders are ``speech_encoder`` and ``beats``), so ``named_parameters()`` and the checkpoint keys
 line up.
 
+About 650 lines: ``SalmonnModel`` is one ``nn.Module`` whose attribute names must match the checkpoint,
+so its stages (encoders, Q-Former windows, prompt assembly, generation entry points) stay methods of
+one class; ``GenerationStream`` (continuous batching) sits beside it because it drives the same
+private stages. ``encode_audio_stages`` and ``first_logits`` are documented API for fidelity checks
+against the original (docs/parity.md).
+
 Precision (see docs/original-model.md, "Prompt and LLM"): the encoders, Q-Former, projector and LoRA adapters hold float32
 weights; the LLM holds ``dtype`` weights. With ``dtype`` other than float32 every forward runs under
 ``torch.autocast(device.type, dtype)``, which reproduces the reference's CUDA float16 regime.
@@ -525,7 +531,6 @@ class SalmonnModel(nn.Module):
             mask,
             options,
             eos_token_id=self.tokenizer.eos_id,
-            pad_token_id=0,
             embed_tokens=self.embed_tokens,
             bos_token_id=self.tokenizer.bos_id,
             exact=exact,

@@ -86,7 +86,6 @@ def _run(lm, prompts: list[torch.Tensor], **option_fields) -> list[list[int]]:
         mask,
         options,
         eos_token_id=EOS,
-        pad_token_id=PAD,
         embed_tokens=lm.get_input_embeddings(),
     )
 

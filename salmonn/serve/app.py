@@ -3,6 +3,10 @@
 The model loads in a background thread after the server starts listening (``/health`` answers 503
 until then). Each request's work runs in a thread of its own (at most ``max_queue`` at once); the
 model calls of all of them meet in the service's single model worker.
+
+A little over 400 lines: one route per OpenAI endpoint, each with its form/JSON parsing, kept
+together so the whole HTTP surface reads in one file; the work behind the routes is in
+``service.py``, ``openai_api.py`` and ``media.py``.
 """
 
 from __future__ import annotations
