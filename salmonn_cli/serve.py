@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from salmonn.serve.config import ServeConfig
+
 from .options import DECODING_OPTIONS, MODEL_OPTIONS, apply
 from .progress import Reporter, setup_logging
 from .settings import (
@@ -20,6 +22,7 @@ from .settings import (
 )
 
 API_KEY_ENV = "SALMONN_API_KEY"
+_DEFAULTS = ServeConfig()  # the one place the server's defaults are set
 
 
 def _option_name(option: Any) -> str:
@@ -37,11 +40,11 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
 @click.command()
 @apply(_MODEL_OPTIONS)
 @apply(DECODING_OPTIONS)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default=_DEFAULTS.host, show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    default=8000,
+    default=_DEFAULTS.port,
     show_default=True,
     help="Port to listen on (0: any free port; the ready line names it).",
 )
@@ -60,7 +63,7 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
 @click.option(
     "--max-batch-size",
     type=click.IntRange(min=1),
-    default=8,
+    default=_DEFAULTS.max_batch_size,
     show_default=True,
     metavar="N",
     help="Most audio chunks (or text prompts) in one model call, across requests.",
@@ -68,7 +71,7 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
 @click.option(
     "--batch-wait-ms",
     type=click.FloatRange(min=0),
-    default=10.0,
+    default=_DEFAULTS.batch_wait_ms,
     show_default=True,
     metavar="MS",
     help="How long a model call waits for calls of other requests in flight.",
@@ -76,7 +79,7 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
 @click.option(
     "--max-queue",
     type=click.IntRange(min=1),
-    default=64,
+    default=_DEFAULTS.max_queue,
     show_default=True,
     metavar="N",
     help="Requests admitted at once; more get 503 with Retry-After.",
@@ -84,7 +87,7 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
 @click.option(
     "--max-upload-mb",
     type=click.FloatRange(min=0, min_open=True),
-    default=100.0,
+    default=_DEFAULTS.max_upload_mb,
     show_default=True,
     metavar="MB",
     help="Largest audio upload.",
@@ -92,7 +95,7 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
 @click.option(
     "--max-audio-seconds",
     type=click.FloatRange(min=0, min_open=True),
-    default=3600.0,
+    default=_DEFAULTS.max_audio_seconds,
     show_default=True,
     metavar="S",
     help="Longest audio accepted.",
