@@ -18,6 +18,10 @@ The original calls transformers 4.28 ``generate(inputs_embeds=...)`` (see docs/o
 Two reference bugs are fixed on purpose, so that a batched item gives what it gives alone: the beam
 "done" test uses ``cur_len + 1`` for every item (4.28 uses ``cur_len + k`` for the k-th unfinished
 item), and a greedy row stops on its own EOS (the reference stops the whole batch on row 0's EOS).
+For the same reason seeded sampling (and beam-sample) gives every item its own generator seeded with
+``options.seed``: an item draws what it draws alone, whatever else is in the batch or joins it
+later; alone, its draws are those of the original's single ``generate`` call. Without a seed,
+sampling draws from torch's global generator (random, as the original).
 
 Two ways to run the LM (the search itself is the same code in both):
 
@@ -116,11 +120,31 @@ def _check_inputs(inputs_embeds: Tensor, attention_mask: Tensor) -> None:
 
 
 def _make_generator(options: GenerationOptions, device: torch.device) -> torch.Generator | None:
+    """A new generator seeded with ``options.seed`` (one per item), or ``None``: no sampling, or
+    no seed (sampling then draws from torch's global generator)."""
     if not options.do_sample or options.seed is None:
         return None
     generator = torch.Generator(device=device)
     generator.manual_seed(options.seed)
     return generator
+
+
+def _draw(probs: Tensor, count: int, items: list[_Item]) -> Tensor:
+    """``count`` multinomial draws (without replacement) from each row of ``probs`` [N, V], one
+    row per item; returns [N, count] ids.
+
+    Seeded: each row draws from its item's own generator, so an item gets the draws it gets alone
+    whatever else is in the batch, and alone exactly those of one ``multinomial`` call (the
+    single-item sequence of draws). Without a seed: one call on torch's global generator.
+    """
+    if not items or items[0].generator is None:
+        return torch.multinomial(probs, count)
+    return torch.cat(
+        [
+            torch.multinomial(probs[k : k + 1], count, generator=item.generator)
+            for k, item in enumerate(items)
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,6 +402,7 @@ class _Item:
     length: int = 1  # 4.28 cur_len: the dummy BOS plus the generated ids
     hyps: _Hypotheses | None = None
     ids: list[int] = field(default_factory=list)  # greedy / sampling: generated ids so far
+    generator: torch.Generator | None = None  # seeded sampling: this item's own draws
 
 
 class Decoder:
@@ -385,7 +410,8 @@ class Decoder:
 
     Items join with :meth:`add` (their prompt is prefilled at once) and leave when they finish;
     :meth:`step` advances every running item by one token. Each item's ids equal what it gives
-    alone (beam bookkeeping is per item; rows never see each other). With a LLaMA-shaped LM in the
+    alone (beam bookkeeping is per item, seeded sampling draws from a generator per item; rows never
+    see each other). With a LLaMA-shaped LM in the
     fast mode, items can join a batch that is already decoding (continuous batching); otherwise
     every item must be added before the first step.
 
@@ -412,8 +438,6 @@ class Decoder:
         self.logits: Tensor | None = None  # [R, V] next-token logits of the running rows
         self.seqs: Tensor | None = None  # [R, max_length] ids, right-padded with BOS
         self.beam_scores: Tensor | None = None  # [R]
-        self.generator: torch.Generator | None = None
-        self._generator_ready = False
 
     @property
     def running(self) -> int:
@@ -438,9 +462,6 @@ class Decoder:
         if not self.can_join:
             raise RuntimeError("this LM cannot take new items into a running batch")
         device = inputs_embeds.device
-        if not self._generator_ready:
-            self.generator = _make_generator(self.options, device)
-            self._generator_ready = True
         nb = self.num_beams
         with torch.inference_mode():
             logits = self.runner.add(inputs_embeds, attention_mask, nb)
@@ -451,7 +472,8 @@ class Decoder:
             scores[:, 1:] = _BEAM_INIT
         for key in keys:
             hyps = _Hypotheses(nb, self.options.length_penalty) if nb > 1 else None
-            self.items.append(_Item(key, hyps=hyps))
+            generator = _make_generator(self.options, device)
+            self.items.append(_Item(key, hyps=hyps, generator=generator))
         if self.logits is None:
             self.logits, self.seqs, self.beam_scores = logits, seqs, scores.view(-1)
         else:
@@ -493,7 +515,7 @@ class Decoder:
         scores = _processors(self.logits, self.seqs, lengths, options, self.eos)
         if options.do_sample:
             probs = _warp(scores, options, min_keep=1).softmax(dim=-1)
-            tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+            tokens = _draw(probs, 1, self.items).squeeze(1)
         else:
             tokens = scores.argmax(dim=-1)
         finished, keep = [], []
@@ -520,7 +542,7 @@ class Decoder:
         vocab = scores.shape[-1]
         if options.do_sample:  # 4.28 beam_sample: warp the running sums, sample w/o replacement
             scores = _warp(scores, options, min_keep=2).view(-1, nb * vocab)
-            picked = torch.multinomial(scores.softmax(dim=-1), 2 * nb, generator=self.generator)
+            picked = _draw(scores.softmax(dim=-1), 2 * nb, self.items)
             top_scores, order = torch.sort(scores.gather(1, picked), descending=True, dim=1)
             top_ids = picked.gather(1, order)
         else:

@@ -249,6 +249,31 @@ def test_generate_stream_equals_one_at_a_time(model, clips):
         next(model.generate_stream(work, SHORT, batch_size=0))
 
 
+@pytest.mark.parametrize("beams", [1, 2], ids=["sample", "beam-sample"])
+def test_seeded_sampling_is_batch_invariant(model, clips, beams):
+    """With a seed, every item draws from its own generator: a clip's sampled answer is the same
+    alone, in a batch, and joining a running decode at any point."""
+    from salmonn.model import WorkItem
+
+    options = GenerationOptions(
+        max_new_tokens=12, num_beams=beams, do_sample=True, seed=5, temperature=1.5, top_k=0
+    )
+    alone = [_ids(model.generate([c], PROMPT, options)) for c in clips]
+    plain = _ids(model.generate(clips, PROMPT, options.with_overrides(do_sample=False)))
+    assert [ids for (ids,) in alone] != plain  # it does sample
+    assert _ids(model.generate(clips, PROMPT, options)) == [ids for (ids,) in alone]
+    assert _ids(model.generate(clips[::-1], PROMPT, options)) == [ids for (ids,) in alone[::-1]]
+    work = [WorkItem(i, PROMPT, clips[i % 3]) for i in range(7)]  # joins at different steps
+    got = dict(model.generate_stream(work, options, batch_size=2))
+    assert {k: v.token_ids for k, v in got.items()} == {i: alone[i % 3][0] for i in range(7)}
+    text = model.generate_text(["Hi", "Summarize: a dog barks."], options)
+    assert _ids(text) == _ids(model.generate_text("Hi", options)) + _ids(
+        model.generate_text("Summarize: a dog barks.", options)
+    )
+    other = options.with_overrides(seed=6)
+    assert [_ids(model.generate([c], PROMPT, other)) for c in clips] != alone  # the seed matters
+
+
 def test_exact_mode(model, clips, greedy, beam, monkeypatch):
     """Exact mode runs one clip at a time; on this float32 model it agrees with the fast mode."""
     calls = []
