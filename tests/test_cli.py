@@ -206,6 +206,25 @@ def test_default_beam_search_with_batching(tree, model_flags):
     assert alone["text"] == records[0]["text"]  # batching does not change an item's answer
 
 
+@pytest.mark.parametrize(
+    "task, question", [(["prompt", "--text", "Describe the audio."], []), (["ask"], ["Who?"])]
+)
+def test_seeded_sampling_does_not_depend_on_the_batch_size(tree, model_flags, task, question):
+    """Every chunk (and the whole-recording pass) draws from its own generator seeded with
+    --seed, so a sampled run gives the same records whatever --batch-size."""
+    files = [tree / "long.wav", tree / "in" / "a.wav"]  # 3 chunks + 1
+    sampled = [*FAST, "--max-new-tokens", "6", "--do-sample", "--temperature", "1.5", "--top-k", "0"]
+
+    def records(*flags):
+        result = invoke([*task, *model_flags, *sampled, *flags, *files, *question])
+        assert result.exit_code == 0, result.output
+        return [(r["text"], r["segments"]) for r in jsonl(result.stdout)]
+
+    one = records("--seed", "3", "--batch-size", "1")
+    assert len(one[0][1]) == 3 and all(text for text, _ in one)
+    assert records("--seed", "3", "--batch-size", "4") == one
+
+
 def test_output_dir_mirrors_the_tree_and_resume(tree, model_flags, tmp_path):
     out = tmp_path / "out"
     result = invoke(["transcribe", tree / "in", "-o", f"{out}/", *model_flags, *FAST])
