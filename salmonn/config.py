@@ -54,7 +54,9 @@ class GenerationOptions:
         temperature, top_k, top_p: sampling filters, used only when ``do_sample``.
         repetition_penalty: CTRL-style penalty on already generated tokens; 1.0 is off.
         length_penalty: exponent of the hypothesis length in beam scores.
-        seed: seed for sampling; ``None`` draws from torch's global generator.
+        seed: seed for sampling; every item (clip, chunk, prompt) draws from its own generator
+            seeded with it, so batching never changes a sampled answer. ``None`` draws from
+            torch's global generator (random).
     """
 
     max_new_tokens: int = 200

@@ -145,7 +145,13 @@ DECODING_OPTIONS = [
         metavar="X",
         help=f"Beam length penalty exponent. [default: {_GEN.length_penalty}]",
     ),
-    click.option("--seed", type=int, metavar="N", help="Random seed for sampling."),
+    click.option(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="Random seed for sampling; every chunk draws from its own generator seeded with N, "
+        "so the output does not depend on --batch-size.",
+    ),
 ]
 
 INPUT_OPTIONS = [

@@ -231,6 +231,29 @@ def test_chat_equals_cli_prompt(server, audio, model_flags, which, chunks, beams
         assert answer.usage.prompt_tokens > 88 * 2 + 20
 
 
+def test_seeded_sampling_equals_cli(server, audio, model_flags):
+    """temperature > 0 with a seed: each chunk draws from its own seeded generator, so the server
+    (which batches the chunks of concurrent requests together) answers as the CLI does one chunk
+    at a time; two sampled requests of equal decoding may share a decode."""
+    sampled = ["--do-sample", "--temperature", "1.5", "--seed", "3", "--batch-size", "1"]
+    expected = [
+        cli_records(model_flags, "prompt", "--text", INSTRUCTION, audio[which], *sampled)[0]["text"]
+        for which in ("long", "short")
+    ]
+    client = server.client()
+    start = threading.Barrier(2)
+
+    def ask(which):
+        start.wait()
+        answer = client.chat.completions.create(
+            model="salmonn", messages=audio_message(audio[which]), temperature=1.5, seed=3
+        )
+        return answer.choices[0].message.content
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(ask, ("long", "short"))) == expected
+
+
 def test_audio_url_data_and_local_file(server, audio):
     client = server.client()
     path = audio["many"][0]

@@ -87,17 +87,20 @@ def test_calls_that_decode_alike_are_merged():
     assert merged == [(AUDIO, ["a", "b", "c", "f", "g"]), (AUDIO, ["d"]), (TEXT, ["e"])]
 
 
-def test_batch_size_limit_and_sampling_alone():
+def test_batch_size_limit_and_sampled_calls_merged():
     model = FakeModel(delay=0.05)
     batcher = Batcher(model, max_batch_size=3, wait_s=2.0)
+    other_seed = SAMPLED.with_overrides(seed=4)
     jobs = [(AUDIO, [p], GREEDY) for p in "abcde"] + [(AUDIO, [p], SAMPLED) for p in "xy"]
+    jobs.append((AUDIO, ["z"], other_seed))
     results = run_requests(batcher, jobs)
     batcher.close()
-    assert results == [[f"{p}:1"] for p in "abcdexy"]
+    assert results == [[f"{p}:1"] for p in "abcdexyz"]
     sizes = sorted(len(prompts) for _, prompts, options in model.calls if not options.do_sample)
     assert sum(sizes) == 5 and max(sizes) <= 3 and len(sizes) == 2
-    sampled = [prompts for _, prompts, options in model.calls if options.do_sample]
-    assert sorted(sampled) == [["x"], ["y"]]  # never merged, even with equal options
+    sampled = sorted(sorted(prompts) for _, prompts, options in model.calls if options.do_sample)
+    # equal sampling options share a call (each item draws from its own seeded generator)
+    assert sampled == [["x", "y"], ["z"]]
 
 
 def test_a_failing_call_fails_alone():
@@ -118,6 +121,37 @@ def test_a_lone_request_does_not_wait():
     assert run_requests(batcher, [(TEXT, ["solo"], GREEDY)]) == [["solo:1"]]
     assert time.perf_counter() - start < 10
     batcher.close()
+
+
+def test_sampled_calls_share_a_stream_and_answer_as_alone(tiny_paths):
+    import salmonn
+
+    model = salmonn.load_model(
+        tiny_paths.whisper, tiny_paths.beats, tiny_paths.llm, tiny_paths.checkpoint, device="cpu"
+    )
+    options = SAMPLED.with_overrides(temperature=1.5, top_k=0, max_new_tokens=8)
+    rng = np.random.default_rng(1)
+    waves = [rng.normal(0, 0.1, 16000 * s).astype(np.float32) for s in (1, 2, 3, 2, 1)]
+    reports = []
+    batcher = Batcher(model, max_batch_size=3, wait_s=2.0, on_batch=reports.append)
+    barrier = threading.Barrier(len(waves))
+
+    def one(i):
+        request = batcher.open_request()
+        try:
+            barrier.wait()
+            return batcher.submit(request, AUDIO, ["Describe."], options, [waves[i]])
+        finally:
+            batcher.close_request(request)
+
+    with ThreadPoolExecutor(len(waves)) as pool:
+        got = list(pool.map(one, range(len(waves))))
+    batcher.close()
+    alone = [model.generate([w], ["Describe."], options)[0].token_ids for w in waves]
+    assert [r[0].token_ids for r in got] == alone
+    joined = [r for r in reports if r.items]
+    assert sum(r.items for r in joined) == 5
+    assert max(r.requests for r in joined) > 1  # sampled requests shared a prefill
 
 
 def test_continuous_batching_equals_alone(tiny_paths):

@@ -17,9 +17,10 @@ The batcher's single worker thread runs the calls of all requests:
 When the worker is idle, the first call waits up to ``wait_s`` for calls of the other requests in
 flight (a lone request never waits).
 
-Why batching changes no answer: the model's greedy and beam decoding give each item of a batch what it
-gives alone. Sampling draws from one random generator per call, so a sampled call never shares a
-model call or a stream with another: it runs as the engine sent it, like the CLI's.
+Why batching changes no answer: the model gives each item of a batch what it gives alone, in
+greedy and beam search, and in sampling with a seed too (every item draws from its own generator
+seeded with the request's ``seed``). So calls that decode alike share a model call or a stream,
+sampled ones included; a sampled request without a seed is random wherever it runs.
 """
 
 from __future__ import annotations
@@ -69,16 +70,13 @@ class _Call:
     def size(self) -> int:
         return len(self.prompts)
 
-    @property
-    def mergeable(self) -> bool:
-        return not self.options.do_sample
-
     def key(self) -> tuple[str, GenerationOptions]:
+        """Calls with equal keys may share a ``generate`` call."""
         return self.kind, self.options
 
     def stream_key(self) -> Any:
-        """Calls with equal keys may share a stream: equal decoding, and never when sampling."""
-        return self.options if self.mergeable else ("alone", id(self))
+        """Calls with equal keys may share a stream: equal decoding (clips and text alike)."""
+        return self.options
 
 
 @dataclass(frozen=True)
@@ -223,11 +221,9 @@ class Batcher:
     def _wait_for_company(self) -> None:
         """Wait (lock held) while other requests in flight may still add calls to the first one's batch."""
         first = self._queue[0]
-        if not first.mergeable:
-            return
         deadline = time.monotonic() + self.wait_s
         while not self._closed:
-            same = [c for c in self._queue if c.mergeable and c.key() == first.key()]
+            same = [c for c in self._queue if c.key() == first.key()]
             waiting = {c.request for c in self._queue}
             if sum(c.size for c in same) >= self.max_batch_size or waiting >= self._active:
                 return
@@ -240,11 +236,9 @@ class Batcher:
         """The oldest call and the queued calls that decode alike and still fit (lock held)."""
         first = self._queue.popleft()
         batch = [first]
-        if not first.mergeable:
-            return batch
         size = first.size
         for call in list(self._queue):
-            if call.mergeable and call.key() == first.key():
+            if call.key() == first.key():
                 if size + call.size > self.max_batch_size:
                     continue
                 self._queue.remove(call)

@@ -1,6 +1,6 @@
 """Continuous batching for the server's model worker, over :class:`~salmonn.model.GenerationStream`.
 
-One stream per decoding (and one per sampled call); each call's clips or prompts are put into its
+One stream per decoding (equal ``GenerationOptions``); each call's clips or prompts are put into its
 stream as work items keyed ``(call id, index)``, and every :meth:`StreamWorker.step` advances every
 busy stream by one token, letting waiting items join as rows free up. A call is answered when all
 its items are. Only the worker thread touches this object.
