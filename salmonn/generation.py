@@ -454,6 +454,13 @@ class Decoder:
         """Whether :meth:`add` is allowed now (always before the first step)."""
         return self.logits is None or bool(getattr(self.runner, "can_join", False))
 
+    def partial_ids(self) -> list[tuple[Hashable, list[int]]]:
+        """``(key, ids generated so far)`` of each running item, as copies; greedy and sampling
+        only (empty with beams: the best hypothesis is known only when the item finishes)."""
+        if self.num_beams != 1:
+            return []
+        return [(item.key, list(item.ids)) for item in self.items]
+
     def add(self, keys: list[Hashable], inputs_embeds: Tensor, attention_mask: Tensor) -> None:
         """Prefill new items ([N, L, D] left-padded, mask [N, L]); they decode from the next step."""
         _check_inputs(inputs_embeds, attention_mask)

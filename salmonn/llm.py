@@ -46,6 +46,7 @@ class PromptTokenizer:
         folder = Path(folder)
         self._sp: Any = None
         self._hf: Any = None
+        self._bytes: frozenset[int] | None = None  # byte-fallback ids, found when first needed
         model_file = folder / "tokenizer.model"
         if model_file.is_file():
             import sentencepiece
@@ -87,6 +88,49 @@ class PromptTokenizer:
         return str(
             self._hf.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         )
+
+    def decode_stable(self, ids: list[int]) -> str:
+        """The part of ``decode(ids)`` that more ids cannot change: a prefix of the text of any
+        continuation of ``ids``.
+
+        Trailing byte-fallback pieces (and the ids ``decode`` skips among them) are left out: they
+        may still join the next bytes into one character, and both decoders turn a byte run that is
+        not valid UTF-8 into U+FFFD as a whole.
+        """
+        if self.eos_id in ids:
+            return self.decode(ids)
+        bytes_ = self._byte_ids()
+        special = {self.bos_id, self.eos_id, self.unk_id}
+        end = len(ids)
+        while end > 0 and (
+            ids[end - 1] in bytes_
+            or ids[end - 1] in special
+            or not 0 <= ids[end - 1] < self.vocab_size
+        ):
+            end -= 1
+        return self.decode(list(ids[:end]))
+
+    def _byte_ids(self) -> frozenset[int]:
+        cached = self._bytes
+        if cached is None:
+            if self._sp is not None:
+                found = [i for i in range(self.vocab_size) if self._sp.is_byte(i)]
+            else:
+                pieces = self._hf.convert_ids_to_tokens(list(range(self.vocab_size)))
+                found = [i for i, p in enumerate(pieces) if _is_byte_piece(p)]
+            cached = self._bytes = frozenset(found)
+        return cached
+
+
+def _is_byte_piece(piece: Any) -> bool:
+    """``<0xAB>``: a SentencePiece byte-fallback piece."""
+    return (
+        isinstance(piece, str)
+        and len(piece) == 6
+        and piece.startswith("<0x")
+        and piece.endswith(">")
+        and all(c in "0123456789abcdefABCDEF" for c in piece[3:5])
+    )
 
 
 def wrap_prompt(user_text: str) -> str:

@@ -19,6 +19,7 @@ weights; the LLM holds ``dtype`` weights. With ``dtype`` other than float32 ever
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ ENCODER_LN_EPS = (
 
 Wave = np.ndarray | torch.Tensor
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -53,18 +56,31 @@ class GenerationResult:
     token_ids: list[int]
 
 
+TokenCallback = Callable[[list[int]], None]
+"""Receives an item's generated ids so far (see :attr:`WorkItem.on_tokens`)."""
+
+
 @dataclass(frozen=True)
 class WorkItem:
-    """One unit of work for :meth:`SalmonnModel.generate_stream`.
+    """One unit of work for :meth:`SalmonnModel.generate_stream` and :class:`GenerationStream`.
 
     ``key``: anything hashable that identifies the item in the results; ``prompt``: the user text;
     ``wave``: a 16 kHz mono clip of at most 30 s, or ``None`` for a text-only prompt (like
     :meth:`SalmonnModel.generate_text`).
+
+    ``on_tokens``: with one beam (greedy or sampling) in the fast mode, called after every decoding
+    step of the item with its ids so far (a new list each time, one id longer than the last); the
+    last call, in the step where the item finishes, gets exactly its result's ``token_ids``. Never
+    called with beam search (the best hypothesis is known only at the end) nor in exact mode (one
+    item runs from start to end at once). It runs in the thread that calls ``step``, so it should
+    be quick; if it raises, the error is logged and the item is no longer reported (decoding goes
+    on).
     """
 
     key: Hashable
     prompt: str
     wave: Any = None
+    on_tokens: TokenCallback | None = None
 
 
 @dataclass
@@ -567,6 +583,7 @@ class GenerationStream:
         self.exact = model.exact if exact is None else exact
         self._waiting: deque[WorkItem] = deque()
         self._decoder: Any = None
+        self._callbacks: dict[Hashable, TokenCallback] = {}  # running items with on_tokens
 
     @property
     def waiting(self) -> int:
@@ -601,6 +618,7 @@ class GenerationStream:
         """Forget every waiting and running item (after a failure)."""
         self._waiting.clear()
         self._decoder = None
+        self._callbacks.clear()
 
     def discard(self, keep: Callable[[WorkItem], bool]) -> None:
         """Drop the waiting items for which ``keep`` is false (running ones finish)."""
@@ -620,12 +638,43 @@ class GenerationStream:
             decoder = self._decoder = self._new_decoder()
         if self._waiting and decoder.can_join and self.room > 0:
             joining = [self._waiting.popleft() for _ in range(min(self.room, len(self._waiting)))]
-            finished += model._join(decoder, joining)
+            if self.options.num_beams == 1:
+                self._callbacks.update(
+                    (item.key, item.on_tokens) for item in joining if item.on_tokens is not None
+                )
+            failed = model._join(decoder, joining)
+            for key, _ in failed:
+                self._callbacks.pop(key, None)
+            finished += failed
         if decoder.running:
             with torch.inference_mode(), model._autocast():
                 done = decoder.step()
+            if self._callbacks:
+                self._report(done, decoder.partial_ids())
             finished += [(key, model._result(ids)) for key, ids in done]
         return finished
+
+    def _report(
+        self, done: list[tuple[Hashable, list[int]]], running: list[tuple[Hashable, list[int]]]
+    ) -> None:
+        """Hand every item with an ``on_tokens`` callback its ids after this step."""
+        for key, ids in running:
+            callback = self._callbacks.get(key)
+            if callback is not None:
+                self._call(key, callback, ids)
+        for key, ids in done:
+            callback = self._callbacks.pop(key, None)
+            if callback is not None:
+                self._call(key, callback, [int(i) for i in ids])
+
+    def _call(self, key: Hashable, callback: TokenCallback, ids: list[int]) -> None:
+        try:
+            callback(ids)
+        except Exception:  # noqa: BLE001 - a caller's callback must not stop the decode of others
+            logger.warning(
+                "on_tokens of item %r failed; it is no longer called", key, exc_info=True
+            )
+            self._callbacks.pop(key, None)
 
     def _new_decoder(self) -> Any:
         from .generation import Decoder

@@ -293,3 +293,57 @@ def test_exact_mode(model, clips, greedy, beam, monkeypatch):
         model.exact = False
     assert _ids(model.generate(clips, PROMPT, SHORT)) == _ids(greedy)
     assert calls[-1] == (len(clips), False)
+
+
+def _stream_reporting(model, clips, options):
+    """Run clips and a text prompt through one stream with ``on_tokens`` callbacks; returns what
+    each callback saw as ``(step, ids)``, the results, and the step each item ended in."""
+    from salmonn.model import GenerationStream, WorkItem
+
+    seen: dict = {}
+    step = [0]
+
+    def record(key):
+        return lambda ids: seen.setdefault(key, []).append((step[0], ids))
+
+    def broken(ids):
+        raise RuntimeError("the client left")
+
+    work = [WorkItem(("clip", i), PROMPT, c, record(("clip", i))) for i, c in enumerate(clips)]
+    work.append(WorkItem("text", "Summarize: a dog barks.", None, record("text")))
+    work.append(WorkItem("broken", PROMPT, clips[0], broken))
+    work.append(WorkItem("quiet", PROMPT, clips[1]))
+    stream = GenerationStream(model, options, batch_size=3)  # items join as others finish
+    for item in work:
+        stream.put(item)
+    results, ended = {}, {}
+    while stream.busy:
+        step[0] += 1
+        for key, result in stream.step():
+            results[key], ended[key] = result, step[0]
+    assert set(results) == {item.key for item in work}
+    return seen, results, ended
+
+
+def test_on_tokens_reports_every_step(model, clips, caplog):
+    """``WorkItem.on_tokens`` sees each item's ids after every step, ending with its result's ids;
+    never with beams; a failing callback harms nobody; the results do not change."""
+    sampled = GenerationOptions(max_new_tokens=12, num_beams=1, do_sample=True, seed=3)
+    for options in (SHORT, sampled):
+        seen, results, ended = _stream_reporting(model, clips, options)
+        assert set(seen) == {("clip", 0), ("clip", 1), ("clip", 2), "text"}
+        for key, calls in seen.items():
+            final = results[key].token_ids
+            assert calls[-1][1] == final
+            assert [ids for _, ids in calls] == [final[:n] for n in range(1, len(final) + 1)]
+            steps = [s for s, _ in calls]  # one call per step, from its first to its last
+            assert steps == list(range(steps[0], ended[key] + 1))
+    # the callbacks change nothing: the ids equal a lone generate's
+    seen, results, _ = _stream_reporting(model, clips, SHORT)
+    alone = [model.generate([c], PROMPT, SHORT)[0].token_ids for c in clips]
+    assert [results[("clip", i)].token_ids for i in range(3)] == alone
+    assert results["broken"].token_ids == alone[0] and results["quiet"].token_ids == alone[1]
+    assert "on_tokens of item 'broken' failed" in caplog.text
+    seen, results, _ = _stream_reporting(model, clips, BEAM)  # beams: known only at the end
+    assert seen == {}
+    assert results[("clip", 0)].token_ids == model.generate([clips[0]], PROMPT, BEAM)[0].token_ids

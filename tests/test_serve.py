@@ -304,6 +304,157 @@ def test_streaming_equals_non_streaming(server, audio, extra):
     assert usage is not None and usage.total_tokens == whole.usage.total_tokens
 
 
+def stream_parts(client, **kwargs) -> tuple[list[str], str | None]:
+    """The content deltas of a streamed chat request (empty ones dropped) and its finish reason."""
+    parts, finish = [], None
+    for chunk in client.chat.completions.create(**kwargs, stream=True):
+        for choice in chunk.choices:
+            if choice.delta.content:
+                parts.append(choice.delta.content)
+            finish = choice.finish_reason or finish
+    return parts, finish
+
+
+def expected_deltas(tiny_paths, ids: list[int], strip: bool) -> int:
+    """How many times the stable text of ``ids`` grows, token by token (the deltas a client that
+    keeps up receives, before the remainder)."""
+    from salmonn.llm import PromptTokenizer
+
+    tokenizer = PromptTokenizer(tiny_paths.llm)
+    grown, sent = 0, ""
+    for n in range(1, len(ids) + 1):
+        text = tokenizer.decode_stable(ids[:n]).rstrip("\ufffd")
+        text = text.strip() if strip else text
+        grown, sent = grown + (text != sent), text
+    return grown
+
+
+STREAMED = {  # request extras -> (options of the same decoding in the library)
+    "greedy": ({"extra_body": {"num_beams": 1}}, {"num_beams": 1}),
+    "sampled": (
+        {"temperature": 0.9, "seed": 11, "extra_body": {"num_beams": 1}},
+        {"num_beams": 1, "do_sample": True, "temperature": 0.9, "seed": 11},
+    ),
+}
+
+
+STREAM_INSTRUCTION, STREAM_TEXT = "Describe the audio.", "Tell me a joke."  # 16 tokens greedy
+
+
+@pytest.fixture(scope="module")
+def library(tiny_paths):
+    """The tiny model in this process (the library's answers to compare with)."""
+    import salmonn
+
+    return salmonn.load_model(
+        tiny_paths.whisper, tiny_paths.beats, tiny_paths.llm, tiny_paths.checkpoint, device="cpu"
+    )
+
+
+@pytest.mark.parametrize("decoding", sorted(STREAMED))
+@pytest.mark.parametrize("audio_or_text", ["audio", "text"])
+def test_stream_sends_tokens_as_they_are_decoded(
+    server, audio, tiny_paths, library, decoding, audio_or_text
+):
+    """Greedy and sampling stream token by token; the deltas add up to the non-streamed answer."""
+    import salmonn
+
+    request, options = STREAMED[decoding]
+    if audio_or_text == "audio":
+        messages = audio_message(audio["short"], STREAM_INSTRUCTION)
+    else:
+        messages = [{"role": "user", "content": STREAM_TEXT}]
+    client = server.client()
+    kwargs = {"model": "salmonn", "messages": messages, "max_tokens": 16, **request}
+    whole = client.chat.completions.create(**kwargs)
+    parts, finish = stream_parts(client, **kwargs)
+    content = whole.choices[0].message.content
+    assert "".join(parts) == content and finish == whole.choices[0].finish_reason
+    assert len(parts) > 1, parts
+    # the library's ids for the same request say how often the stable text grows
+    generation = salmonn.GenerationOptions(max_new_tokens=16, **options)
+    if audio_or_text == "audio":
+        wave, _ = sf.read(audio["short"], dtype="float32")
+        result = library.generate([wave], STREAM_INSTRUCTION, generation)[0]
+        assert result.text.strip() == content
+    else:
+        result = library.generate_text(STREAM_TEXT, generation)[0]
+        assert result.text == content
+    grows = expected_deltas(tiny_paths, result.token_ids, strip=audio_or_text == "audio")
+    assert grows >= 5  # the check below means something
+    # one delta per growth when the client keeps up; a loaded machine may merge a few
+    assert len(parts) >= max(2, grows // 2), (parts, grows)
+
+
+def test_concurrent_streams_each_equal_their_answer(server, audio):
+    """Streams batched together (one decode for the greedy ones) each add up to their own
+    non-streamed answer; beam search and long audio come as one delta at the end."""
+    files = audio["many"]
+    cases = [  # (request, token by token)
+        ({"messages": audio_message(files[1], STREAM_INSTRUCTION)}, True),
+        ({"messages": audio_message(files[2], STREAM_INSTRUCTION)}, True),
+        ({"messages": [{"role": "user", "content": STREAM_TEXT}]}, True),
+        ({"messages": audio_message(files[3], STREAM_INSTRUCTION), **STREAMED["sampled"][0]}, True),
+        ({"messages": audio_message(files[1], STREAM_INSTRUCTION), "extra_body": {"num_beams": 3}},
+         False),
+        ({"messages": audio_message(audio["long"], STREAM_INSTRUCTION)}, False),  # two chunks
+    ]  # fmt: skip
+    client = server.client()
+    expected = []
+    for request, _ in cases:
+        answer = client.chat.completions.create(model="salmonn", max_tokens=16, **request)
+        expected.append((answer.choices[0].message.content, answer.choices[0].finish_reason))
+    start = threading.Barrier(len(cases))
+
+    def ask(i):
+        start.wait()
+        return stream_parts(client, model="salmonn", max_tokens=16, **cases[i][0])
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        got = list(pool.map(ask, range(len(cases))))
+    assert [("".join(parts), finish) for parts, finish in got] == expected
+    for (parts, _), (_, by_token), (content, _) in zip(got, cases, expected, strict=True):
+        if by_token:
+            assert len(parts) >= 3, parts
+        else:
+            assert parts == ([content] if content else []), parts
+
+
+def test_stream_arrives_while_decoding_and_survives_a_client_leaving(server, audio):
+    """The first delta comes while the request is still decoding; a client that leaves mid-stream
+    harms neither the worker nor the requests decoding beside it."""
+    client = server.client()
+    for seed in range(10):  # a long answer (hot sampling rarely picks EOS): time to look
+        long_answer = {
+            "model": "salmonn", "messages": [{"role": "user", "content": STREAM_TEXT}],
+            "temperature": 3.0, "seed": seed, "max_tokens": 160,
+        }  # fmt: skip
+        whole = client.chat.completions.create(**long_answer)
+        if whole.usage.completion_tokens >= 100:
+            break
+    assert whole.usage.completion_tokens >= 100
+    other = {"model": "salmonn", "messages": audio_message(audio["short"], STREAM_INSTRUCTION)}
+    expected = client.chat.completions.create(**other, max_tokens=16).choices[0].message.content
+    stream = client.chat.completions.create(**long_answer, stream=True)
+    first = ""
+    for chunk in stream:
+        first = "".join(c.delta.content or "" for c in chunk.choices)
+        if first:
+            break
+    assert whole.choices[0].message.content.startswith(first)
+    assert server.metrics()["salmonn_queue_depth"] >= 1  # still in flight: it is decoding
+    stream.close()  # the client leaves mid-answer
+    parts, _ = stream_parts(client, **other, max_tokens=16)  # decodes beside the abandoned one
+    assert "".join(parts) == expected and len(parts) >= 3
+    deadline = time.monotonic() + 60
+    while server.metrics()["salmonn_queue_depth"] > 0:  # the abandoned answer runs to its end
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    again = client.chat.completions.create(**long_answer)
+    assert again.choices[0].message.content == whole.choices[0].message.content
+    assert "Traceback" not in server.log.read_text()
+
+
 def test_text_only_and_other_turns(server, tiny_paths):
     import salmonn
 

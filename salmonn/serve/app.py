@@ -4,9 +4,9 @@ The model loads in a background thread after the server starts listening (``/hea
 until then). Each request's work runs in a thread of its own (at most ``max_queue`` at once); the
 model calls of all of them meet in the service's single model worker.
 
-A little over 400 lines: one route per OpenAI endpoint, each with its form/JSON parsing, kept
+About 460 lines: one route per OpenAI endpoint, each with its form/JSON parsing, kept
 together so the whole HTTP surface reads in one file; the work behind the routes is in
-``service.py``, ``openai_api.py`` and ``media.py``.
+``service.py``, ``openai_api.py``, ``media.py`` and ``deltas.py`` (token-by-token streaming).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import PromptError
 from ..tasks import TRANSCRIBE_LANGUAGES, make_task
 from .config import ServeConfig
+from .deltas import DeltaText, TokenFeed
 from .errors import (
     APIError,
     bad_audio,
@@ -255,12 +256,12 @@ def _install_routes(app: FastAPI, state: _State) -> None:
             raise
         audio = parsed.audio
 
-        def work() -> Answer:
+        def work(on_tokens: TokenFeed | None = None) -> Answer:
             try:
                 if audio is None:
-                    return service.run_text(parsed.instruction, parsed.options)
+                    return service.run_text(parsed.instruction, parsed.options, on_tokens)
                 task = make_task("prompt", text=parsed.instruction)
-                return service.run_task(task, audio, parsed.options)
+                return service.run_task(task, audio, parsed.options, on_tokens)
             finally:
                 if audio is not None:
                     audio.cleanup()
@@ -268,8 +269,14 @@ def _install_routes(app: FastAPI, state: _State) -> None:
 
         if not parsed.stream:
             return JSONResponse(chat_completion(await state.run(work), name))
+        deltas = None
+        if service.streams_tokens(parsed.options):
+            assert service.decode_stable is not None
+            # an audio answer is the chunk's text stripped (the engine's record text)
+            deltas = DeltaText(service.decode_stable, strip=audio is not None)
         return StreamingResponse(
-            _chat_events(state, work, parsed.include_usage), media_type="text/event-stream"
+            _chat_events(state, work, parsed.include_usage, deltas),
+            media_type="text/event-stream",
         )
 
     async def audio_task(request: Request, task_name: str) -> Response:
@@ -296,17 +303,30 @@ def _install_routes(app: FastAPI, state: _State) -> None:
 
 
 async def _chat_events(
-    state: _State, work: Callable[[], Answer], include_usage: bool
+    state: _State,
+    work: Callable[[TokenFeed | None], Answer],
+    include_usage: bool,
+    deltas: DeltaText | None,
 ) -> AsyncIterator[str]:
     """SSE chunks: the role, the answer, the finish reason, (usage), ``[DONE]``.
 
-    The answer comes as one delta once the engine has it (the final text of long audio exists only
-    after the whole-recording pass).
+    With ``deltas`` (greedy or sampling; the answer is one generation's text) the answer comes as
+    the tokens are decoded, each delta the text that no later token can change, and the rest at
+    the end; otherwise as one delta once the engine has it (beam search knows its answer only at
+    the end; the final text of long audio exists only after the whole-recording pass).
     """
     cid, created, name = new_id("chatcmpl"), int(time.time()), state.config.served_model_name
     yield _sse(chat_chunk(cid, created, name, {"role": "assistant", "content": ""}))
+    loop = asyncio.get_running_loop()
+    feed = TokenFeed(loop) if deltas is not None else None
+    future = loop.run_in_executor(state.executor, work, feed)
     try:
-        answer = await state.run(work)
+        if feed is not None and deltas is not None:
+            future.add_done_callback(lambda _: feed.end())
+            while (ids := await feed.next()) is not None:
+                if text := deltas.update(ids):
+                    yield _sse(chat_chunk(cid, created, name, {"content": text}))
+        answer = await future
     except APIError as err:
         yield _sse(err.body())
         yield "data: [DONE]\n\n"
@@ -316,8 +336,19 @@ async def _chat_events(
         yield _sse(internal().body())
         yield "data: [DONE]\n\n"
         return
-    if answer.text:
-        yield _sse(chat_chunk(cid, created, name, {"content": answer.text}))
+    finally:  # also when the client left: the work goes on, its tokens go nowhere
+        if feed is not None:
+            feed.close()
+        if not future.done():
+            future.cancel()
+    rest = answer.text if deltas is None else deltas.rest(answer.text)
+    if rest is None:  # the streamed text is not a prefix of the answer: never send a wrong one
+        logger.error("streamed deltas do not lead to the final answer; failing the request")
+        yield _sse(internal().body())
+        yield "data: [DONE]\n\n"
+        return
+    if rest:
+        yield _sse(chat_chunk(cid, created, name, {"content": rest}))
     yield _sse(chat_chunk(cid, created, name, {}, answer.finish_reason))
     if include_usage:
         final = chat_chunk(cid, created, name, {})

@@ -60,6 +60,7 @@ class _Call:
     results: list[Any] | None = None
     error: BaseException | None = None
     remaining: int = 0  # items not answered yet (continuous batching)
+    on_tokens: Callable[[list[int]], None] | None = None  # the ids so far (one-item calls)
 
     def finish(self, error: BaseException | None = None) -> None:
         if not self.done.is_set():
@@ -157,9 +158,15 @@ class Batcher:
         prompts: Sequence[str],
         options: GenerationOptions,
         waves: Sequence[Any] | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
     ) -> list[Any]:
-        """Queue one call and block until the worker has run it; returns its results in order."""
-        call = _Call(kind, list(prompts), options, None if waves is None else list(waves), request)
+        """Queue one call and block until the worker has run it; returns its results in order.
+
+        ``on_tokens`` (a call of one item): called from the worker with the item's ids so far after
+        every decoding step, where the decoding allows it (see :attr:`streams_tokens`).
+        """
+        wave_list = None if waves is None else list(waves)
+        call = _Call(kind, list(prompts), options, wave_list, request, on_tokens=on_tokens)
         with self._cond:
             if self._closed:
                 raise ServerClosing("the server is shutting down")
@@ -182,6 +189,12 @@ class Batcher:
             call.error = ServerClosing("the server is shutting down")
             call.done.set()
         self._thread.join(timeout)
+
+    @property
+    def streams_tokens(self) -> bool:
+        """Whether ``on_tokens`` is called as tokens come: continuous batching outside exact mode,
+        greedy or sampling (never with beams, whose answer is known only at the end)."""
+        return self._streams is not None and not getattr(self.model, "exact", False)
 
     @property
     def queued(self) -> int:
@@ -317,6 +330,8 @@ class RequestModel:
         self.usage = Usage()
         # the last model-call error (the engine's record keeps only its line)
         self.failure: BaseException | None = None
+        # given the ids so far of the calls of one item from now on (see Batcher.submit)
+        self.on_tokens: Callable[[list[int]], None] | None = None
         self._request = 0
 
     def __enter__(self) -> RequestModel:  # noqa: PYI034
@@ -350,8 +365,9 @@ class RequestModel:
         return results
 
     def _submit(self, kind: str, prompts: Any, options: GenerationOptions, waves: Any) -> list[Any]:
+        on_tokens = self.on_tokens if len(prompts) == 1 else None
         try:
-            return self._batcher.submit(self._request, kind, prompts, options, waves)
+            return self._batcher.submit(self._request, kind, prompts, options, waves, on_tokens)
         except Exception as exc:
             self.failure = exc
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,13 +56,37 @@ class Service:
         )
         tokenizer = getattr(model, "tokenizer", None)
         self.eos_id = getattr(tokenizer, "eos_id", None)
+        self.decode_stable: Callable[[list[int]], str] | None = getattr(
+            tokenizer, "decode_stable", None
+        )
 
     def close(self) -> None:
         self.batcher.close()
 
+    def streams_tokens(self, generation: GenerationOptions) -> bool:
+        """Whether ``on_tokens`` of :meth:`run_task` / :meth:`run_text` sees the answer grow token
+        by token under ``generation`` (one beam, continuous batching, a tokenizer that can tell
+        the stable part of a text)."""
+        return (
+            generation.num_beams == 1
+            and self.batcher.streams_tokens
+            and self.decode_stable is not None
+        )
+
     # -- requests ----------------------------------------------------------------------------------
-    def run_task(self, task: Task, audio: AudioFile, generation: GenerationOptions) -> Answer:
-        """Run ``task`` over the audio file exactly as the CLI does; raises :class:`APIError`."""
+    def run_task(
+        self,
+        task: Task,
+        audio: AudioFile,
+        generation: GenerationOptions,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> Answer:
+        """Run ``task`` over the audio file exactly as the CLI does; raises :class:`APIError`.
+
+        ``on_tokens``: when the audio is a single chunk (no whole-recording pass), called from the
+        model worker with the ids so far of its one generation, whose text, stripped, is the
+        answer (see :meth:`streams_tokens`); never called for longer audio.
+        """
         try:
             spec = task.spec()
         except PromptError as err:
@@ -74,6 +98,10 @@ class Service:
 
         item = InputItem(audio.path, os.path.dirname(audio.path), os.path.basename(audio.path))
         with RequestModel(self.batcher, self.model) as model:
+
+            def single_chunk() -> None:  # its answer is the record's text: let it stream
+                model.on_tokens = on_tokens
+
             records = process(
                 model,
                 [item],
@@ -81,7 +109,7 @@ class Service:
                 chunking=self.config.chunking,
                 generation=generation,
                 batch_size=self.config.max_batch_size,
-                chunks=self._chunks(audio.path, decode_errors),
+                chunks=self._chunks(audio.path, decode_errors, single_chunk),
             )
             try:
                 record = next(iter(records))
@@ -95,9 +123,19 @@ class Service:
         text = record.text or ""
         return Answer(text, model.usage, self._finish_reason(model.usage, generation), record)
 
-    def run_text(self, instruction: str, generation: GenerationOptions) -> Answer:
-        """The LLM's answer to ``instruction`` without audio (``USER: ...\\nASSISTANT:``)."""
+    def run_text(
+        self,
+        instruction: str,
+        generation: GenerationOptions,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> Answer:
+        """The LLM's answer to ``instruction`` without audio (``USER: ...\\nASSISTANT:``).
+
+        ``on_tokens``: called from the model worker with the ids so far, whose text is the answer
+        (see :meth:`streams_tokens`).
+        """
         with RequestModel(self.batcher, self.model) as model:
+            model.on_tokens = on_tokens
             try:
                 result = model.generate_text([instruction], generation)[0]
             except Exception as exc:  # noqa: BLE001 - mapped to an HTTP error
@@ -118,8 +156,11 @@ class Service:
         if info.duration is not None and info.duration > limit:
             raise _too_long(info.duration, limit)
 
-    def _chunks(self, path: str, decode_errors: list[AudioError]) -> Iterator[Any]:
-        """The Prefetcher's chunks of ``path``; stops with 413 past ``max_audio_seconds``."""
+    def _chunks(
+        self, path: str, decode_errors: list[AudioError], single: Callable[[], None]
+    ) -> Iterator[Any]:
+        """The Prefetcher's chunks of ``path``; stops with 413 past ``max_audio_seconds``.
+        ``single()`` runs before the chunk is handed on when the first chunk is also the last."""
         from ..prefetch import Prefetcher
 
         limit = self.config.max_audio_seconds
@@ -131,6 +172,8 @@ class Service:
                     decode_errors.append(fc.error)
                 elif fc.chunk is not None and fc.chunk.end > limit:
                     raise _too_long(fc.chunk.end, limit)
+                elif fc.chunk is not None and fc.chunk.index == 0 and fc.chunk.last:
+                    single()
                 yield fc
 
     def _model_error(self, exc: BaseException | None, message: str) -> APIError:

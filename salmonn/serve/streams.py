@@ -71,7 +71,8 @@ class StreamWorker:
         holder.calls[id(call)] = call
         for i, prompt in enumerate(call.prompts):
             wave = call.waves[i] if call.waves is not None else None
-            holder.stream.put(WorkItem((id(call), i), prompt, wave))
+            on_tokens = call.on_tokens if call.size == 1 else None
+            holder.stream.put(WorkItem((id(call), i), prompt, wave, on_tokens))
             holder.waiting.append((call, i))
 
     def step(self) -> None:
