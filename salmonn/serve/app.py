@@ -6,7 +6,7 @@ model calls of all of them meet in the service's single model worker.
 
 About 460 lines: one route per OpenAI endpoint, each with its form/JSON parsing, kept
 together so the whole HTTP surface reads in one file; the work behind the routes is in
-``service.py``, ``openai_api.py``, ``media.py`` and ``deltas.py`` (token-by-token streaming).
+``service.py``, ``openai_api.py``, ``media.py`` and ``deltas.py`` (streaming token by token).
 """
 
 from __future__ import annotations
