@@ -61,8 +61,8 @@ class TokenFeed:
 
     Call the feed (from any thread) with the ids so far, each call extending the previous ones;
     :meth:`end` (in the loop) marks the end; ``await next()`` gives all the ids seen so far once
-    new ones came (several calls' worth when the consumer is late), or ``None`` after the end. :meth:`close` makes later calls no-ops (the client
-    left).
+    new ones came (several calls' worth when the consumer is late), or ``None`` after the end.
+    :meth:`close` makes later calls no-ops (the client left).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
