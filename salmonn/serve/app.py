@@ -163,8 +163,12 @@ def _install_handlers(app: FastAPI, state: _State) -> None:
                 response: Response = _error_response(unauthorized())
                 state.metrics.requests.labels(path, "401").inc()
                 return response
-        response = await call_next(request)
         endpoint = path if path in _KNOWN_PATHS else "other"
+        try:
+            response = await call_next(request)
+        except Exception:  # a bug: the 500 handler answers it; counted here
+            state.metrics.requests.labels(endpoint, "500").inc()
+            raise
         state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
