@@ -58,7 +58,8 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
     "--api-key",
     envvar=API_KEY_ENV,
     metavar="KEY",
-    help=f"Require 'Authorization: Bearer KEY' on /v1/*. [env {API_KEY_ENV}]",
+    help=f"Require 'Authorization: Bearer KEY' on /v1/*; /health and /metrics (counts only) "
+    f"stay open. [env {API_KEY_ENV}]",
 )
 @click.option(
     "--max-batch-size",

@@ -179,6 +179,8 @@ def status_error(call) -> openai.APIStatusError:
 def test_health_models_and_api_key(server):
     status, _, body = server.get("/health")  # open without a key
     assert status == 200 and json.loads(body) == {"status": "ok"}
+    status, _, body = server.get("/metrics")  # open too, as vLLM's (counts, no request content)
+    assert status == 200 and b"salmonn_requests_total" in body
     assert [m.id for m in server.client().models.list()] == ["salmonn"]
     for key in ("wrong", ""):
         error = status_error(lambda k=key: server.client(k or "x").models.list())
@@ -512,6 +514,10 @@ def test_transcriptions_every_format(server, audio, model_flags):
             )
 
     assert create("json").text == record["text"]
+    for hint in ("", "Vocabulary: SALMONN, Vicuna."):  # prompt: accepted and ignored
+        with open(path, "rb") as handle:
+            got = client.audio.transcriptions.create(model="salmonn", file=handle, prompt=hint)
+        assert got.text == record["text"]
     assert create("text") == cli_output(model_flags, "transcribe", path, "-f", "text")
     for fmt in ("srt", "vtt"):
         body = create(fmt)
@@ -526,13 +532,26 @@ def test_transcriptions_every_format(server, audio, model_flags):
 
 
 def test_translations(server, audio, model_flags):
+    """``language`` is the spoken (source) language: optional, any code the library names; it
+    changes nothing in the prompt, so the text is ``salmonn translate --to LANG``'s."""
     client = server.client()
     path = audio["short"]
+
+    def translate(**fields):
+        with open(path, "rb") as handle, pytest.warns(DeprecationWarning):
+            return client.audio.translations.create(model="salmonn", file=handle, **fields)
+
     for extra, target in (({}, "zh"), ({"to_language": "de"}, "de")):
         (record,) = cli_records(model_flags, "translate", "--to", target, path)
-        with open(path, "rb") as handle, pytest.warns(DeprecationWarning):
-            got = client.audio.translations.create(model="salmonn", file=handle, extra_body=extra)
-        assert got.text == record["text"]
+        assert translate(extra_body=extra).text == record["text"]
+        for source in ("en", "de", "FR"):
+            got = translate(
+                extra_body={**extra, "language": source}, response_format="verbose_json"
+            )
+            assert got.text == record["text"] and got.language == source.lower()
+    error = status_error(lambda: translate(extra_body={"language": "xx"}))
+    assert error.status_code == 400 and error.body["param"] == "language"
+    assert "xx" in error.body["message"]
 
 
 # ---------------------------------------------------------------------------------------- errors

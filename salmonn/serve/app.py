@@ -27,7 +27,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import PromptError
-from ..tasks import TRANSCRIBE_LANGUAGES, make_task
+from ..tasks import (
+    EMERGENT_LANGUAGES,
+    LANGUAGE_NAMES,
+    TRAINED_LANGUAGES,
+    TRANSCRIBE_LANGUAGES,
+    make_task,
+)
 from .config import ServeConfig
 from .deltas import DeltaText, TokenFeed
 from .errors import (
@@ -57,6 +63,7 @@ logger = logging.getLogger(__name__)
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 JSON_SLACK_BYTES = 1_000_000  # room for the JSON around base64 audio
 OPEN_PATHS = ("/health", "/metrics")
+SOURCE_LANGUAGES = tuple(sorted({*LANGUAGE_NAMES, *TRAINED_LANGUAGES, *EMERGENT_LANGUAGES}))
 
 
 class _State:
@@ -371,6 +378,19 @@ def _field(form: Any, key: str, default: str | None = None) -> str | None:
     return value.strip() or default
 
 
+def _language(form: Any, task_name: str) -> str:
+    """The spoken language: ``en``, ``zh`` or ``de`` to transcribe (default ``en``); to translate,
+    optional and any code the library names (it changes no prompt: SALMONN's translation prompt
+    names only the target), default ``en``, the source it was trained on."""
+    language = (_field(form, "language", "en") or "en").lower()
+    known = TRANSCRIBE_LANGUAGES if task_name == "transcribe" else SOURCE_LANGUAGES
+    if language not in known:
+        raise bad_request(
+            f"language must be one of {', '.join(known)}, got {language!r}", "language"
+        )
+    return language
+
+
 async def _audio_work(
     request: Request, state: _State, service: Service, task_name: str
 ) -> tuple[Callable[[], Answer], str, str]:
@@ -388,14 +408,9 @@ async def _audio_work(
                 f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt!r}",
                 "response_format",
             )
-        language = _field(form, "language", "en") or "en"
-        if task_name == "transcribe" and language not in TRANSCRIBE_LANGUAGES:
-            raise bad_request(
-                f"language must be one of {', '.join(TRANSCRIBE_LANGUAGES)}, got {language!r}",
-                "language",
-            )
-        if task_name == "translate" and language != "en":
-            raise bad_request("translation is from English speech: language must be en", "language")
+        language = _language(form, task_name)
+        # ``prompt`` (OpenAI's hint of vocabulary or style) is accepted and ignored: SALMONN's
+        # task prompts are fixed, and clients send it routinely (often empty)
         temperature = _field(form, "temperature")
         body: dict[str, Any] = {}
         if temperature is not None:
