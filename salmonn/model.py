@@ -527,11 +527,17 @@ class SalmonnModel(nn.Module):
         return torch.cat([head, audio.to(head.dtype), self._embed(after)])
 
     def _encoder_attention(self, exact: bool) -> contextlib.AbstractContextManager:
-        """Whisper attention for this call: eager (the original's) when exact, else SDPA."""
+        """Encoder attention for this call: the original's arithmetic when exact (eager Whisper,
+        BEATs' own steps), else fused kernels (Whisper SDPA, BEATs ``fast_attention``)."""
+        stack = contextlib.ExitStack()
+        if exact:
+            return stack
         config = getattr(self.speech_encoder, "config", None)
-        if exact or config is None or getattr(config, "_attn_implementation", None) != "eager":
-            return contextlib.nullcontext()
-        return _attention_implementation(config, "sdpa")
+        if config is not None and getattr(config, "_attn_implementation", None) == "eager":
+            stack.enter_context(_attention_implementation(config, "sdpa"))
+        if hasattr(self.beats, "fast_attention"):
+            stack.enter_context(_set_attribute(self.beats, "fast_attention", True))
+        return stack
 
     def _result(self, ids: list[int]) -> GenerationResult:
         return GenerationResult(self.tokenizer.decode(list(ids)), [int(i) for i in ids])
@@ -697,3 +703,13 @@ def _attention_implementation(config: Any, name: str) -> Iterator[None]:
         yield
     finally:
         config._attn_implementation = before
+
+
+@contextlib.contextmanager
+def _set_attribute(obj: Any, name: str, value: Any) -> Iterator[None]:
+    before = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, before)

@@ -10,7 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from salmonn.encoders.beats import Beats, BeatsConfig, load_beats, relative_position_buckets
+from salmonn.encoders.beats import (
+    Beats,
+    BeatsAttention,
+    BeatsConfig,
+    load_beats,
+    relative_position_buckets,
+)
 from salmonn.errors import CheckpointError
 from salmonn.features import beats_fbank, beats_n_tokens
 from salmonn.formats import beats_shapes
@@ -291,6 +297,88 @@ def test_forward_matches_functional_reference(beats):
     for i in range(2):
         no_bias[f"encoder.layers.{i}.self_attn.relative_attention_bias.weight"].zero_()
     assert (ours.double() - _reference_forward(no_bias, fbank)).abs().max().item() > 1e-2
+
+
+def _old_attention(attn, x, position_bias):
+    """BEATs attention step by step in the reference's order (q scaled by 1/sqrt(d) then by 1/32,
+    the row maximum subtracted, times 32, the gated bias added, softmax): what the exact path must
+    reproduce bit for bit."""
+    bsz, n, dim = x.shape
+    heads, hd = attn.num_heads, attn.head_dim
+    q = attn.q_proj(x) * attn.scaling
+    q = q * (1 / 32.0)
+    k, v = attn.k_proj(x), attn.v_proj(x)
+    q, k, v = (t.view(bsz, n, heads, hd).transpose(1, 2).reshape(bsz * heads, n, hd) for t in (q, k, v))
+    scores = torch.bmm(q, k.transpose(1, 2))
+    scores = (scores - scores.max(dim=-1, keepdim=True)[0]) * 32.0
+    query = q.view(bsz, heads, n, hd) * 32.0 / attn.scaling
+    gates = attn.grep_linear(query).view(bsz, heads, n, 2, 4).sum(-1)
+    gate_a, gate_b = torch.sigmoid(gates).chunk(2, dim=-1)
+    bias = (gate_a * (gate_b * attn.grep_a - 1.0) + 2.0) * position_bias.unsqueeze(0)
+    scores = (scores.view(bsz, heads, n, n) + bias).view(bsz * heads, n, n)
+    out = torch.bmm(F.softmax(scores, dim=-1), v)
+    return attn.out_proj(out.view(bsz, heads, n, hd).transpose(1, 2).reshape(bsz, n, dim))
+
+
+def test_position_bias_equals_bucketing_every_pair(beats):
+    table = beats.encoder.layers[0].self_attn.relative_attention_bias
+    for n in (1, 2, 48, 120, 1496):
+        positions = torch.arange(n)
+        buckets = relative_position_buckets(positions[None, :] - positions[:, None], 320, 800)
+        with torch.no_grad():
+            expected = table(buckets).permute(2, 0, 1)  # [H, query, key]
+            got = beats.encoder.position_bias(n)
+        assert got.shape == (2, n, n) and torch.equal(got, expected), n
+
+
+def test_exact_attention_keeps_the_reference_steps(beats):
+    # the exact path's arithmetic, bit for bit: the same operations in the same order
+    (wave,) = _waves(3.1, seed=5)
+    (fbank,) = beats_fbank([wave])
+    attn = beats.encoder.layers[1].self_attn
+    seen = []
+    hook = attn.register_forward_hook(lambda m, args, out: seen.append((args, out)))
+    try:
+        with torch.no_grad():
+            beats(fbank[None])
+            (x, bias, *_), out = seen[0]
+            assert torch.equal(out, _old_attention(attn, x, bias))
+    finally:
+        hook.remove()
+
+
+def test_fast_attention_matches_exact_up_to_rounding(beats):
+    """``fast_attention`` (one scaled_dot_product_attention call) changes only the rounding.
+
+    The bound: both paths must stay within 1e-4 of the float64 reference (the accuracy the exact
+    path is held to above), so they differ by at most 2e-4. Outputs are LayerNorm-ed, of order 1
+    (at most about 5 here); float32 rounding of sums over <= 1496 keys, in whatever order a CPU's
+    kernels take, gives errors near 1e-6 (2e-6 measured on an AVX-512 CPU), far inside the bound,
+    while a wrong scale, mask or gate gives errors of order 0.01 to 1 (checked below).
+    """
+    waves = _waves(2.5, 1.0, 12.0, seed=4)
+    fbanks = beats_fbank(waves)
+    with torch.no_grad():
+        exact = beats.extract_features(waves)
+        beats.fast_attention = True
+        try:
+            fast = beats.extract_features(waves)
+            ref = _reference_forward(_official_state_dict(), fbanks[0])
+            assert (fast[0].double() - ref).abs().max().item() < 1e-4
+            # power: the fast path with the gate left out is clearly off
+            gate = BeatsAttention._gate
+            BeatsAttention._gate = lambda self, q: torch.ones_like(q[..., :1])
+            try:
+                ungated = beats.extract_features(waves[:1])[0]
+            finally:
+                BeatsAttention._gate = gate
+        finally:
+            beats.fast_attention = False
+    for e, f in zip(exact, fast, strict=True):
+        assert e.shape == f.shape and f.dtype == torch.float32
+        assert (e - f).abs().max().item() < 2e-4
+    assert not all(torch.equal(e, f) for e, f in zip(exact, fast, strict=True))  # a real switch
+    assert (ungated - exact[0]).abs().max().item() > 1e-2
 
 
 def test_token_counts_for_1s_and_30s(beats):

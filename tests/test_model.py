@@ -347,3 +347,31 @@ def test_on_tokens_reports_every_step(model, clips, caplog):
     seen, results, _ = _stream_reporting(model, clips, BEAM)  # beams: known only at the end
     assert seen == {}
     assert results[("clip", 0)].token_ids == model.generate([clips[0]], PROMPT, BEAM)[0].token_ids
+
+
+def test_fast_mode_uses_fused_encoder_attention(model, clips, greedy, monkeypatch):
+    """Fast mode runs BEATs through its fused attention (and Whisper through SDPA); exact mode
+    and the public ``encode_audio`` keep the original's steps."""
+    from salmonn.encoders.beats import BeatsAttention
+
+    fused = []
+    real = BeatsAttention._fast
+    monkeypatch.setattr(
+        BeatsAttention, "_fast", lambda self, x, bias: fused.append(x.shape) or real(self, x, bias)
+    )
+    config = model.speech_encoder.config
+    with model._encoder_attention(False):
+        assert model.beats.fast_attention and config._attn_implementation == "sdpa"
+    with model._encoder_attention(True):
+        assert not model.beats.fast_attention and config._attn_implementation == "eager"
+    assert not model.beats.fast_attention and config._attn_implementation == "eager"
+    model.generate(clips[:1], PROMPT, SHORT, exact=True)
+    model.encode_audio(clips[:1])
+    assert fused == []
+    assert _ids(model.generate(clips, PROMPT, SHORT)) == _ids(greedy)
+    assert len(fused) == 2 * 3  # 2 layers x 3 clips of different lengths
+    exact = model.encode_audio(clips)
+    with torch.inference_mode(), model._encoder_attention(False):
+        fast = model._encode(model._waves(clips), None)
+    # rounding only (2e-6 measured on values up to 3.6); a wrong mask or scale moves it by > 1e-2
+    assert 0 < (fast - exact).abs().max().item() < 1e-3

@@ -187,8 +187,14 @@ class BeatsAttention(nn.Module):
             self.grep_linear = nn.Linear(self.head_dim, 8)
             self.grep_a = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
 
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor | None) -> torch.Tensor:
-        """``x [B, N, C]``, ``position_bias [H, N, N]`` (raw, ungated) or None -> ``[B, N, C]``."""
+    def forward(
+        self, x: torch.Tensor, position_bias: torch.Tensor | None, fast: bool = False
+    ) -> torch.Tensor:
+        """``x [B, N, C]``, ``position_bias [H, N, N]`` (raw, ungated) or None -> ``[B, N, C]``.
+
+        ``fast``: one fused attention kernel (:meth:`_fast`) instead of the reference's steps."""
+        if fast:
+            return self._fast(x, position_bias)
         bsz, n, dim = x.shape
         heads, hd = self.num_heads, self.head_dim
         q = self.q_proj(x)
@@ -206,14 +212,42 @@ class BeatsAttention(nn.Module):
             bias = position_bias.unsqueeze(0)  # (1, H, N, N)
             if self.gru_rel_pos:
                 query = q.view(bsz, heads, n, hd) * _SCORE_SCALE / self.scaling  # unscaled q
-                gates = self.grep_linear(query).view(bsz, heads, n, 2, 4).sum(-1)  # (B, H, N, 2)
-                gate_a, gate_b = torch.sigmoid(gates).chunk(2, dim=-1)
-                gate = gate_a * (gate_b * self.grep_a - 1.0) + 2.0  # (B, H, N, 1)
-                bias = gate * bias
+                bias = self._gate(query) * bias
             scores = (scores.view(bsz, heads, n, n) + bias).view(bsz * heads, n, n)
         probs = F.softmax(scores, dim=-1).type_as(scores)
         out = torch.bmm(probs, v)  # (B*H, N, d)
         out = out.view(bsz, heads, n, hd).transpose(1, 2).reshape(bsz, n, dim)
+        return self.out_proj(out)
+
+    def _gate(self, query: torch.Tensor) -> torch.Tensor:
+        """Per-query scale of the relative position bias: ``(B, H, N, d)`` -> ``(B, H, N, 1)``."""
+        bsz, heads, n, _ = query.shape
+        gates = self.grep_linear(query).view(bsz, heads, n, 2, 4).sum(-1)  # (B, H, N, 2)
+        gate_a, gate_b = torch.sigmoid(gates).chunk(2, dim=-1)
+        return gate_a * (gate_b * self.grep_a - 1.0) + 2.0
+
+    def _fast(self, x: torch.Tensor, position_bias: torch.Tensor | None) -> torch.Tensor:
+        """The same attention through ``scaled_dot_product_attention``: softmax(q k^T * scaling +
+        gated bias) v, with the gated bias as a float mask.
+
+        The reference's steps (q divided by 32, the row maximum subtracted, times 32) leave the
+        softmax unchanged in exact arithmetic, so only rounding differs from :meth:`forward`'s
+        exact path; the gate sees the projected query itself instead of the query scaled down and
+        back up. The fused kernel never builds the [B*H, N, N] score tensor five times over.
+        """
+        bsz, n, dim = x.shape
+        heads, hd = self.num_heads, self.head_dim
+        q = self.q_proj(x).view(bsz, n, heads, hd).transpose(1, 2)  # (B, H, N, d)
+        k = self.k_proj(x).view(bsz, n, heads, hd).transpose(1, 2)
+        v = self.v_proj(x).view(bsz, n, heads, hd).transpose(1, 2)
+        mask = None
+        if position_bias is not None:
+            bias = position_bias.unsqueeze(0)  # (1, H, N, N)
+            if self.gru_rel_pos:
+                bias = self._gate(q) * bias  # (B, H, N, N)
+            mask = bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
+        out = out.transpose(1, 2).reshape(bsz, n, dim)
         return self.out_proj(out)
 
 
@@ -230,9 +264,11 @@ class BeatsLayer(nn.Module):
         self.fc2 = nn.Linear(cfg.encoder_ffn_embed_dim, dim)
         self.final_layer_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, position_bias: torch.Tensor | None, fast: bool = False
+    ) -> torch.Tensor:
         """``[B, N, C]`` -> ``[B, N, C]``."""
-        x = self.self_attn_layer_norm(x * self.alpha + self.self_attn(x, position_bias))
+        x = self.self_attn_layer_norm(x * self.alpha + self.self_attn(x, position_bias, fast))
         hidden = self.fc1(x)
         hidden = F.gelu(hidden.float()).type_as(hidden)  # BEATs computes GELU in fp32
         return self.final_layer_norm(x * self.alpha + self.fc2(hidden))
@@ -257,23 +293,30 @@ class BeatsEncoder(nn.Module):
                 layer.self_attn.relative_attention_bias = table
 
     def position_bias(self, n: int) -> torch.Tensor | None:
-        """Raw relative position bias ``[H, N, N]`` (buckets on CPU, looked up on its device)."""
+        """Raw relative position bias ``[H, N, N]``: entry ``(h, i, j)`` is the table's value for
+        the bucket of the offset ``j - i`` (buckets on CPU, looked up on the table's device).
+
+        The bucket depends on the offset alone, so the 2N - 1 offsets are bucketed and looked up
+        once and the ``[H, N, N]`` matrix is laid out from them (each diagonal one value): the
+        same numbers as bucketing all N^2 pairs, for a small part of the work.
+        """
         if not self.cfg.relative_position_embedding:
             return None
-        positions = torch.arange(n, dtype=torch.long)
-        relative = positions[None, :] - positions[:, None]  # key - query
-        buckets = relative_position_buckets(relative, self.cfg.num_buckets, self.cfg.max_distance)
+        offsets = torch.arange(1 - n, n, dtype=torch.long)  # key - query: 1-n .. n-1
+        buckets = relative_position_buckets(offsets, self.cfg.num_buckets, self.cfg.max_distance)
         table = self.layers[0].self_attn.relative_attention_bias
-        return table(buckets.to(table.weight.device)).permute(2, 0, 1)
+        values = table(buckets.to(table.weight.device)).T.contiguous()  # [H, 2N - 1]
+        # windows[h, a, j] = values[h, a + j] is the offset j - (n - 1 - a): row a is query n-1-a
+        return values.unfold(1, n, 1).flip(1)  # a copy, [H, N, N], query-major
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, N, C]`` -> ``[B, N, C]``."""
+    def forward(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """``[B, N, C]`` -> ``[B, N, C]``; ``fast``: fused attention (see ``BeatsAttention``)."""
         conv = self.pos_conv[0](x.transpose(1, 2))[:, :, :-1]  # drop the extra step (even kernel)
         x = x + F.gelu(conv).transpose(1, 2)
         x = self.layer_norm(x)
         bias = self.position_bias(x.shape[1])
         for layer in self.layers:
-            x = layer(x, bias)
+            x = layer(x, bias, fast)
         return x
 
 
@@ -281,6 +324,9 @@ class Beats(nn.Module):
     """BEATs with the official state-dict key names (see docs/original-model.md, "Checkpoints").
 
     ``forward`` takes normalised fbank features; :meth:`extract_features` takes waveforms.
+    ``fast_attention`` (settable, default False) computes attention with one fused
+    ``scaled_dot_product_attention`` call instead of the reference's steps: equal up to rounding
+    (SALMONN's fast mode turns it on for its calls; exact mode keeps the reference's arithmetic).
     """
 
     def __init__(self, cfg: BeatsConfig) -> None:
@@ -301,6 +347,7 @@ class Beats(nn.Module):
         self.predictor = (
             nn.Linear(cfg.encoder_embed_dim, cfg.predictor_class) if cfg.finetuned_model else None
         )
+        self.fast_attention = False
 
     @property
     def output_dim(self) -> int:
@@ -328,7 +375,7 @@ class Beats(nn.Module):
         x = self.layer_norm(x)
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)  # (B, N, D)
-        return self.encoder(x)
+        return self.encoder(x, self.fast_attention)
 
     def extract_features(self, waves: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
         """Encode 16 kHz mono waveforms (kept in float64 for the fbank, as the reference does).
