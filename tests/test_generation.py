@@ -277,6 +277,17 @@ def test_sampling_is_seeded(lm, prompts, beams):
         assert 1 <= len(ids) <= 10 and EOS not in ids[:-1]
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_seeded_sampling_gives_each_item_what_it_gives_alone(lm, prompts, beams):
+    """Each item draws from its own generator seeded with ``seed``: batch size, batch mates and
+    the order of the items change nothing."""
+    fields = dict(do_sample=True, num_beams=beams, max_new_tokens=10, temperature=1.5, seed=7)
+    alone = _alone(lm, prompts, **fields)
+    assert _run(lm, prompts, **fields) == alone
+    assert _run(lm, prompts[::-1], **fields) == alone[::-1]
+    assert _run(lm, prompts[1:3], **fields) == alone[1:3]
+
+
 def test_sampling_with_one_candidate_left_is_greedy(lm, prompts):
     fields = dict(num_beams=1, max_new_tokens=10)
     greedy = _run(lm, prompts, **fields)

@@ -9,7 +9,9 @@ When a request samples (the README's "Serving" section says the same):
   request gives ``num_beams`` (then beam-sample);
 * ``do_sample: false``: never samples, whatever the temperature.
 
-``top_p``, ``top_k`` and ``seed`` alone never turn sampling on; they apply when it is on.
+``top_p``, ``top_k`` and ``seed`` alone never turn sampling on; they apply when it is on. With a
+``seed`` every chunk draws from its own generator seeded with it, so a sampled answer is the CLI's
+(``--do-sample --seed N``) whatever the server batches it with.
 """
 
 from __future__ import annotations
