@@ -11,6 +11,10 @@ the weights themselves. :class:`LlamaStepper` instead keeps
   written in place; a beam reorder copies only the rows that changed, and only their generated
   columns.
 
+Every layer's keys and values live in one tensor per kind (``[layers, 2, ...]``), so a reorder is
+one gather and one scatter for the whole model rather than two per layer and kind, and items that
+join are written into free item slots instead of concatenating the whole prompt cache again.
+
 Attention for a decode step scores the query of each beam against its item's prefix (one matmul per
 item over its ``num_beams`` queries) and against its own generated part, with one softmax over both.
 Items of different prompt lengths sit right-padded in the prefix buffer under a mask, so new items
@@ -57,14 +61,13 @@ class LlamaStepper:
         self.apply_rotary = apply_rotary_pos_emb
         self.cache_kwarg = "cache"
         self.nb = 1  # rows per item
-        # prefix (prompt) state, per item
-        self.pk: list[Tensor] = []
-        self.pv: list[Tensor] = []
+        # prefix (prompt) state, per item: [layers, 2 (keys, values), item slots, H, P, d]
+        self.prefix: Tensor | None = None
+        self.items = 0  # items in the batch (slots 0 .. items-1)
         self.pbias: Tensor | None = None  # [G, P] float32: 0 for real positions, -inf for padding
         self.plen: Tensor | None = None  # [G] real prompt lengths
-        # generated state, per row
-        self.gk: list[Tensor] = []
-        self.gv: list[Tensor] = []
+        # generated state, per row: [layers, 2 (keys, values), row slots, H, capacity, d]
+        self.generated: Tensor | None = None
         self.glen: Tensor | None = None  # [R] generated tokens in the cache
         self.rows = 0
 
@@ -110,24 +113,24 @@ class LlamaStepper:
         )
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         logits = out.logits[:, -1, :].float()
-        new_items = inputs_embeds.shape[0]
+        new_items, length = inputs_embeds.shape[0], mask.shape[1]
         valid = mask.bool()
-        first = not self.pk
-        old_width = 0 if first else self.pk[0].shape[2]
-        width = max(old_width, mask.shape[1])
+        old_width = 0 if self.prefix is None else self.prefix.shape[4]
+        width = max(old_width, length)
+        keys0, _ = _layer_kv(cache, 0)
+        self._reserve_items(self.items + new_items, width, like=keys0)
+        assert self.prefix is not None
+        slots = slice(self.items, self.items + new_items)
         for i in range(len(self.layers)):
             keys, values = _layer_kv(cache, i)  # [N, H, L, d]
-            keys, values = _pad_right(keys, width), _pad_right(values, width)
-            if not first:
-                self.pk[i] = torch.cat([_pad_right(self.pk[i], width), keys])
-                self.pv[i] = torch.cat([_pad_right(self.pv[i], width), values])
-            else:
-                self.pk.append(keys.contiguous())
-                self.pv.append(values.contiguous())
+            self.prefix[i, 0, slots, :, :length] = keys
+            self.prefix[i, 1, slots, :, :length] = values
+        if length < width:  # a slot may hold an earlier item's prompt: zeros, as padding
+            self.prefix[:, :, slots, :, length:] = 0
         del cache, out
         bias = torch.zeros(new_items, width, dtype=torch.float32, device=mask.device)
-        bias[:, : mask.shape[1]].masked_fill_(~valid, float("-inf"))
-        bias[:, mask.shape[1] :] = float("-inf")
+        bias[:, :length].masked_fill_(~valid, float("-inf"))
+        bias[:, length:] = float("-inf")
         lengths = mask.sum(-1)
         if self.pbias is None or self.plen is None:
             self.pbias, self.plen = bias, lengths
@@ -138,41 +141,54 @@ class LlamaStepper:
                 old = torch.cat([old, pad], dim=1)
             self.pbias = torch.cat([old, bias])
             self.plen = torch.cat([self.plen, lengths])
-        self._grow_rows(self.rows + new_items * rows_per_item, like=self.pk[0])
+        self.items += new_items
+        self._grow_rows(self.rows + new_items * rows_per_item, like=keys0)
         zeros = torch.zeros(new_items * rows_per_item, dtype=torch.long, device=mask.device)
         self.glen = zeros if self.glen is None else torch.cat([self.glen[: self.rows], zeros])
         self.rows += new_items * rows_per_item
         return logits.repeat_interleave(rows_per_item, dim=0) if rows_per_item > 1 else logits
 
-    def _grow_rows(self, rows: int, like: Tensor) -> None:
-        if self.gk and self.gk[0].shape[0] >= rows:
+    def _reserve_items(self, count: int, width: int, like: Tensor) -> None:
+        """Room for ``count`` items' prompts of up to ``width`` positions (kept: the first
+        ``self.items`` slots; new columns are zero)."""
+        old = self.prefix
+        if old is not None and old.shape[2] >= count and old.shape[4] == width:
             return
-        capacity = self.gk[0].shape[2] if self.gk else _MIN_CAPACITY
-        total = max(rows, 2 * self.gk[0].shape[0]) if self.gk else rows
-        shape = (total, self.heads, capacity, self.head_dim)
-        first = not self.gk
-        for i in range(len(self.layers)):
-            k = like.new_zeros(shape)
-            v = like.new_zeros(shape)
-            if not first:
-                k[: self.rows] = self.gk[i][: self.rows]
-                v[: self.rows] = self.gv[i][: self.rows]
-                self.gk[i], self.gv[i] = k, v
-            else:
-                self.gk.append(k)
-                self.gv.append(v)
+        slots = count if old is None else max(old.shape[2], count)
+        if old is not None and count > old.shape[2]:
+            slots = max(count, 2 * old.shape[2])
+        layers = len(self.layers)
+        new = like.new_zeros(layers, 2, slots, self.heads, width, self.head_dim)
+        if old is not None and self.items:
+            new[:, :, : self.items, :, : old.shape[4]] = old[:, :, : self.items]
+        self.prefix = new
+
+    def _grow_rows(self, rows: int, like: Tensor) -> None:
+        old = self.generated
+        if old is not None and old.shape[2] >= rows:
+            return
+        capacity = old.shape[4] if old is not None else _MIN_CAPACITY
+        total = max(rows, 2 * old.shape[2]) if old is not None else rows
+        shape = (len(self.layers), 2, total, self.heads, capacity, self.head_dim)
+        new = like.new_zeros(shape)
+        if old is not None and self.rows:
+            new[:, :, : self.rows] = old[:, :, : self.rows]
+        self.generated = new
 
     def _grow_columns(self, needed: int) -> None:
-        capacity = self.gk[0].shape[2]
+        old = self.generated
+        assert old is not None
+        capacity = old.shape[4]
         if needed <= capacity:
             return
         total = max(needed, 2 * capacity)
-        for i in range(len(self.layers)):
-            for buffers in (self.gk, self.gv):
-                old = buffers[i]
-                new = old.new_zeros(old.shape[0], old.shape[1], total, old.shape[3])
-                new[:, :, :capacity] = old
-                buffers[i] = new
+        new = old.new_zeros(*old.shape[:4], total, old.shape[5])
+        new[:, :, :, :, :capacity] = old
+        self.generated = new
+
+    def held_bytes(self) -> int:
+        """Bytes of the key/value buffers allocated now (prompt and generated parts)."""
+        return sum(t.numel() * t.element_size() for t in (self.prefix, self.generated) if t is not None)
 
     # -- rows leave / reorder --------------------------------------------------------------------
     def select(self, rows: Tensor, items: Tensor) -> None:
@@ -185,21 +201,21 @@ class LlamaStepper:
         used = int(self.glen[: self.rows].max()) if self.rows else 0
         moved = (rows != torch.arange(rows.shape[0], device=rows.device)).nonzero().squeeze(1)
         if moved.numel() and used:
+            assert self.generated is not None
             source = rows.index_select(0, moved)
-            for buffers in (self.gk, self.gv):
-                for buffer in buffers:
-                    buffer[moved, :, :used] = buffer[source, :, :used]
+            # index_select + index_copy_: one pass each way (advanced-index assignment is
+            # several times slower here: it goes element by element)
+            written = self.generated[:, :, :, :, :used]
+            written.index_copy_(2, moved, written.index_select(2, source))
         self.glen = self.glen.index_select(0, rows)
         self.rows = rows.shape[0]
         count = items.shape[0]
         moved = (items != torch.arange(count, device=items.device)).nonzero().squeeze(1)
         if moved.numel():
+            assert self.prefix is not None
             source = items.index_select(0, moved)
-            for buffers in (self.pk, self.pv):
-                for buffer in buffers:
-                    buffer[moved] = buffer[source]
-        self.pk = [k[:count] for k in self.pk]
-        self.pv = [v[:count] for v in self.pv]
+            self.prefix.index_copy_(2, moved, self.prefix.index_select(2, source))
+        self.items = count
         self.pbias = self.pbias.index_select(0, items)
         self.plen = self.plen.index_select(0, items)
 
@@ -225,6 +241,9 @@ class LlamaStepper:
         pbias = self.pbias[:, None, None, :]  # [G, 1, 1, P]
         same_column = bool((glen == glen[0]).all())
         column = int(glen[0])
+        assert self.prefix is not None and self.generated is not None
+        prefix_kv = self.prefix[:, :, :items]  # [layers, 2, G, H, P, d]
+        generated = self.generated
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -232,7 +251,7 @@ class LlamaStepper:
             k = attn.k_proj(h).view(rows, 1, heads, dim).transpose(1, 2)
             v = attn.v_proj(h).view(rows, 1, heads, dim).transpose(1, 2)
             q, k = self.apply_rotary(q, k, cos, sin)
-            gk, gv = self.gk[i], self.gv[i]
+            gk, gv = generated[i, 0], generated[i, 1]
             if same_column:
                 gk[:rows, :, column] = k[:, :, 0]
                 gv[:rows, :, column] = v[:, :, 0]
@@ -241,14 +260,14 @@ class LlamaStepper:
                 gv[row_index, :, glen] = v[:, :, 0]
             # scores against the item's prompt: the item's nb queries at once
             q_items = q.reshape(items, nb, heads, dim).transpose(1, 2)  # [G, H, nb, d]
-            prefix = torch.matmul(q_items, self.pk[i].transpose(2, 3))  # [G, H, nb, P]
+            prefix = torch.matmul(q_items, prefix_kv[i, 0].transpose(2, 3))  # [G, H, nb, P]
             prefix = prefix.float() * self.scaling + pbias
             prefix = prefix.transpose(1, 2).reshape(rows, heads, 1, -1)  # [R, H, 1, P]
             own = torch.matmul(q, gk[:rows, :, :width].transpose(2, 3))  # [R, H, 1, W]
             own = own.float() * self.scaling + gbias
             weights = torch.softmax(torch.cat([prefix, own], dim=-1), dim=-1).to(q.dtype)
             p_prefix = weights[..., : prefix.shape[-1]].reshape(items, nb, heads, -1)
-            out = torch.matmul(p_prefix.transpose(1, 2), self.pv[i])  # [G, H, nb, d]
+            out = torch.matmul(p_prefix.transpose(1, 2), prefix_kv[i, 1])  # [G, H, nb, d]
             out = out.transpose(1, 2).reshape(rows, heads, 1, dim)
             out = out + torch.matmul(weights[..., prefix.shape[-1] :], gv[:rows, :, :width])
             out = out.transpose(1, 2).reshape(rows, 1, heads * dim)
@@ -266,11 +285,3 @@ def _layer_kv(cache: Any, index: int) -> tuple[Tensor, Tensor]:
     keys, values = cache[index][:2]
     return keys, values
 
-
-def _pad_right(tensor: Tensor, width: int) -> Tensor:
-    """[N, H, L, d] -> [N, H, width, d] with zeros after L."""
-    missing = width - tensor.shape[2]
-    if missing <= 0:
-        return tensor
-    pad = tensor.new_zeros(tensor.shape[0], tensor.shape[1], missing, tensor.shape[3])
-    return torch.cat([tensor, pad], dim=2)

@@ -48,13 +48,7 @@ def test_estimate_covers_what_the_cache_really_holds():
     held = 0
     while decoder.running:
         decoder.step()
-        runner = decoder.runner
-        held = max(
-            held,
-            sum(
-                t.numel() * t.element_size() for t in runner.pk + runner.pv + runner.gk + runner.gv
-            ),
-        )
+        held = max(held, decoder.runner.held_bytes())
     shape = LlmShape.from_config(config, torch.float32)
     kv_estimate = bytes_per_chunk(shape, BEAM) - 3 * shape.vocab * 16 - (160 << 20)
     assert 0 < held <= items * kv_estimate
