@@ -142,7 +142,10 @@ class LlamaStepper:
             self.pbias = torch.cat([old, bias])
             self.plen = torch.cat([self.plen, lengths])
         self.items += new_items
-        self._grow_rows(self.rows + new_items * rows_per_item, like=keys0)
+        if not self._grow_rows(self.rows + new_items * rows_per_item, like=keys0):
+            assert self.generated is not None
+            # the rows may hold what earlier rows generated; masked columns are still read
+            self.generated[:, :, self.rows : self.rows + new_items * rows_per_item] = 0
         zeros = torch.zeros(new_items * rows_per_item, dtype=torch.long, device=mask.device)
         self.glen = zeros if self.glen is None else torch.cat([self.glen[: self.rows], zeros])
         self.rows += new_items * rows_per_item
@@ -163,10 +166,11 @@ class LlamaStepper:
             new[:, :, : self.items, :, : old.shape[4]] = old[:, :, : self.items]
         self.prefix = new
 
-    def _grow_rows(self, rows: int, like: Tensor) -> None:
+    def _grow_rows(self, rows: int, like: Tensor) -> bool:
+        """Room for ``rows`` rows; True when the rows from ``self.rows`` on are new zeros."""
         old = self.generated
         if old is not None and old.shape[2] >= rows:
-            return
+            return False
         capacity = old.shape[4] if old is not None else _MIN_CAPACITY
         total = max(rows, 2 * old.shape[2]) if old is not None else rows
         shape = (len(self.layers), 2, total, self.heads, capacity, self.head_dim)
@@ -174,6 +178,7 @@ class LlamaStepper:
         if old is not None and self.rows:
             new[:, :, : self.rows] = old[:, :, : self.rows]
         self.generated = new
+        return True
 
     def _grow_columns(self, needed: int) -> None:
         old = self.generated

@@ -94,3 +94,30 @@ def test_items_joining_later_see_only_their_own_prompt(lm):
     more = torch.tensor([3, 4, 5, 6])
     mixed = joined.step(more)
     torch.testing.assert_close(mixed[2:], alone.step(more[2:]), atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_a_freed_slot_is_reused_without_its_old_prompt(lm):
+    """Items that join after others left take the freed item slots; what those slots held (here:
+    poisoned with NaN) never reaches the newcomer or the item that stayed."""
+    table = lm.get_input_embeddings()
+    embeds, mask = _batch([9, 8, 9], seed=4)
+    short, short_mask = _batch([3], seed=5)
+    ours = LlamaStepper.maybe(lm, table)
+    ours.add(embeds, mask, 2)
+    ours.step(torch.tensor([5, 6, 7, 8, 9, 10]))
+    ours.select(torch.tensor([1, 0]), torch.tensor([0]))  # items 1 and 2 leave; beams swap
+    ours.prefix[:, :, 1:] = float("nan")
+    ours.generated[:, :, 2:] = float("nan")
+    joined = ours.add(short, short_mask, 2)  # a shorter prompt, into slot 1
+    alone = LlamaStepper.maybe(lm, table)
+    torch.testing.assert_close(joined, alone.add(short, short_mask, 2), atol=1e-5, rtol=1e-5)
+    stay = LlamaStepper.maybe(lm, table)
+    stay.add(embeds[:1], mask[:1], 2)
+    stay.step(torch.tensor([5, 6]))
+    stay.select(torch.tensor([1, 0]), torch.tensor([0]))
+    tokens = torch.tensor([11, 12, 13, 14])
+    both = ours.step(tokens)
+    assert torch.isfinite(both).all()
+    torch.testing.assert_close(both[:2], stay.step(tokens[:2]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[2:], alone.step(tokens[2:]), atol=1e-5, rtol=1e-5)
