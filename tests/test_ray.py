@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from helpers import FfmpegGate, line_count
 
 from salmonn_cli.main import cli
 
@@ -209,10 +210,13 @@ def cli_process(args: list, env_extra: dict | None = None) -> subprocess.Popen:
     )
 
 
-def wait_for_lines(proc: subprocess.Popen, out: Path, count: int, seconds: float = 300) -> None:
+def wait_for_lines(
+    proc: subprocess.Popen, out: Path, count: int, gate: FfmpegGate, seconds: float = 300
+) -> None:
+    """Until ``out`` holds ``count`` lines and the run is held at ``gate`` (so it cannot end)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_file() and out.read_bytes().count(b"\n") >= count:
+        if gate.held() and line_count(out) >= count:
             return
         time.sleep(0.05)
     proc.kill()
@@ -223,8 +227,11 @@ def test_driver_killed_then_interrupted_then_resumed(ray_local, task_args, local
     out = tmp_path / "out.jsonl"
     ray_args = [*task_args, "--ray", "local", "--ray-workers", "1", "-o", out]
 
-    first = cli_process(ray_args)
-    wait_for_lines(first, out, 1)
+    # each run is held at one input's decoding (in the workers, which inherit the driver's
+    # environment), so the kill and the interrupt land mid-run however loaded the machine is
+    gate = FfmpegGate(tmp_path / "gate1", hold="s5.wav")
+    first = cli_process(ray_args, gate.env)
+    wait_for_lines(first, out, 1, gate)
     family = descendants(first.pid)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
@@ -232,13 +239,20 @@ def test_driver_killed_then_interrupted_then_resumed(ray_local, task_args, local
         os.kill(pid, signal.SIGKILL)
     after_kill = len(read_jsonl(out))
 
-    second = cli_process([*ray_args, "--resume"])
-    wait_for_lines(second, out, after_kill + 1)
+    done = {Path(r["path"]).name for r in read_jsonl(out)}
+    assert "s5.wav" not in done  # held when killed
+    last_to_do = [name for name in sorted(Path(p).name for p in local) if name not in done][-1]
+    gate = FfmpegGate(tmp_path / "gate2", hold=last_to_do)
+    second = cli_process([*ray_args, "--resume"], gate.env)
+    wait_for_lines(second, out, after_kill + 1, gate)
     workers = [pid for pid, title in descendants(second.pid).items() if WORKER_TITLE in title]
     second.send_signal(signal.SIGINT)
     assert second.wait(timeout=120) == 130, second.communicate()[1].decode()[-2000:]
-    time.sleep(2)
-    assert workers and not alive(workers), "the workers outlived the interrupted driver"
+    assert workers
+    deadline = time.monotonic() + 60  # Ray reaps them a moment after the driver exits
+    while alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(workers), "the workers outlived the interrupted driver by 60 s"
     for pid in alive(descendants(second.pid)):
         os.kill(pid, signal.SIGKILL)
 

@@ -1,0 +1,76 @@
+"""Helpers shared by several test modules (fixtures live in ``conftest.py``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from salmonn.audio import find_ffmpeg
+
+_GATE_SCRIPT = """#!{python} -S
+# ffmpeg for one test run: a decode of a file whose name ends with {hold!r} waits until {opened!r}
+# exists (or this process's parent, the salmonn run, is gone), then the real ffmpeg runs.
+import os, sys, time
+args = sys.argv[1:]
+if "pipe:1" in args and any(a.endswith({hold!r}) for a in args):
+    open({held!r}, "w").close()
+    parent, deadline = os.getppid(), time.monotonic() + {seconds!r}
+    while not os.path.exists({opened!r}):
+        if os.getppid() != parent or time.monotonic() > deadline:
+            sys.exit(1)
+        time.sleep(0.02)
+os.execv({real!r}, [{real!r}, *args])
+"""
+
+
+class FfmpegGate:
+    """Holds a salmonn run at a known point: the decoding of one input waits until :meth:`open`.
+
+    Run the CLI with ``env={**env, **gate.env}``: its ffmpeg is a small script that runs the real
+    ffmpeg, except that decoding the input named ``hold`` blocks first. While it blocks, the
+    records of the inputs before it are written and none after it can be (inputs are decoded and
+    answered in order), so a test can interrupt a run mid-way without racing the machine's load.
+    The script gives up (exit 1) when its parent dies or after ``seconds``.
+    """
+
+    def __init__(self, folder: Path, hold: str, seconds: float = 600.0) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._held, self._opened = folder / "held", folder / "opened"
+        script = folder / "ffmpeg"
+        script.write_text(
+            _GATE_SCRIPT.format(
+                python=sys.executable,
+                hold=hold,
+                held=str(self._held),
+                opened=str(self._opened),
+                seconds=seconds,
+                real=find_ffmpeg(),
+            ),
+            encoding="utf-8",
+        )
+        script.chmod(0o755)
+        self.env = {"SALMONN_FFMPEG": str(script)}
+
+    def held(self) -> bool:
+        """Whether a decode of the held input has started waiting."""
+        return self._held.exists()
+
+    def open(self) -> None:
+        self._opened.touch()
+
+
+def wait_until(condition, seconds: float, what: str, alive=None) -> None:
+    """Poll ``condition()`` until true; fail naming ``what`` after ``seconds`` or when ``alive()``
+    turns false first (e.g. the process under test ended)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if alive is not None and not alive():
+            raise AssertionError(f"ended before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {seconds:.0f} s")
+        time.sleep(0.02)
+
+
+def line_count(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
