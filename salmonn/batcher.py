@@ -6,8 +6,8 @@ the model fail get an error; the other chunks of a file that failed there are no
 
 :class:`StreamBatcher` is the continuous-batching policy with the same ``add`` / ``full`` /
 ``discard`` / ``flush``: chunks join a running decode as soon as rows free up, so a batch never waits
-for its longest answer. :func:`make_batcher` picks it for models that offer ``open_stream`` (a
-:class:`~salmonn.model.SalmonnModel`), else the plain :class:`Batcher`.
+for its longest answer. :func:`make_batcher` picks it for a :class:`StreamingModel` (a model that
+offers ``open_stream``, as :class:`~salmonn.model.SalmonnModel` does), else the plain :class:`Batcher`.
 
 The engine (:mod:`salmonn.engine`) is the only user.
 """
@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import error_line
 
@@ -26,6 +26,45 @@ logger = logging.getLogger(__name__)
 
 Answer = Callable[[Sequence[Any]], list[str]]
 """Answers a batch of waves: one text per wave, in order (raises when the model fails)."""
+
+
+class DecodeStream(Protocol):
+    """What :class:`StreamBatcher` uses of a stream (:class:`~salmonn.model.GenerationStream`)."""
+
+    @property
+    def waiting(self) -> int:
+        """Items put and not yet decoding."""
+
+    @property
+    def busy(self) -> bool:
+        """Whether any item is waiting or decoding."""
+
+    @property
+    def running_keys(self) -> set[Hashable]:
+        """Keys of the items decoding now."""
+
+    def put(self, item: Any) -> None:
+        """Queue one :class:`~salmonn.model.WorkItem`."""
+
+    def step(self) -> list[tuple[Hashable, Any]]:
+        """Decode one step; the items that finished: ``(key, result with .text, or exception)``."""
+
+    def discard(self, keep: Callable[[Any], bool]) -> None:
+        """Drop the waiting items for which ``keep(item)`` is false."""
+
+    def reset(self) -> None:
+        """Forget every waiting and running item (after a failure)."""
+
+
+@runtime_checkable
+class StreamingModel(Protocol):
+    """An optional capability of an engine model (:class:`salmonn.engine.EngineModel`): continuous
+    batching. A model with ``open_stream`` gets the :class:`StreamBatcher`; one without it (a test
+    double, a remote model) gets the static :class:`Batcher` over its ``generate``."""
+
+    def open_stream(self, options: Any = None, *, batch_size: int = 8) -> DecodeStream:
+        """A stream decoding up to ``batch_size`` items together with ``options``
+        (:class:`~salmonn.config.GenerationOptions`)."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +170,7 @@ class StreamBatcher:
     :class:`Batcher`.
     """
 
-    def __init__(self, stream: Any, prompt: str, answer: Answer, batch_size: int) -> None:
+    def __init__(self, stream: DecodeStream, prompt: str, answer: Answer, batch_size: int) -> None:
         self.stream, self.prompt = stream, prompt
         self.answer, self.batch_size = answer, batch_size
         self._inflight: dict[tuple[Hashable, Hashable], _Pending] = {}
@@ -199,12 +238,12 @@ class StreamBatcher:
 def make_batcher(
     model: Any, prompt: str, options: Any, batch_size: int, answer: Answer
 ) -> Batcher | StreamBatcher:
-    """The continuous :class:`StreamBatcher` when ``model`` offers ``open_stream``, else a
-    :class:`Batcher` calling ``answer``."""
-    open_stream = getattr(model, "open_stream", None)
-    if open_stream is None:
-        return Batcher(answer, batch_size)
-    return StreamBatcher(open_stream(options, batch_size=batch_size), prompt, answer, batch_size)
+    """The continuous :class:`StreamBatcher` for a :class:`StreamingModel`, else a :class:`Batcher`
+    calling ``answer``."""
+    if isinstance(model, StreamingModel):
+        stream = model.open_stream(options, batch_size=batch_size)
+        return StreamBatcher(stream, prompt, answer, batch_size)
+    return Batcher(answer, batch_size)
 
 
 def _length(wave: Any) -> int:

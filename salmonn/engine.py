@@ -5,7 +5,8 @@
 * :class:`~salmonn.batcher.Batcher` takes the chunks of many files (decoded ahead by
   :class:`~salmonn.prefetch.Prefetcher`) into batches of up to ``batch_size`` chunks and answers each
   batch with one ``model.generate`` call; a failing batch is retried chunk by chunk, so only the bad
-  file gets the error. With a model that offers ``open_stream`` (``SalmonnModel``) it is
+  file gets the error. With a model that offers ``open_stream`` (a
+  :class:`~salmonn.batcher.StreamingModel`, as ``SalmonnModel`` is) it is
   :class:`~salmonn.batcher.StreamBatcher` instead: continuous batching, where chunks join the running
   decode as soon as others finish.
 * :class:`~salmonn.summary.SummaryPass`: with ``join="summary"`` (caption, ask, story, reason), a file of
@@ -26,7 +27,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .assembly import Assembler
 from .batcher import Answer, Batcher, StreamBatcher, make_batcher
@@ -47,7 +48,12 @@ JOIN_MODES = ("concat", "summary")
 
 
 class EngineModel(Protocol):
-    """What the engine needs of a model (``SalmonnModel`` or a test double)."""
+    """What the engine needs of a model (``SalmonnModel`` or a test double).
+
+    Two optional capabilities, each a protocol checked at run time: :class:`~salmonn.batcher.
+    StreamingModel` (``open_stream``: continuous batching) and :class:`AutoBatchModel`
+    (``auto_batch_size``: what ``batch_size="auto"`` asks).
+    """
 
     identity: dict
 
@@ -65,6 +71,15 @@ class EngineModel(Protocol):
     @property
     def context_length(self) -> int:
         """Positions the LLM can attend to (prompt plus answer)."""
+
+
+@runtime_checkable
+class AutoBatchModel(Protocol):
+    """An optional capability of an :class:`EngineModel`: the batch size that fits its device.
+    ``batch_size="auto"`` uses the default batch size with a model without it."""
+
+    def auto_batch_size(self, options: GenerationOptions | None = None) -> int:
+        """The largest batch whose working memory fits the device now."""
 
 
 @dataclass(frozen=True)
@@ -231,8 +246,10 @@ def process(
     chunking = chunking or ChunkingOptions()
     generation = generation or GenerationOptions()
     if batch_size == AUTO_BATCH_SIZE:
-        auto = getattr(model, "auto_batch_size", None)
-        batch_size = auto(generation) if auto is not None else DEFAULT_BATCH_SIZE
+        if isinstance(model, AutoBatchModel):
+            batch_size = model.auto_batch_size(generation)
+        else:
+            batch_size = DEFAULT_BATCH_SIZE
     progress = _Progress(len(items), on_progress)
     progress.report("start")
     if not items:
