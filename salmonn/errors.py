@@ -68,11 +68,16 @@ def key_mismatch(expected: Sequence[str], given: Sequence[str], what: str = "key
     return "; ".join(parts)
 
 
-def error_line(exc: BaseException) -> str:
+def error_line(exc: BaseException, *, lead: int = 0) -> str:
     """The line that says what went wrong: the last non-empty line of ``exc``'s message, after the
-    exception's type name when the error is not one of ours (``"RuntimeError: CUDA out of memory"``)."""
+    exception's type name when the error is not one of ours (``"RuntimeError: CUDA out of memory"``).
+
+    ``lead=N`` takes the first ``N`` lines (joined by a space) instead, for errors that state the cause
+    first and advice after: the hub's (``404 Client Error.`` / ``Repository Not Found for url: ...``)
+    and Ray's (``The actor died unexpectedly ...`` before its details).
+    """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    message = lines[-1] if lines else ""
+    message = " ".join(lines[:lead]) if lead else lines[-1] if lines else ""
     if isinstance(exc, SalmonnError):
         return message or type(exc).__name__
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import errors
 from .config import ChunkingOptions, GenerationOptions
-from .errors import SalmonnError
+from .errors import SalmonnError, error_line
 from .records import Record
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class Dispatcher:
             self.restarting.append((time.monotonic() + _RESTART_POLL_S, actor))
             return
         except self.ray.exceptions.RayActorError as exc:
-            logger.warning("a Ray worker is gone for good: %s", _first_line(exc))
+            logger.warning("a Ray worker is gone for good: %s", error_line(exc, lead=1))
             return
         if info["load_error"] is not None:
             if not self.identity:  # no worker ever loaded the model: a setup error, as locally
@@ -304,11 +304,6 @@ class Dispatcher:
                 **self.counts,
             )
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _load_error(name: str, message: str) -> SalmonnError:

@@ -16,6 +16,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from .errors import error_line
 from .presets import HubSource
 
 # Files fetched for a folder component besides its weights (absent ones are skipped).
@@ -158,9 +159,9 @@ def fetch(component: str, source: HubSource, cache: Path) -> Path:
             timeout=constants.HF_HUB_ETAG_TIMEOUT,
         )
     except httpx2.TransportError as err:
-        raise FetchFailed(f"{where} ({first_line(err)})") from err
+        raise FetchFailed(f"{where} ({error_line(err, lead=2)})") from err
     except HfHubHTTPError as err:
-        raise FetchFailed(first_line(err)) from err
+        raise FetchFailed(error_line(err, lead=2)) from err
     try:
         if source.filename:
             folder = snapshot_download(
@@ -184,17 +185,10 @@ def fetch(component: str, source: HubSource, cache: Path) -> Path:
                 **kwargs,
             )
     except LocalEntryNotFoundError as err:  # the hub could not be reached
-        raise FetchFailed(f"{where} ({first_line(err.__cause__ or err)})") from err
+        raise FetchFailed(f"{where} ({error_line(err.__cause__ or err, lead=2)})") from err
     except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
-        raise FetchFailed(first_line(err)) from err
+        raise FetchFailed(error_line(err, lead=2)) from err
     absent = _absent_files(component, source, Path(folder), files=None)
     if absent:
         raise FetchFailed(f"{source} has no {', '.join(absent)}")
     return Path(folder) / source.filename if source.filename else Path(folder)
-
-
-def first_line(err: BaseException) -> str:
-    """``"Type: ..."`` with the first two lines of the message: the hub's errors put the status and
-    the cause first (``404 Client Error.`` / ``Repository Not Found for url: ...``), advice after."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {' '.join(lines[:2])}" if lines else type(err).__name__

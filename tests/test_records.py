@@ -1,4 +1,5 @@
-"""Result records: the pinned v1 JSON form, round trips, resume keys, reading JSONL back."""
+"""Result records: the pinned v1 JSON form, round trips, resume keys, reading JSONL back; the
+one-line error text records carry."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from salmonn.config import GenerationOptions
-from salmonn.errors import ConfigError
+from salmonn.errors import ConfigError, error_line
 from salmonn.records import Record, Segment, iter_jsonl, resume_key
 
 GOLDEN = Path(__file__).parent / "golden" / "record_v1.jsonl"
@@ -154,3 +155,26 @@ def test_documented_example_is_a_v1_record():
     assert block, "the JSONL example is missing from README.md"
     line = block.group(1).replace("\n ", " ").strip()
     assert Record.from_json(line).to_json() == line
+
+
+@pytest.mark.parametrize(
+    "exc, lead, line",
+    [
+        (
+            RuntimeError("Traceback ...\n  frame\nCUDA out of memory\n"),
+            0,
+            "RuntimeError: CUDA out of memory",
+        ),
+        (ConfigError("first\nthe cause"), 0, "the cause"),  # ours: no type name
+        (
+            OSError("404 Client Error.\n\nRepository Not Found\nadvice"),
+            2,
+            "OSError: 404 Client Error. Repository Not Found",
+        ),
+        (ValueError("The actor died.\ndetails"), 1, "ValueError: The actor died."),
+        (KeyError(), 0, "KeyError"),
+        (KeyError(), 2, "KeyError"),
+    ],
+)
+def test_error_line(exc, lead, line):
+    assert error_line(exc, lead=lead) == line
