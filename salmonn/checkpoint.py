@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .config import check_device
 from .constants import DEFAULT_LORA_SCALING, DTYPE_ALIASES, DTYPE_NAMES
 from .errors import CheckpointError, ConfigError, DeviceUnavailableError, name_some
 from .model import SalmonnModel
@@ -62,10 +63,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> ``cuda`` when available, else ``cpu``; ``"cuda"`` becomes ``cuda:0``."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if not isinstance(device, torch.device):
+        device = torch.device(check_device(str(device)))
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceUnavailableError(str(device), "CUDA is not available")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -31,6 +32,22 @@ def check_batch_size(value: Any) -> Any:
     if number < 1:
         raise ConfigError(f"batch_size must be >= 1, got {number}")
     return number
+
+
+_DEVICE_NAME = re.compile(r"(cpu|mps|(cuda|xpu)(:\d+)?)")
+
+
+def check_device(name: str) -> str:
+    """``name`` when it names a device the model can run on (``cpu``, ``cuda``, ``cuda:N``, ``mps``,
+    ``xpu[:N]``), checked without importing torch (so the CLI can check a value early); whether
+    that device is there is :func:`salmonn.checkpoint.resolve_device`'s question.
+
+    Raises:
+        ConfigError: any other name.
+    """
+    if not _DEVICE_NAME.fullmatch(name):
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N")
+    return name
 
 
 def prefetch_depth(batch_size: Any) -> int:

@@ -12,13 +12,12 @@ warning). Keys: ``whisper``, ``beats``, ``llm``, ``checkpoint``, ``model``, ``de
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from salmonn.config import AUTO_BATCH_SIZE, check_batch_size
+from salmonn.config import AUTO_BATCH_SIZE, check_batch_size, check_device
 from salmonn.constants import COMPONENTS, DTYPE_ALIASES, DTYPE_NAMES
 from salmonn.errors import ConfigError
 
@@ -84,22 +83,21 @@ def read_config(path: Path, warn: Warn) -> dict[str, Any]:
     return config
 
 
-DEVICE_RE = re.compile(r"(cpu|mps|(cuda|xpu)(:\d+)?)")
 DTYPES_ACCEPTED = frozenset(DTYPE_NAMES) | frozenset(DTYPE_ALIASES)
 
 
 def _convert(key: str, value: Any, origin: str) -> Any:
-    if key == "batch_size":
-        try:
-            return check_batch_size(value)
-        except ConfigError as err:
-            raise SettingsError(f"{origin}: {err}") from None
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise SettingsError(f"{origin}: {key} must be a string, got {value!r}")
-    value = str(value)
     # checked here, without torch, so a bad value from any source is a usage error naming it
-    if key == "device" and not DEVICE_RE.fullmatch(value):
-        raise SettingsError(f"{origin}: unknown device {value!r}; use cpu, cuda or cuda:N")
+    try:
+        if key == "batch_size":
+            return check_batch_size(value)
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise SettingsError(f"{origin}: {key} must be a string, got {value!r}")
+        value = str(value)
+        if key == "device":
+            check_device(value)
+    except ConfigError as err:
+        raise SettingsError(f"{origin}: {err}") from None
     if key == "dtype" and value.lower() not in DTYPES_ACCEPTED:
         raise SettingsError(f"{origin}: unknown dtype {value!r}; use {', '.join(DTYPE_NAMES)}")
     return value
