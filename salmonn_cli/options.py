@@ -44,6 +44,14 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     return k, n
 
 
+# the task commands' only; `salmonn serve` batches across requests with --max-batch-size instead
+BATCH_SIZE_OPTION = click.option(
+    "--batch-size",
+    metavar="N",
+    help=f"Chunks decoding together, across files; auto = the most that fit the GPU's free "
+    f"memory. [default: auto ({DEFAULT_BATCH_SIZE} on CPU); {_env_help('batch_size')}]",
+)
+
 MODEL_OPTIONS = [
     click.option(
         "--model",
@@ -85,12 +93,7 @@ MODEL_OPTIONS = [
         metavar="X",
         help="LoRA alpha/r at inference. [default: the preset's]",
     ),
-    click.option(
-        "--batch-size",
-        metavar="N",
-        help=f"Chunks decoding together, across files; auto = the most that fit the GPU's free "
-        f"memory. [default: auto ({DEFAULT_BATCH_SIZE} on CPU); {_env_help('batch_size')}]",
-    ),
+    BATCH_SIZE_OPTION,
     click.option(
         "--exact",
         is_flag=True,

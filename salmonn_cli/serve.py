@@ -12,7 +12,7 @@ import click
 
 from salmonn.serve.config import ServeConfig
 
-from .options import DECODING_OPTIONS, MODEL_OPTIONS, apply
+from .options import BATCH_SIZE_OPTION, DECODING_OPTIONS, MODEL_OPTIONS, apply
 from .progress import Reporter, setup_logging
 from .settings import (
     ModelSettings,
@@ -25,16 +25,8 @@ API_KEY_ENV = "SALMONN_API_KEY"
 _DEFAULTS = ServeConfig()  # the one place the server's defaults are set
 
 
-def _option_name(option: Any) -> str:
-    def probe() -> None:
-        pass
-
-    option(probe)
-    return probe.__click_params__[-1].name  # type: ignore[attr-defined]
-
-
 # the task commands' model flags, less --batch-size (here --max-batch-size, across requests)
-_MODEL_OPTIONS = [o for o in MODEL_OPTIONS if _option_name(o) != "batch_size"]
+_MODEL_OPTIONS = [o for o in MODEL_OPTIONS if o is not BATCH_SIZE_OPTION]
 
 
 @click.command()
