@@ -149,11 +149,21 @@ def _check_source(source: str) -> None:
     """Fail early, with a clear cause, on paths ffmpeg would only describe vaguely."""
     if source == STDIN:
         return
-    if not os.path.lexists(source):
-        raise AudioError(source, "no such file or directory")
+    try:
+        os.lstat(source)
+    except FileNotFoundError:
+        raise AudioError(source, "no such file or directory") from None
+    except OSError as exc:  # e.g. a path too long, a folder on the way that cannot be searched
+        raise AudioError(source, exc.strerror or str(exc)) from None
     if not os.path.exists(source):
         raise AudioError(source, "broken symbolic link")
-    if os.path.isdir(source):
+    if os.path.isdir(source):  # e.g. a sub-folder the input walk could not list
+        try:
+            os.scandir(source).close()
+        except OSError as exc:
+            raise AudioError(
+                source, f"a folder that cannot be listed: {exc.strerror or exc}"
+            ) from None
         raise AudioError(source, "is a directory, expected an audio or video file")
     try:
         size = os.path.getsize(source)

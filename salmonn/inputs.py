@@ -6,9 +6,11 @@ path) is kept once, at its first place. Explicitly named files are taken whateve
 files found inside directories must have an audio/video extension and are skipped when hidden (a
 name starting with ``.``).
 
-A path named on the command line that does not exist (or is a broken link) is reported through
-``on_error``. A broken link found inside a directory or matched by a glob is an input like the
-others: it fails when decoded (an error record), so one bad entry never stops a whole folder.
+A path named on the command line that does not exist, is a broken link or is a folder that cannot
+be listed is reported through ``on_error``. A broken link or a sub-folder that cannot be listed
+(permissions, a path too long, a folder gone mid-walk), found inside a directory or matched by a
+glob, is an input like the others: it fails when decoded (an error record naming it and the cause),
+so one bad entry never stops a whole folder.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def expand_inputs(
             the working directory. Its entries come after ``paths``.
         on_error: called with an :class:`AudioError` (path + one-line cause) for each missing path,
             unmatched pattern, unreadable directory or broken link named as an argument, and
-            expansion goes on. Without it the first such problem is raised.
+            expansion goes on. Without it the first such problem is raised. (The same problems
+            met inside a directory are inputs, see above.)
 
     Raises:
         AudioError: see ``on_error``. ConfigError: ``"-"`` used both as audio and as the list file.
@@ -188,7 +191,11 @@ class _Walker:
         visited: set[tuple[int, int]] = set()
 
         def walk_error(exc: OSError) -> None:
-            _report(self.on_error, exc.filename or directory, exc.strerror or str(exc))
+            path = exc.filename or directory
+            if os.path.normpath(path) == os.path.normpath(directory):  # the folder named itself
+                _report(self.on_error, path, exc.strerror or str(exc))
+            else:  # a sub-folder: one input that fails when decoded, saying why
+                found.append((path, os.path.relpath(path, root)))
 
         for dirpath, dirnames, filenames in os.walk(
             directory, onerror=walk_error, followlinks=True
@@ -208,8 +215,9 @@ class _Walker:
         if not found:  # INFO: a caller with nothing at all to do says so itself, once
             logger.info("%s: no audio or video files found", directory)
         for path, relpath in sorted(found, key=lambda item: _sort_key(item[1])):
-            # a broken link (or a fifo, a socket) found here is one input among others: it fails
-            # when decoded, with an error record, and the rest of the folder still runs
+            # a broken link (or a fifo, a socket, a sub-folder that cannot be listed) found here is
+            # one input among others: it fails when decoded, with an error record, and the rest of
+            # the folder still runs
             self._take(path, root, relpath)
 
     def _wanted_name(self, name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,3 +75,22 @@ def wait_until(condition, seconds: float, what: str, alive=None) -> None:
 
 def line_count(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
+def nest_past_path_max(folder: Path) -> str:
+    """Nest sub-folders of long names in ``folder`` until a path is longer than the system allows
+    (PATH_MAX): listing that deepest folder by its path fails (ENAMETOOLONG), as root too, which
+    ``chmod 000`` does not achieve. Returns its path. (Made through directory descriptors, which
+    have no such limit; ``shutil.rmtree`` removes the tree the same way.)"""
+    limit = os.pathconf("/", "PC_PATH_MAX")
+    path, part = str(folder), "d" * 200
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while len(path) < limit:
+            os.mkdir(part, dir_fd=fd)
+            deeper = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, path = deeper, os.path.join(path, part)
+    finally:
+        os.close(fd)
+    return path

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from helpers import nest_past_path_max
 
 from salmonn_cli.main import cli
 from salmonn_cli.sources import ENV_VARS
@@ -116,6 +117,45 @@ def test_dangling_symlink_in_a_folder_is_one_failed_input(model_flags, tmp_path)
     # a broken link named on the command line stays a usage error
     named = invoke(["transcribe", folder / "b.wav", *FAST, *model_flags])
     assert named.exit_code == 2 and "broken symbolic link" in named.stderr
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "path too long",  # a real failure to list, as root too
+        pytest.param(
+            "chmod 000",
+            marks=pytest.mark.skipif(os.geteuid() == 0, reason="root lists every folder"),
+        ),
+    ],
+)
+def test_unreadable_sub_folder_is_one_failed_input(how, model_flags, tmp_path):
+    folder = tmp_path / "in"
+    tone(folder / "a.wav", 1.5)
+    tone(folder / "z.wav", 1.5, 300.0)
+    (folder / "sub").mkdir()
+    if how == "chmod 000":
+        locked, cause = str(folder / "sub"), "a folder that cannot be listed: Permission denied"
+        os.chmod(locked, 0)
+    else:
+        locked, cause = nest_past_path_max(folder / "sub"), "File name too long"
+    try:
+        result = invoke(["transcribe", folder, *FAST, *model_flags])
+    finally:
+        os.chmod(folder / "sub", 0o755)
+    assert result.exit_code == 1, result.output[-3000:]
+    records = jsonl(result.stdout)
+    assert [r["path"] for r in records] == [str(folder / "a.wav"), locked, str(folder / "z.wav")]
+    assert [r["error"] for r in records] == [None, cause, None]
+    assert result.stderr.count(f"error: {locked}: {cause}\n") == 1
+    # the folder named itself on the command line stays a usage error
+    if how == "chmod 000":
+        os.chmod(locked, 0)
+        try:
+            named = invoke(["transcribe", locked, *FAST, *model_flags])
+        finally:
+            os.chmod(locked, 0o755)
+        assert named.exit_code == 2 and "Permission denied" in named.stderr
 
 
 # ----------------------------------------------------------------------------- where inputs come from

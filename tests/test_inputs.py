@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import nest_past_path_max
 
 import salmonn
 from salmonn.errors import AudioError, ConfigError
@@ -110,15 +111,27 @@ def test_missing_paths_raise_or_are_reported(tree):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
-def test_unreadable_directory_is_reported(tree):
+def test_unreadable_sub_folder_is_an_input_and_a_named_one_an_error(tree):
     locked = tree / "sub"
     locked.chmod(0)
     try:
         errors: list[AudioError] = []
         items = expand_inputs([str(tree)], on_error=errors.append)
-        assert "sub/c.FLAC" not in rels(items) and errors and "ermission" in errors[0].reason
+        assert rels(items) == ["B.MP4", "a-b/f.opus", "a.wav", "b.mp3", "sub"] and errors == []
+        expand_inputs([str(locked)], on_error=errors.append)
+        assert [(e.path, e.reason) for e in errors] == [(str(locked), "Permission denied")]
     finally:
         locked.chmod(0o755)
+
+
+def test_sub_folder_past_the_path_limit_is_an_input(tmp_path):
+    # a real failure to list a folder, as root too
+    touch(tmp_path / "in" / "a.wav")
+    (tmp_path / "in" / "sub").mkdir()
+    deepest = nest_past_path_max(tmp_path / "in" / "sub")
+    errors: list[AudioError] = []
+    items = expand_inputs([str(tmp_path / "in")], on_error=errors.append)
+    assert [i.path for i in items] == [str(tmp_path / "in" / "a.wav"), deepest] and errors == []
 
 
 def test_glob_patterns(tree, monkeypatch):
@@ -159,18 +172,20 @@ def test_empty_directory_gives_nothing_and_an_info_log(tmp_path, caplog):
 
 def test_unreadable_directory_is_reported_even_as_root(tree, monkeypatch):
     real_scandir = os.scandir
-    locked = str(tree / "sub")
+    locked = {str(tree / "sub")}
 
     def scandir(path="."):
-        if os.fspath(path) == locked:
-            raise PermissionError(13, "Permission denied", locked)
+        if os.fspath(path) in locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)  # what os.walk meets on a chmod 000 folder
     errors: list[AudioError] = []
     items = expand_inputs([str(tree)], on_error=errors.append)
-    assert rels(items) == ["B.MP4", "a-b/f.opus", "a.wav", "b.mp3"]
-    assert [(e.path, e.reason) for e in errors] == [(locked, "Permission denied")]
+    assert rels(items) == ["B.MP4", "a-b/f.opus", "a.wav", "b.mp3", "sub"] and errors == []
+    locked.add(str(tree))  # the folder named on the command line: reported
+    assert expand_inputs([str(tree)], on_error=errors.append) == []
+    assert [(e.path, e.reason) for e in errors] == [(str(tree), "Permission denied")]
 
 
 def test_named_pipe_is_taken_when_named(tmp_path):
