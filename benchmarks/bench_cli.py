@@ -12,45 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
-SR = 16_000
-
-
-def salmonn_command() -> list[str]:
-    beside = Path(sys.executable).with_name("salmonn")
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("salmonn")
-    return [found] if found else [sys.executable, "-m", "salmonn_cli"]
-
-
-def write_clips(folder: Path, count: int, seconds: float) -> float:
-    """``count`` clips of ``seconds`` (tones with noise); returns the total audio seconds."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        t = np.arange(int(SR * seconds)) / SR
-        wave = 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t) + 0.02 * rng.standard_normal(t.size)
-        sf.write(folder / f"clip{i:03d}.wav", wave.astype(np.float32), SR)
-    return count * seconds
-
-
-def run_once(args: list[str], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"salmonn failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return wall
+from _common import salmonn_command, timed_salmonn, write_clips
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,12 +30,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = salmonn_command()
     with tempfile.TemporaryDirectory(prefix="salmonn-bench-") as tmp:
         root = Path(tmp)
         tiny = json.loads(
             subprocess.run(
-                [*cmd, "dev", "tiny-model", str(root / "tiny")],
+                [*salmonn_command(), "dev", "tiny-model", str(root / "tiny")],
                 capture_output=True,
                 text=True,
                 env=env,
@@ -101,9 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         for batch in args.batch_sizes:
             out = root / f"out-b{batch}.jsonl"
-            wall = run_once(
+            wall = timed_salmonn(
                 [
-                    *cmd,
                     "transcribe",
                     str(root / "clips"),
                     "-o",
@@ -123,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{audio_s / wall:6.1f} audio-s per wall-s; model time {model_s:.2f} s "
                 f"({audio_s / model_s:.1f} audio-s per model-s)"
             )
-        best = min(run_once([*cmd, "--help"], env) for _ in range(5))
+        best = min(timed_salmonn(["--help"], env) for _ in range(5))
         print(f"  salmonn --help: {best * 1000:.0f} ms (best of 5)")
 
 

@@ -16,49 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
-SR = 16_000
-
-
-def salmonn_command() -> list[str]:
-    beside = Path(sys.executable).with_name("salmonn")
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("salmonn")
-    return [found] if found else [sys.executable, "-m", "salmonn_cli"]
-
-
-def write_clips(folder: Path, count: int, seconds: float) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        t = np.arange(int(SR * seconds)) / SR
-        wave = 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t) + 0.02 * rng.standard_normal(t.size)
-        sf.write(folder / f"clip{i:03d}.wav", wave.astype(np.float32), SR)
+from _common import timed_salmonn, write_clips
 
 
 def run_cli(args: list[str], env: dict[str, str], out: Path) -> tuple[float, int]:
     """Wall seconds of one run and the records it wrote."""
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        [*salmonn_command(), *args, "-o", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"salmonn failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    wall = timed_salmonn([*args, "-o", str(out)], env)
     return wall, sum(1 for line in out.read_text(encoding="utf-8").splitlines() if line.strip())
 
 
