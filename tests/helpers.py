@@ -2,12 +2,68 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
+from click.testing import CliRunner
+
 from salmonn.audio import find_ffmpeg
+
+SR = 16_000
+
+
+def tone(
+    path: Path, seconds: float, freq: float = 440.0, *, wobble_hz: float = 0.0, rate: int = SR
+) -> Path:
+    """Write a 0.3-amplitude sine of ``freq`` Hz to ``path`` (its folder made); ``wobble_hz``
+    modulates its loudness by half at that rate."""
+    t = np.arange(int(rate * seconds)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * freq * t)
+    if wobble_hz:
+        wave = wave * (1 + 0.5 * np.sin(2 * np.pi * wobble_hz * t))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave.astype(np.float32), rate)
+    return path
+
+
+def invoke(args, **kw):
+    """``salmonn ARGS`` through Click's CliRunner (stdout and stderr apart)."""
+    from salmonn_cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], **kw)
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def salmonn_command() -> list[str]:
+    """The console script installed beside this Python, else on PATH, else ``python -m salmonn_cli``."""
+    beside = Path(sys.executable).with_name("salmonn")
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("salmonn")
+    return [found] if found else [sys.executable, "-m", "salmonn_cli"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """This environment for a ``salmonn`` subprocess: no SALMONN_* variable, no user config,
+    offline; ``extra`` added."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SALMONN_")}
+    return {
+        **clean,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "XDG_CONFIG_HOME": "/nonexistent",
+        **extra,
+    }
+
 
 _GATE_SCRIPT = """#!{python} -S
 # ffmpeg for one test run: a decode of a file whose name ends with {hold!r} waits until {opened!r}

@@ -2,38 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
+from helpers import invoke, jsonl
 
-from salmonn_cli.main import cli
 from salmonn_cli.paths import output_names
-from salmonn_cli.sources import ENV_VARS, resolve
+from salmonn_cli.sources import resolve
 
-SR = 16_000
 FAST = ["--device", "cpu", "--max-new-tokens", "4", "--num-beams", "1", "-q"]
 
 
-def tone(path: Path, seconds: float, freq: float = 440.0) -> Path:
-    t = np.arange(int(SR * seconds)) / SR
-    wave = 0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.2 * t))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, wave.astype(np.float32), SR)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    """No user config, prompts or SALMONN_* variables leak into a test."""
-    for var in (*ENV_VARS.values(), "SALMONN_CONFIG", "SALMONN_PROMPTS_DIR", "SALMONN_DEBUG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+pytestmark = pytest.mark.usefixtures("clean_salmonn_env")
+tone = functools.partial(helpers.tone, wobble_hz=0.2)  # the clips these tests were written with
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +33,6 @@ def tree(tmp_path_factory):
     (root / "in" / "bad.wav").write_text("this is not audio")
     tone(root / "long.wav", 75.0, 200.0)
     return root
-
-
-def invoke(args, **kw):
-    return CliRunner().invoke(
-        cli, [str(a) for a in args], catch_exceptions=kw.pop("catch", True), **kw
-    )
-
-
-def jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -364,7 +342,9 @@ def test_config_file_and_env_give_the_model(tree, tiny_paths, tmp_path, monkeypa
     )
     monkeypatch.setenv("SALMONN_DEBUG", "1")
     with pytest.raises(Exception, match="nonexistent"):
-        invoke(["transcribe", tree / "in" / "a.wav", "--max-new-tokens", "4"], catch=False)
+        invoke(
+            ["transcribe", tree / "in" / "a.wav", "--max-new-tokens", "4"], catch_exceptions=False
+        )
 
 
 # ------------------------------------------------------------------------------ helpers and usage
@@ -468,8 +448,6 @@ def test_dev_tiny_model_writes_a_loadable_model(tmp_path, tree):
 def test_progress_bar_renders_on_a_terminal(tmp_path):
     import io
 
-    import numpy as np
-    import soundfile as sf
     from rich.console import Console
 
     from salmonn.engine import ProgressEvent

@@ -3,40 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
-from helpers import FfmpegGate, line_count, wait_until
-
-SR = 16_000
-
-
-def salmonn_command() -> list[str]:
-    """The console script installed beside this Python, else on PATH, else ``python -m salmonn_cli``."""
-    beside = Path(sys.executable).with_name("salmonn")
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("salmonn")
-    return [found] if found else [sys.executable, "-m", "salmonn_cli"]
-
-
-def env() -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SALMONN_")}
-    return {
-        **clean,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "XDG_CONFIG_HOME": "/nonexistent",
-    }
-
+from helpers import FfmpegGate, cli_env, jsonl, line_count, salmonn_command, tone, wait_until
 
 PROBE = r"""
 import json, sys, time
@@ -72,7 +46,7 @@ def test_help_prompts_and_usage_errors_do_not_import_torch(args, code):
         [sys.executable, "-c", PROBE, *args],
         capture_output=True,
         text=True,
-        env=env(),
+        env=cli_env(),
         timeout=60,
         check=False,
     )
@@ -89,7 +63,7 @@ def test_console_script_help_is_fast():
             [*salmonn_command(), "--help"],
             capture_output=True,
             text=True,
-            env=env(),
+            env=cli_env(),
             timeout=60,
             check=False,
         )
@@ -103,17 +77,9 @@ def six_files(tmp_path):
     folder = tmp_path / "clips"
     folder.mkdir()
     for i in range(5):
-        t = np.arange(int(SR * (1.5 + 0.25 * i))) / SR
-        wave = 0.3 * np.sin(2 * np.pi * (200 + 90 * i) * t)
-        sf.write(folder / f"c{i}.wav", wave.astype(np.float32), SR)
+        tone(folder / f"c{i}.wav", 1.5 + 0.25 * i, 200 + 90 * i)
     (folder / "c2_broken.wav").write_bytes(b"RIFF\x00\x00garbage")
     return folder
-
-
-def _records(path: Path) -> list[dict]:
-    return [
-        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
 
 
 def test_kill_9_mid_run_then_resume_gives_one_record_per_input(six_files, model_flags, tmp_path):
@@ -141,7 +107,7 @@ def test_kill_9_mid_run_then_resume_gives_one_record_per_input(six_files, model_
     log = tmp_path / "first.err"
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=stderr, env={**env(), **gate.env}
+            args, stdout=subprocess.DEVNULL, stderr=stderr, env=cli_env(**gate.env)
         )
     try:
         wait_until(
@@ -162,7 +128,7 @@ def test_kill_9_mid_run_then_resume_gives_one_record_per_input(six_files, model_
     assert before in (["c0.wav"], ["c0.wav", "c1.wav"])
 
     done = subprocess.run(
-        [*args, "--resume"], capture_output=True, text=True, env=env(), timeout=300, check=False
+        [*args, "--resume"], capture_output=True, text=True, env=cli_env(), timeout=300, check=False
     )
     assert done.returncode == 1, done.stderr  # the broken file fails, the others succeed
     assert done.stdout == ""
@@ -170,7 +136,7 @@ def test_kill_9_mid_run_then_resume_gives_one_record_per_input(six_files, model_
         f"resume: {len(before)} of 6 inputs already done" in done.stderr
         and "c2_broken.wav" in done.stderr
     )
-    records = _records(out)
+    records = jsonl(out.read_text(encoding="utf-8"))
     names = [Path(r["path"]).name for r in records]
     assert sorted(names) == sorted(
         p.name for p in six_files.iterdir()

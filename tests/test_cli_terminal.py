@@ -17,35 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
-from helpers import FfmpegGate, line_count
+from helpers import FfmpegGate, cli_env, line_count, salmonn_command, tone
 
-SR = 16_000
 FAST = ["--max-new-tokens", "4", "--num-beams", "1", "--device", "cpu"]
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def salmonn_command() -> list[str]:
-    beside = Path(sys.executable).with_name("salmonn")
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("salmonn")
-    return [found] if found else [sys.executable, "-m", "salmonn_cli"]
-
-
 def env() -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SALMONN_")}
-    return {
-        **clean,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "XDG_CONFIG_HOME": "/nonexistent",
-        "TERM": "xterm-256color",
-        "COLUMNS": "120",
-        "LINES": "40",
-    }
+    return cli_env(TERM="xterm-256color", COLUMNS="120", LINES="40")
 
 
 def run_in_pty(args, *, stdout=None, stdin=subprocess.DEVNULL, timeout=180.0, extra_env=None):
@@ -90,19 +70,13 @@ def visible(raw: bytes) -> str:
     return ANSI.sub(b"", raw).decode("utf-8", "replace")
 
 
-def tone(path: Path, seconds: float, freq: float = 330.0) -> Path:
-    t = np.arange(int(SR * seconds)) / SR
-    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR)
-    return path
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     folder = tmp_path_factory.mktemp("terminal-clips")
     return {
-        "short": tone(folder / "short.wav", 2.0),
+        "short": tone(folder / "short.wav", 2.0, 330.0),
         "other": tone(folder / "other.wav", 3.0, 520.0),
-        "long": tone(folder / "long.wav", 70.0),
+        "long": tone(folder / "long.wav", 70.0, 330.0),
     }
 
 

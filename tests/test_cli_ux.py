@@ -11,44 +11,16 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
-from click.testing import CliRunner
-from helpers import nest_past_path_max
+from helpers import invoke, jsonl, nest_past_path_max, tone
 
-from salmonn_cli.main import cli
-from salmonn_cli.sources import ENV_VARS
-
-SR = 16_000
 FAST = ["--device", "cpu", "--max-new-tokens", "4", "--num-beams", "1", "-q"]
-
-
-def tone(path: Path, seconds: float, freq: float = 440.0) -> Path:
-    t = np.arange(int(SR * seconds)) / SR
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for var in (*ENV_VARS.values(), "SALMONN_CONFIG", "SALMONN_PROMPTS_DIR", "SALMONN_DEBUG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+pytestmark = pytest.mark.usefixtures("clean_salmonn_env")
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return tone(tmp_path_factory.mktemp("ux") / "clip.wav", 2.0)
-
-
-def invoke(args, **kw):
-    return CliRunner().invoke(cli, [str(a) for a in args], **kw)
-
-
-def jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 # -------------------------------------------------------------------------- format from -o FILE

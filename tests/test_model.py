@@ -11,7 +11,6 @@ import sentencepiece
 import torch
 
 from salmonn import GenerationOptions
-from salmonn.checkpoint import load_model
 from salmonn.errors import ConfigError, PromptError
 from salmonn.llm import split_prompt, wrap_prompt
 
@@ -20,20 +19,12 @@ SHORT = GenerationOptions(max_new_tokens=12, num_beams=1)
 BEAM = GenerationOptions(max_new_tokens=12, num_beams=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine run faster on one thread (and deterministically)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model(tiny_paths):
-    return load_model(
-        tiny_paths.whisper, tiny_paths.beats, tiny_paths.llm, tiny_paths.checkpoint, device="cpu"
-    )
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -237,10 +228,7 @@ def test_generate_stream_equals_one_at_a_time(model, clips):
     for options in (SHORT, BEAM):
         got = dict(model.generate_stream(iter(work * 2), options, batch_size=2))
         assert isinstance(got.pop("bad"), ConfigError)  # the others go on
-        alone = {
-            ("clip", i): model.generate([c], p, options)[0]
-            for i, (c, p) in pairs
-        }
+        alone = {("clip", i): model.generate([c], p, options)[0] for i, (c, p) in pairs}
         alone["text"] = model.generate_text("Summarize: a dog barks.", options)[0]
         assert {k: v.token_ids for k, v in got.items()} == {
             k: v.token_ids for k, v in alone.items()

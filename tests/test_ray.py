@@ -7,6 +7,7 @@ Covered: the same records as a local run on a folder with long, short and bad fi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -16,33 +17,16 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+import helpers
 import pytest
-import soundfile as sf
-from click.testing import CliRunner
-from helpers import FfmpegGate, line_count
+from helpers import FfmpegGate, cli_env, invoke, jsonl, line_count
 
-from salmonn_cli.main import cli
-
-SR = 16_000
 FAST = ["--device", "cpu", "--max-new-tokens", "4", "--num-beams", "1", "-q"]
 COMPARED = ("path", "task", "prompt", "text", "segments", "duration", "error", "options")
 WORKER_TITLE = "ray::SalmonnWorker"  # the process title Ray gives our actor processes
 
 
-def tone(path: Path, seconds: float, freq: float) -> None:
-    t = np.arange(int(SR * seconds)) / SR
-    wave = 0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.3 * t))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, wave.astype(np.float32), SR)
-
-
-def invoke(args: list) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+tone = functools.partial(helpers.tone, wobble_hz=0.3)  # the clips these tests were written with
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -200,13 +184,11 @@ def test_a_killed_worker_has_its_files_handed_to_another(ray_local, task_args, l
 
 
 def cli_process(args: list, env_extra: dict | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SALMONN_")}
-    env.update(HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled", XDG_CONFIG_HOME="/nonexistent")
     return subprocess.Popen(
         [sys.executable, "-m", "salmonn_cli", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**env, **(env_extra or {})},
+        env=cli_env(RAY_AUTH_MODE="disabled", **(env_extra or {})),
     )
 
 

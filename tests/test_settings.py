@@ -18,14 +18,8 @@ from salmonn_cli import run
 from salmonn_cli.main import cli
 from salmonn_cli.options import DECODING_OPTIONS, INPUT_OPTIONS
 from salmonn_cli.settings import ModelSettings, SettingsError, TaskSettings
-from salmonn_cli.sources import ENV_VARS
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for var in (*ENV_VARS.values(), "SALMONN_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+pytestmark = pytest.mark.usefixtures("clean_salmonn_env")
 
 
 def params_of(*args: str) -> dict:
@@ -150,9 +144,7 @@ def test_model_settings_from_the_model_flags_alone(monkeypatch):
         ModelSettings.from_params({"model": "x"})
 
 
-@pytest.mark.skipif(
-    __import__("torch").cuda.is_available(), reason="needs a machine without CUDA"
-)
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_library_device_error_is_worded_with_the_flag(tmp_path, model_flags):
     from click.testing import CliRunner
 

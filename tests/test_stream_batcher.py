@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from salmonn.batcher import Batcher, StreamBatcher, make_batcher
-from salmonn.checkpoint import load_model
 from salmonn.config import GenerationOptions
 from salmonn.engine import TaskSpec, process
 from salmonn.inputs import expand_inputs
@@ -18,19 +16,12 @@ BEAM = GenerationOptions(max_new_tokens=8, num_beams=3)
 SPEC = TaskSpec("transcribe", "Recognize the speech and give me the transcription.")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model(tiny_paths):
-    return load_model(
-        tiny_paths.whisper, tiny_paths.beats, tiny_paths.llm, tiny_paths.checkpoint, device="cpu"
-    )
+def model(tiny_model):
+    return tiny_model
 
 
 class _Static:

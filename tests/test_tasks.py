@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 from click.testing import CliRunner
+from helpers import tone
 
 import salmonn
 from salmonn.errors import PromptError
 from salmonn.tasks import Task, audio_instruction, make_task
 from salmonn_cli.main import cli
-
-SR = 16_000
-
-
-def tone(path: Path, seconds: float, freq: float) -> Path:
-    t = np.arange(int(SR * seconds)) / SR
-    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -97,7 +87,8 @@ def test_run_task_gives_the_cli_records_for_long_and_short_files(tiny_paths, mod
     short = tone(tmp_path / "short.wav", 1.0, 500.0)
     settings = ["--chunk-seconds", "1.5", "--max-new-tokens", "4", "--num-beams", "1"]
     result = CliRunner().invoke(
-        cli, ["ask", str(long), str(short), "who?", *model_flags, *settings, "--device", "cpu", "-q"]
+        cli,
+        ["ask", str(long), str(short), "who?", *model_flags, *settings, "--device", "cpu", "-q"],
     )
     assert result.exit_code == 0, result.output
     expected = [json.loads(line) for line in result.stdout.splitlines()]
