@@ -102,52 +102,27 @@ MODEL_OPTIONS = [
     ),
 ]
 
+
+def _decoding(flag: str, kind: type, metavar: str, text: str) -> Decorator:
+    """A decoding flag; its destination and shown default are the :class:`GenerationOptions` field
+    of the same name (``--top-k`` -> ``top_k``)."""
+    field = flag.removeprefix("--").replace("-", "_")
+    return click.option(
+        flag, type=kind, metavar=metavar, help=f"{text} [default: {getattr(_GEN, field)}]"
+    )
+
+
 DECODING_OPTIONS = [
-    click.option(
-        "--num-beams",
-        type=int,
-        metavar="N",
-        help=f"Beam width (1 = greedy). [default: {_GEN.num_beams}]",
-    ),
-    click.option(
-        "--max-new-tokens",
-        type=int,
-        metavar="N",
-        help=f"Most tokens generated per answer. [default: {_GEN.max_new_tokens}]",
-    ),
+    _decoding("--num-beams", int, "N", "Beam width (1 = greedy)."),
+    _decoding("--max-new-tokens", int, "N", "Most tokens generated per answer."),
     click.option(
         "--do-sample", is_flag=True, default=None, help="Sample instead of beam/greedy search."
     ),
-    click.option(
-        "--temperature",
-        type=float,
-        metavar="T",
-        help=f"Sampling temperature (with --do-sample). [default: {_GEN.temperature}]",
-    ),
-    click.option(
-        "--top-k",
-        type=int,
-        metavar="K",
-        help=f"Sampling top-k (with --do-sample). [default: {_GEN.top_k}]",
-    ),
-    click.option(
-        "--top-p",
-        type=float,
-        metavar="P",
-        help=f"Sampling nucleus (with --do-sample). [default: {_GEN.top_p}]",
-    ),
-    click.option(
-        "--repetition-penalty",
-        type=float,
-        metavar="X",
-        help=f"Penalty on repeated tokens (1.0 = off). [default: {_GEN.repetition_penalty}]",
-    ),
-    click.option(
-        "--length-penalty",
-        type=float,
-        metavar="X",
-        help=f"Beam length penalty exponent. [default: {_GEN.length_penalty}]",
-    ),
+    _decoding("--temperature", float, "T", "Sampling temperature (with --do-sample)."),
+    _decoding("--top-k", int, "K", "Sampling top-k (with --do-sample)."),
+    _decoding("--top-p", float, "P", "Sampling nucleus (with --do-sample)."),
+    _decoding("--repetition-penalty", float, "X", "Penalty on repeated tokens (1.0 = off)."),
+    _decoding("--length-penalty", float, "X", "Beam length penalty exponent."),
     click.option(
         "--seed",
         type=int,
