@@ -30,6 +30,18 @@ def tiny_model(device: str = "cpu", **load_kwargs: Any) -> SalmonnModel:
     )
 
 
+def suppress_eos(model: SalmonnModel) -> None:
+    """Ban EOS from every answer of ``model`` (a forward hook on its LM head), so that each answer
+    runs to ``max_new_tokens`` and timings compare equal amounts of work."""
+    eos = model.tokenizer.eos_id
+
+    def hook(_module: torch.nn.Module, _inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
+        logits[..., eos] = float("-inf")
+        return logits
+
+    model.llama_model.get_output_embeddings().register_forward_hook(hook)
+
+
 def eos_after_tokens(model: SalmonnModel, modulus: int) -> None:
     """Make EOS the best next token at pseudo-random decode steps: when a row's fed token and its
     position hash to 0 modulo ``modulus``.

@@ -23,29 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from _models import suppress_eos, tiny_model
 
 from salmonn.config import GenerationOptions
 from salmonn.model import SalmonnModel
 
 PROMPT = "Describe the audio."
-
-
-def _suppress_eos(model: SalmonnModel) -> None:
-    eos = model.tokenizer.eos_id
-
-    def hook(_module: torch.nn.Module, _inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
-        logits[..., eos] = float("-inf")
-        return logits
-
-    model.llama_model.get_output_embeddings().register_forward_hook(hook)
-
-
-def _tiny_model(device: str) -> SalmonnModel:
-    from salmonn.checkpoint import load_model
-    from salmonn.tiny import write_tiny_model
-
-    paths = write_tiny_model(tempfile.mkdtemp(prefix="salmonn-bench-"), seed=0)
-    return load_model(paths.whisper, paths.beats, paths.llm, paths.checkpoint, device=device)
 
 
 # SALMONN-13B shapes: Whisper large-v2 (d, layers, heads, ffn), BEATs layers, LLaMA (d, layers, ffn)
@@ -158,7 +141,7 @@ def run(
     """Best-of-``repeats`` timings per batch size; returns one row per batch size."""
     rng = np.random.default_rng(0)
     options = GenerationOptions(max_new_tokens=new_tokens, num_beams=beams)
-    _suppress_eos(model)
+    suppress_eos(model)
     warm = [(0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)]
     model.generate(warm, PROMPT, options)
     rows = []
@@ -228,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cuda = torch.device("cuda", torch.cuda.current_device())
         model = _random_model(cuda, torch.float16, FULL_SIZE)
     else:
-        model = _tiny_model(args.device)
+        model = tiny_model(args.device)
     rows = run(model, args.batches, args.seconds, args.new_tokens, args.beams, args.repeats)
     kind = "random 13B-shaped" if args.full_size else "tiny"
     _print_table(

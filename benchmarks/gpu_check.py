@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _models import tiny_model
+from _models import suppress_eos, tiny_model
 
 from salmonn.config import GenerationOptions
 from salmonn.model import SalmonnModel, WorkItem
@@ -88,16 +88,6 @@ class Check:
         seconds = time.perf_counter() - began
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         return seconds, out, peak
-
-
-def _suppress_eos(model: SalmonnModel) -> None:
-    eos = model.tokenizer.eos_id
-
-    def hook(_module: torch.nn.Module, _inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
-        logits[..., eos] = float("-inf")
-        return logits
-
-    model.llama_model.get_output_embeddings().register_forward_hook(hook)
 
 
 def _full_size_model(device: torch.device) -> SalmonnModel:
@@ -273,7 +263,7 @@ def _quantized(check: Check, model: SalmonnModel, cfg: dict[str, Any]) -> dict[s
             )  # fmt: skip
             load_s = time.perf_counter() - began
             model.llama_model = lm
-            _suppress_eos(model)
+            suppress_eos(model)
             clips = _clips(8, cfg["seconds"], seed=5)
             model.generate(clips[:1], PROMPT, options)
             seconds, _, peak = check.timed(lambda c=clips: model.generate(c, PROMPT, options))
@@ -320,7 +310,7 @@ def run(tiny: bool, out: Path, budget_s: float, clips: int | None, new_tokens: i
             "loop_clips": 4,
             "options": GenerationOptions(max_new_tokens=new_tokens or 64, num_beams=4),
         }
-    _suppress_eos(model)
+    suppress_eos(model)
     check = Check(device, budget_s)
     check.report["setup"] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
