@@ -114,7 +114,13 @@ class FfmpegGate:
         return self._held.exists()
 
     def open(self) -> None:
+        """Let the held decoding (and every later one) go on."""
         self._opened.touch()
+
+    def close(self) -> None:
+        """Hold the next decoding of the held input again."""
+        self._opened.unlink(missing_ok=True)
+        self._held.unlink(missing_ok=True)
 
 
 def wait_until(condition, seconds: float, what: str, alive=None) -> None:

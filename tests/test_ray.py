@@ -99,11 +99,22 @@ def alive(pids) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray for the module; the CLI's ``--ray local`` reuses it (already connected)."""
+def ray_gate(tmp_path_factory):
+    """The ffmpeg of the module's Ray workers: open, until a test closes it to hold s6.wav."""
+    gate = FfmpegGate(tmp_path_factory.mktemp("ray-gate"), hold="s6.wav")
+    gate.open()
+    return gate
+
+
+@pytest.fixture(scope="module")
+def ray_local(ray_gate):
+    """One local Ray for the module; the CLI's ``--ray local`` reuses it (already connected).
+    Its workers inherit this environment, ``ray_gate``'s ffmpeg included."""
     ray = pytest.importorskip("ray")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_AUTH_MODE", "disabled")  # a throw-away cluster on this machine
+        for name, value in ray_gate.env.items():
+            patch.setenv(name, value)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
         try:
             yield ray
@@ -159,23 +170,33 @@ def test_same_records_as_local_into_a_folder_then_resume(ray_local, task_args, l
     same_as_local([r for f in sorted(out.rglob("*.jsonl")) for r in read_jsonl(f)], local)
 
 
-def test_a_killed_worker_has_its_files_handed_to_another(ray_local, task_args, local, tmp_path):
+def test_a_killed_worker_has_its_files_handed_to_another(
+    ray_local, ray_gate, task_args, local, tmp_path
+):
     out = tmp_path / "out.jsonl"
     killed: list[int] = []
 
     def kill_a_busy_worker() -> None:
+        # a worker waits on s6.wav's decoding: one is busy when the kill comes, however loaded the
+        # machine is (waiting for a first record, then for a busy worker, raced the run's end)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
-            lines = out.read_bytes().count(b"\n") if out.is_file() else 0
-            busy = busy_workers(os.getpid()) if lines else []
-            if busy:
-                os.kill(busy[0], signal.SIGKILL)
-                killed.append(busy[0])
-            time.sleep(0.05)
+        try:
+            while time.monotonic() < deadline and not killed:
+                busy = busy_workers(os.getpid()) if ray_gate.held() else []
+                if busy:
+                    os.kill(busy[0], signal.SIGKILL)
+                    killed.append(busy[0])
+                time.sleep(0.05)
+        finally:
+            ray_gate.open()
 
+    ray_gate.close()
     watcher = threading.Thread(target=kill_a_busy_worker, daemon=True)
     watcher.start()
-    result = invoke([*task_args, "--ray", "local", "--ray-workers", "2", "-o", out])
+    try:
+        result = invoke([*task_args, "--ray", "local", "--ray-workers", "2", "-o", out])
+    finally:
+        ray_gate.open()
     watcher.join(timeout=5)
     assert killed, "no worker was killed"
     assert result.exit_code == 1, result.output
