@@ -7,6 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import soundfile as sf
@@ -16,7 +17,7 @@ from salmonn.records import Record
 from salmonn.tasks import make_task
 from salmonn_cli import run
 from salmonn_cli.main import cli
-from salmonn_cli.options import DECODING_OPTIONS, INPUT_OPTIONS
+from salmonn_cli.options import DECODING_OPTIONS, INPUT_OPTIONS, apply
 from salmonn_cli.settings import ModelSettings, SettingsError, TaskSettings
 
 pytestmark = pytest.mark.usefixtures("clean_salmonn_env")
@@ -31,12 +32,8 @@ def params_of(*args: str) -> dict:
 
 
 def option_names(decorators) -> set[str]:
-    def probe() -> None:  # pragma: no cover - never called
-        pass
-
-    for decorator in decorators:
-        probe = decorator(probe)
-    return {p.name for p in probe.__click_params__}
+    """Destination names of the options ``decorators`` add to a command."""
+    return {p.name for p in click.command()(apply(decorators)(lambda **_: None)).params}
 
 
 def test_decoding_and_chunk_flags_are_named_after_the_dataclass_fields():
