@@ -192,8 +192,8 @@ class Batcher:
 
     @property
     def streams_tokens(self) -> bool:
-        """Whether ``on_tokens`` is called as tokens come: continuous batching outside exact mode,
-        greedy or sampling (never with beams, whose answer is known only at the end)."""
+        """Whether ``on_tokens`` can see answers grow (continuous batching outside exact mode):
+        it does for calls with one beam, never with beam search (known only at the end)."""
         return self._streams is not None and not getattr(self.model, "exact", False)
 
     @property
