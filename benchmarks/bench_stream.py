@@ -9,8 +9,8 @@ of content deltas, streamed greedy, streamed with beam search (one delta at the 
 streamed (the same greedy request); then ``--concurrency`` greedy streams at once. Streamed answers
 are checked to equal the non-streamed ones.
 
-    python benchmarks/bench_stream.py                      # 6 requests, 5 s clips, 64 tokens
-    python benchmarks/bench_stream.py --new-tokens 128 --concurrency 8
+    python benchmarks/bench_stream.py                      # 3 requests, 5 s clips, 64 tokens
+    python benchmarks/bench_stream.py --requests 6 --concurrency 8
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--requests", type=int, default=6, help="sent one at a time, each way")
+    parser.add_argument("--requests", type=int, default=3, help="sent one at a time, each way")
     parser.add_argument("--concurrency", type=int, default=4, help="greedy streams at once")
     parser.add_argument("--seconds", type=float, default=5.0, help="clip length")
     parser.add_argument("--new-tokens", type=int, default=64)
