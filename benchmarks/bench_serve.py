@@ -42,7 +42,8 @@ def _serve(args: argparse.Namespace) -> None:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from bench_model import _random_model, _suppress_eos
+    from _models import suppress_eos
+    from bench_model import _random_model
 
     from salmonn.config import GenerationOptions
     from salmonn.serve import ServeConfig, run_server
@@ -58,7 +59,7 @@ def _serve(args: argparse.Namespace) -> None:
     def load() -> Any:
         torch.manual_seed(0)
         model = _random_model(torch.device("cpu"), torch.float32, dims)
-        _suppress_eos(model)
+        suppress_eos(model)
         return model
 
     config = ServeConfig(

@@ -37,7 +37,8 @@ from bench_serve import INSTRUCTION, _clips, _free_port, _wait_ready  # noqa: E4
 def _serve(args: argparse.Namespace) -> None:
     """The server process: the random model, its answers kept to the tokenizer's ids."""
     import torch
-    from bench_model import _random_model, _suppress_eos
+    from _models import suppress_eos
+    from bench_model import _random_model
 
     from salmonn.config import GenerationOptions
     from salmonn.serve import ServeConfig, run_server
@@ -46,7 +47,7 @@ def _serve(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         dims = {"whisper": (64, 2, 2, 256), "beats_layers": 1}
         model = _random_model(torch.device("cpu"), torch.float32, {**dims, "llm": args.llm})
-        _suppress_eos(model)
+        suppress_eos(model)
         tokenizer = model.tokenizer
         banned = [i for i in range(tokenizer.vocab_size) if tokenizer._sp.is_byte(i)]
         banned = torch.tensor(banned + list(range(tokenizer.vocab_size, 32001)))
