@@ -60,9 +60,10 @@ class TokenFeed:
     """One generation's ids, from the model worker's thread to an asyncio consumer.
 
     Call the feed (from any thread) with the ids so far, each call extending the previous ones;
-    :meth:`end` (in the loop) marks the end; ``await next()`` gives all the ids seen so far once
-    new ones came (several calls' worth when the consumer is late), or ``None`` after the end.
-    :meth:`close` makes later calls no-ops (the client left).
+    :meth:`end` (in the loop) marks the end; ``await next()`` gives, call by call, the ids as each
+    call had them (a late consumer still sees every step, so a client gets one delta per token
+    whatever the timing), then ``None`` after the end. :meth:`close` makes later calls no-ops (the
+    client left).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -92,14 +93,8 @@ class TokenFeed:
         if self._ended:
             return None
         new = await self._queue.get()
-        grew = False
-        while True:
-            if new is _END:
-                self._ended = True
-                break
-            self._ids.extend(new)
-            grew = True
-            if self._queue.empty():
-                break
-            new = self._queue.get_nowait()
-        return list(self._ids) if grew else None
+        if new is _END:
+            self._ended = True
+            return None
+        self._ids.extend(new)
+        return list(self._ids)
