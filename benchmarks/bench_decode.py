@@ -26,6 +26,7 @@ static batches of 8 vs continuous batching with a budget of 8; ids must be ident
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -88,6 +89,14 @@ def _rounds(modes: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tupl
             if name not in best or seconds < best[name][0]:
                 best[name] = (seconds, out)
     return best
+
+
+def _load() -> str:
+    """The 1-minute load average (other processes on a shared machine skew every timing)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
 
 
 def _ids(results: Sequence[Any]) -> list[list[int]]:
@@ -165,6 +174,29 @@ def step_ms(
     return 1000 * (full - one) / (options.max_new_tokens - 1)
 
 
+def encode_line(model: SalmonnModel, clips, repeats: int) -> None:
+    """Audio encoding of the clips at once, exact encoders (the original's attention arithmetic)
+    vs fast (Whisper SDPA, BEATs fused attention), and how far apart their BEATs outputs are."""
+    waves = model._waves(clips)
+
+    def encode(exact: bool) -> torch.Tensor:
+        with torch.inference_mode(), model._encoder_attention(exact):
+            return model._encode(waves, None)
+
+    timed = _rounds({"exact": lambda: encode(True), "fast": lambda: encode(False)}, repeats)
+    with torch.inference_mode():
+        beats = {}
+        for exact in (True, False):
+            with model._encoder_attention(exact):
+                beats[exact] = model.beats.extract_features([torch.from_numpy(w) for w in waves])
+    diff = max((a - b).abs().max().item() for a, b in zip(beats[True], beats[False], strict=True))
+    print(
+        f"encode {len(clips)} clips: exact encoders {timed['exact'][0]:.2f} s, fast "
+        f"{timed['fast'][0]:.2f} s; BEATs fast vs exact max abs diff {diff:.1e}",
+        flush=True,
+    )
+
+
 def part_static(new_tokens: int, beams: int, repeats: int, before: Any = None) -> None:
     model = decode_heavy_model()
     hook = _suppress_eos(model)
@@ -203,7 +235,8 @@ def part_static(new_tokens: int, beams: int, repeats: int, before: Any = None) -
     t_exact = rows[0][1]
     exact, one, batch, cont = (timed[name][1] for name, _ in rows[:4])
     print(
-        f"decode-heavy SALMONN (8x1024 LLaMA) on CPU fp32, torch threads {torch.get_num_threads()}: "
+        f"decode-heavy SALMONN (8x1024 LLaMA) on CPU fp32, torch threads {torch.get_num_threads()}"
+        f", load average at the end {_load()}: "
         f"{len(clips)} clips of {SECONDS[0]}-{SECONDS[-1]} s, {beams} beams, "
         f"{new_tokens} new tokens (EOS suppressed), best of {repeats}"
     )
@@ -217,6 +250,7 @@ def part_static(new_tokens: int, beams: int, repeats: int, before: Any = None) -
     if before is not None:
         befores = [_ids(timed[name][1]) for name in ("before: one-at-a-time", "before: batch 8")]
         print(f"before == now (one-at-a-time, batch 8): {[b == _ids(one) for b in befores]}")
+    encode_line(model, clips, repeats)
     for items in (1, 8):
         ms = step_ms(model, clips, options, items, repeats)
         line = f"decode step at {items * beams:>2} rows: {ms:7.1f} ms"
@@ -257,7 +291,7 @@ def part_varied(new_tokens: int, beams: int, repeats: int, count: int = 24) -> N
     for name, seconds in (("static batches of 8", t_static), ("continuous, budget 8", t_cont)):
         print(f"{name:<38} {seconds:>8.2f} {count / seconds:>8.3f} {t_static / seconds:>9.2f}")
     same = _ids(static_out) == _ids(cont_out)
-    print(f"continuous gives identical ids: {same}")
+    print(f"continuous gives identical ids: {same}; load average at the end {_load()}")
     if not same:
         raise SystemExit("continuous ids differ from static batches")
 
