@@ -165,7 +165,8 @@ class StreamBatcher:
 
     ``full`` is true when ``batch_size`` chunks wait; ``flush(final=False)`` then decodes until
     some of them could join (returning the answers finished meanwhile), and ``flush()`` at the end
-    decodes until every chunk is answered. Each chunk's answer is what it gets alone. When the
+    decodes until every chunk is answered. ``step()`` decodes one step: the engine's work while
+    its chunk source has nothing ready (``busy``: whether there is any). Each chunk's answer is what it gets alone. When the
     model fails, the chunks in flight are answered one by one with ``answer``, as in
     :class:`Batcher`.
     """
@@ -198,33 +199,49 @@ class StreamBatcher:
                 del self._inflight[pair]
                 del self._seconds[pair]
 
+    @property
+    def busy(self) -> bool:
+        """Whether any chunk waits or decodes (:meth:`step` has work)."""
+        return self.stream.busy
+
     def flush(self, final: bool = True) -> list[ChunkAnswer]:
         """Decode; stop when room frees up for new chunks, or (``final``) when all are answered."""
         answers: list[ChunkAnswer] = []
         while self.stream.busy:
-            start = time.perf_counter()
-            try:
-                finished = self.stream.step()
-            except Exception as exc:  # noqa: BLE001 - the chunks in flight are retried alone
-                logger.warning(
-                    "decoding %d chunks failed (%s); retrying one by one",
-                    len(self._inflight),
-                    error_line(exc),
-                )
-                return answers + self._one_by_one()
-            elapsed = time.perf_counter() - start
-            sharing = set(self.stream.running_keys) | {pair for pair, _ in finished}
-            for pair in sharing:
-                self._seconds[pair] = self._seconds.get(pair, 0.0) + elapsed / len(sharing)
-            for pair, result in finished:
-                self._inflight.pop(pair, None)
-                seconds = self._seconds.pop(pair, 0.0)
-                if isinstance(result, Exception):
-                    answers.append(ChunkAnswer(pair[0], pair[1], None, error_line(result), seconds))
-                else:
-                    answers.append(ChunkAnswer(pair[0], pair[1], result.text, None, seconds))
+            answers += self.step()
             if not final and self.stream.waiting < self.batch_size:
                 break
+        return answers
+
+    def step(self) -> list[ChunkAnswer]:
+        """Decode one step (waiting chunks join first when there is room); the answers finished.
+
+        The engine calls it while no new chunk is ready, so that the chunks it holds are answered
+        without waiting for a full batch."""
+        if not self.stream.busy:
+            return []
+        start = time.perf_counter()
+        try:
+            finished = self.stream.step()
+        except Exception as exc:  # noqa: BLE001 - the chunks in flight are retried alone
+            logger.warning(
+                "decoding %d chunks failed (%s); retrying one by one",
+                len(self._inflight),
+                error_line(exc),
+            )
+            return self._one_by_one()
+        elapsed = time.perf_counter() - start
+        sharing = set(self.stream.running_keys) | {pair for pair, _ in finished}
+        for pair in sharing:
+            self._seconds[pair] = self._seconds.get(pair, 0.0) + elapsed / len(sharing)
+        answers: list[ChunkAnswer] = []
+        for pair, result in finished:
+            self._inflight.pop(pair, None)
+            seconds = self._seconds.pop(pair, 0.0)
+            if isinstance(result, Exception):
+                answers.append(ChunkAnswer(pair[0], pair[1], None, error_line(result), seconds))
+            else:
+                answers.append(ChunkAnswer(pair[0], pair[1], result.text, None, seconds))
         return answers
 
     def _one_by_one(self) -> list[ChunkAnswer]:

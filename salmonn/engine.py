@@ -292,15 +292,40 @@ class _Run:
         self.trimmer = HeapTrimmer(batch_size)  # resident memory flat in the length of a run
 
     def drive(self, chunks: Iterable[Any]) -> Iterator[Record]:
-        for fc in chunks:
-            self.take(fc)
-            if self.batcher.full:
-                self.flush(final=False)
-                yield from self.finish()
-            elif fc.last:
-                yield from self.finish()
+        """Feed ``chunks`` to the batcher and yield the records as they are due.
+
+        Chunks are taken until a batch is full, then decoded. With a continuous batcher and a
+        chunk source that can say whether a chunk is ready (a :class:`~salmonn.prefetch.
+        Prefetcher`'s ``get(timeout=0)``), the held chunks are also decoded, a step at a time,
+        while the input is slow (stdin, a network drive, a long ffmpeg start): a finished file's
+        record comes out, and is written, without waiting for the chunks of the next files."""
+        get = getattr(chunks, "get", None) if isinstance(self.batcher, StreamBatcher) else None
+        if get is None:  # a plain iterable (the server's generator): blocking reads only
+            for fc in chunks:
+                yield from self._took(fc)
+        else:
+            batcher: StreamBatcher = self.batcher  # type: ignore[assignment]
+            while True:
+                try:
+                    fc = get(0) if batcher.busy else get(None)
+                except StopIteration:
+                    break
+                if fc is None:  # nothing decoded yet: decode what is held meanwhile
+                    self.answered(batcher.step())
+                    yield from self.finish()
+                else:
+                    yield from self._took(fc)
         self.flush()
         yield from self.finish()
+
+    def _took(self, fc: Any) -> Iterator[Record]:
+        """Take one chunk; decode when a batch is full, and yield the records then due."""
+        self.take(fc)
+        if self.batcher.full:
+            self.flush(final=False)
+            yield from self.finish()
+        elif fc.last:
+            yield from self.finish()
 
     def take(self, fc: Any) -> None:
         """Register one ``FileChunk``: its chunk goes to the batcher, an error fails its file."""
@@ -317,7 +342,10 @@ class _Run:
     def flush(self, final: bool = True) -> None:
         """Answer the queued chunks (``final``: all of them; else at least until more can be
         taken) and hand each answer to its file."""
-        answers = self.batcher.flush(final=final)
+        self.answered(self.batcher.flush(final=final))
+
+    def answered(self, answers: list[Any]) -> None:
+        """Hand each answer (a :class:`~salmonn.batcher.ChunkAnswer`) to its file."""
         if not answers:
             return
         self.trimmer.answered(len(answers))

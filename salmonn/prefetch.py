@@ -124,11 +124,28 @@ class Prefetcher:
         return self
 
     def __next__(self) -> FileChunk:
+        item = self.get()
+        assert item is not None  # a get() without a timeout waits for the next item
+        return item
+
+    def get(self, timeout: float | None = None) -> FileChunk | None:
+        """The next chunk, waiting at most ``timeout`` seconds for it (``0``: only one already
+        decoded; ``None``: as long as it takes, as ``next()`` does); ``None`` when none came in
+        time. Raises ``StopIteration`` after the last chunk, as ``next()`` does.
+
+        Lets the consumer do other work (decode the chunks it holds) while the input is slow."""
         if self._finished:
             raise StopIteration
         began = time.perf_counter()
-        item = self._queue.get()
-        self.waited_s += time.perf_counter() - began
+        try:
+            if timeout is not None and timeout <= 0:
+                item = self._queue.get_nowait()
+            else:
+                item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        finally:
+            self.waited_s += time.perf_counter() - began
         if isinstance(item, FileChunk):
             return item
         self._finished = True

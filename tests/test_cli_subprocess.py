@@ -143,3 +143,57 @@ def test_kill_9_mid_run_then_resume_gives_one_record_per_input(six_files, model_
     )  # exactly one record per input
     assert [r["error"] is not None for r in records].count(True) == 1
     assert out.read_text(encoding="utf-8").startswith(first)
+
+
+def test_a_finished_file_is_written_while_the_next_input_is_still_decoding(model_flags, tmp_path):
+    # first.wav's one chunk cannot fill a batch of 8; the run decodes it while second.wav's ffmpeg
+    # is held, so first.wav's record is on disk before the next input has a single chunk (it once
+    # waited for a full batch or the end of the inputs: an interrupt there lost a finished answer)
+    first = tone(tmp_path / "clips" / "first.wav", 1.5, 330)
+    second = tone(tmp_path / "clips" / "second.wav", 2.0, 520)
+    out = tmp_path / "out.jsonl"
+    command = [*salmonn_command(), "transcribe", str(first), str(second), "-o"]
+    settings = [*model_flags, "--device", "cpu", "--max-new-tokens", "4", "--num-beams", "1"]
+    gate = FfmpegGate(tmp_path / "gate", hold="second.wav")
+    log = tmp_path / "held.err"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(
+            [*command, str(out), "--batch-size", "8", *settings],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=cli_env(**gate.env),
+        )
+    try:
+        wait_until(
+            lambda: gate.held() and line_count(out) >= 1,
+            300,
+            "first.wav's record with second.wav's decoding held",
+            alive=lambda: proc.poll() is None,
+        )
+        assert proc.poll() is None  # still held at second.wav: nothing of it could be decoded
+        (held,) = jsonl(out.read_text(encoding="utf-8"))
+        assert Path(held["path"]).name == "first.wav" and held["error"] is None
+        gate.open()
+        assert proc.wait(timeout=300) == 0, log.read_text(errors="replace")[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+    records = jsonl(out.read_text(encoding="utf-8"))
+    assert [Path(r["path"]).name for r in records] == ["first.wav", "second.wav"]
+    assert records[0] == held
+    # the same answers as a run that never waits (one chunk per batch: each answered alone)
+    alone = tmp_path / "alone.jsonl"
+    done = subprocess.run(
+        [*command, str(alone), "--batch-size", "1", *settings],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r["text"] for r in jsonl(alone.read_text(encoding="utf-8"))] == [
+        r["text"] for r in records
+    ]
+    assert all(r["text"] for r in records)

@@ -116,3 +116,25 @@ def test_bad_max_chunks():
     with pytest.raises(ConfigError):
         Prefetcher([], max_chunks=0)
     assert list(Prefetcher([])) == []
+
+
+def test_get_says_when_no_chunk_is_ready_yet(tmp_path, monkeypatch):
+    from helpers import FfmpegGate, tone, wait_until
+
+    first, held = tone(tmp_path / "a.wav", 1.0), tone(tmp_path / "b.wav", 1.0, 600)
+    gate = FfmpegGate(tmp_path / "gate", hold="b.wav")
+    for name, value in gate.env.items():
+        monkeypatch.setenv(name, value)
+    with Prefetcher([first, held]) as chunks:
+        item = chunks.get(60)
+        assert item is not None and item.file_index == 0 and item.last
+        wait_until(gate.held, 60, "b.wav's decoding held")
+        assert chunks.get(0) is None  # b.wav has no chunk yet: no wait, no chunk
+        assert chunks.get(0.05) is None
+        gate.open()
+        item = chunks.get(60)
+        assert item is not None and item.file_index == 1 and item.last and item.error is None
+        with pytest.raises(StopIteration):
+            chunks.get(60)
+        with pytest.raises(StopIteration):
+            next(chunks)
