@@ -238,7 +238,9 @@ def process(
         on_progress: called with a :class:`ProgressEvent` at the start, after each batch and each record.
         chunks: the ``FileChunk`` stream of exactly ``items`` (``file_index`` = position in
             ``items``), e.g. a :class:`~salmonn.prefetch.Prefetcher` started early so that decoding
-            overlaps the model load; default: a Prefetcher over ``items``, started here.
+            overlaps the model load; default: a Prefetcher over ``items``, started here. A source
+            with the Prefetcher's ``get(timeout)`` (``None`` when no chunk is ready in time) lets a
+            continuous batcher decode while the input is slow; any other iterable is read as is.
 
     Closing the generator early (``--fail-fast``) closes ``chunks`` (the decoding threads stop).
     """

@@ -10,6 +10,7 @@ from salmonn.batcher import Batcher, StreamBatcher, make_batcher
 from salmonn.config import GenerationOptions
 from salmonn.engine import TaskSpec, process
 from salmonn.inputs import expand_inputs
+from salmonn.prefetch import Prefetcher
 
 GREEDY = GenerationOptions(max_new_tokens=10, num_beams=1)
 BEAM = GenerationOptions(max_new_tokens=8, num_beams=3)
@@ -61,6 +62,43 @@ def test_continuous_engine_gives_the_static_records(model, folder, options):
     assert [(r.text, r.segments) for r in continuous] == [(r.text, r.segments) for r in static]
     assert sum(len(r.segments) for r in continuous) == 2 + 1 + 1 + 2
     assert all(r.error is None and r.timings["model_s"] > 0 for r in continuous)
+
+
+class _Stalling:
+    """A chunk source (``get`` as :class:`~salmonn.prefetch.Prefetcher` has) whose next chunk is
+    ready only at every third look without waiting: the engine decodes while it stalls."""
+
+    def __init__(self, chunks):
+        self._chunks, self._looks, self.stalls = iter(chunks), 0, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._chunks)
+
+    def get(self, timeout=None):
+        if timeout is not None:
+            self._looks += 1
+            if self._looks % 3:
+                self.stalls += 1
+                return None
+        return next(self._chunks)
+
+
+@pytest.mark.parametrize("options", [GREEDY, BEAM], ids=["greedy", "beam"])
+def test_decoding_while_the_source_stalls_gives_the_same_records(model, folder, options):
+    items = expand_inputs([folder])
+    with Prefetcher([str(i.path) for i in items]) as decoded:
+        chunks = list(decoded)
+    source = _Stalling(chunks)
+    stalled = list(process(model, items, SPEC, generation=options, batch_size=2, chunks=source))
+    static = list(process(_Static(model), items, SPEC, generation=options, batch_size=2))
+    assert source.stalls > 0
+    assert [(r.path, r.text, r.segments) for r in stalled] == [
+        (r.path, r.text, r.segments) for r in static
+    ]
+    assert all(r.error is None and r.timings["model_s"] > 0 for r in stalled)
 
 
 def test_failure_in_flight_is_retried_chunk_by_chunk(model):
