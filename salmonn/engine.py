@@ -46,6 +46,12 @@ from .summary import SummaryPass
 
 JOIN_MODES = ("concat", "summary")
 
+_STALL_S = 0.25
+"""Seconds without a new chunk after which a continuous batcher decodes the chunks it holds
+instead of waiting for a full batch: longer than the gaps of a fast input (which would otherwise
+decode in smaller batches, each step costing about as much as a full one), short next to a person's
+or a job's patience."""
+
 
 class EngineModel(Protocol):
     """What the engine needs of a model (``SalmonnModel`` or a test double).
@@ -297,22 +303,25 @@ class _Run:
         """Feed ``chunks`` to the batcher and yield the records as they are due.
 
         Chunks are taken until a batch is full, then decoded. With a continuous batcher and a
-        chunk source that can say whether a chunk is ready (a :class:`~salmonn.prefetch.
-        Prefetcher`'s ``get(timeout=0)``), the held chunks are also decoded, a step at a time,
-        while the input is slow (stdin, a network drive, a long ffmpeg start): a finished file's
-        record comes out, and is written, without waiting for the chunks of the next files."""
+        chunk source that can wait a bounded time (a :class:`~salmonn.prefetch.Prefetcher`'s
+        ``get(timeout)``), the held chunks are also decoded, a step at a time, once no chunk
+        came for ``_STALL_S`` and until one comes: while the input is slow (stdin, a network
+        drive, a long ffmpeg start), a finished file's record comes out, and is written, without
+        waiting for the chunks of the next files."""
         get = getattr(chunks, "get", None) if isinstance(self.batcher, StreamBatcher) else None
         if get is None:  # a plain iterable (the server's generator): blocking reads only
             for fc in chunks:
                 yield from self._took(fc)
         else:
             batcher: StreamBatcher = self.batcher  # type: ignore[assignment]
+            stalled = False
             while True:
-                try:
-                    fc = get(0) if batcher.busy else get(None)
+                try:  # a short gap (a fast input) is waited out, so batches still fill
+                    fc = get((0 if stalled else _STALL_S) if batcher.busy else None)
                 except StopIteration:
                     break
-                if fc is None:  # nothing decoded yet: decode what is held meanwhile
+                stalled = fc is None
+                if stalled:  # the input is slow: decode what is held meanwhile
                     self.answered(batcher.step())
                     yield from self.finish()
                 else:
