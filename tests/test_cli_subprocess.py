@@ -164,12 +164,15 @@ def test_a_finished_file_is_written_while_the_next_input_is_still_decoding(model
             env=cli_env(**gate.env),
         )
     try:
-        wait_until(
-            lambda: gate.held() and line_count(out) >= 1,
-            300,
-            "first.wav's record with second.wav's decoding held",
-            alive=lambda: proc.poll() is None,
-        )
+        try:
+            wait_until(
+                lambda: gate.held() and line_count(out) >= 1,
+                300,
+                "first.wav's record with second.wav's decoding held",
+                alive=lambda: proc.poll() is None,
+            )
+        except AssertionError as err:
+            raise AssertionError(f"{err}: {log.read_text(errors='replace')[-2000:]}") from None
         assert proc.poll() is None  # still held at second.wav: nothing of it could be decoded
         (held,) = jsonl(out.read_text(encoding="utf-8"))
         assert Path(held["path"]).name == "first.wav" and held["error"] is None
