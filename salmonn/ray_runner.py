@@ -5,7 +5,7 @@
     import salmonn
 
     for record in salmonn.run_task_on_ray(
-        ["/shared/audio"], "transcribe", model={"preset": "salmonn-13b"}, address="auto"
+        ["/nfs/audio"], "transcribe", model={"preset": "salmonn-13b"}, address="auto"
     ):
         print(record.path, record.text)
 
