@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -128,22 +130,35 @@ def _wait_ready(base: str, process: subprocess.Popen, timeout: float = 600) -> N
     raise SystemExit("server not ready in time")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+@contextlib.contextmanager
+def serving(script: str, options: list[str]) -> Iterator[tuple[str, Any]]:
+    """Run ``script --serve --port P OPTIONS`` as the server; yields its base URL and an openai
+    client, and stops the server (SIGTERM, then kill) on the way out."""
     from openai import OpenAI
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, __file__, "--serve", "--port", str(port)]
+    command = [sys.executable, script, "--serve", "--port", str(port), *options]
+    server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        _wait_ready(base, server)
+        yield base, OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    options: list[str] = []
     for name in ("layers", "hidden", "ffn", "new_tokens", "num_beams", "max_batch_size", "threads"):
         value = getattr(args, name)
         if value is not None:
-            command += [f"--{name.replace('_', '-')}", str(value)]
-    command += ["--batch-wait-ms", str(args.batch_wait_ms), "--requests", str(args.requests)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(command, env=env)
-    try:
-        _wait_ready(base, server)
-        client = OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
+            options += [f"--{name.replace('_', '-')}", str(value)]
+    options += ["--batch-wait-ms", str(args.batch_wait_ms), "--requests", str(args.requests)]
+    with serving(__file__, options) as (base, client):
         with tempfile.TemporaryDirectory() as folder:
             clips = _clips(Path(folder), args.requests, args.seconds)
 
@@ -190,12 +205,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model_calls_concurrent": calls,
             "load_average": os.getloadavg(),
         }
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_serve import INSTRUCTION, _clips, _free_port, _wait_ready  # noqa: E402
+from bench_serve import INSTRUCTION, _clips, serving  # noqa: E402
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -107,19 +105,11 @@ def _median(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from openai import OpenAI
-
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable, __file__, "--serve", "--port", str(port), "--layers", str(args.layers),
-        "--hidden", str(args.hidden), "--ffn", str(args.ffn), "--new-tokens", str(args.new_tokens),
-        "--concurrency", str(args.concurrency),
+    options = [
+        "--layers", str(args.layers), "--hidden", str(args.hidden), "--ffn", str(args.ffn),
+        "--new-tokens", str(args.new_tokens), "--concurrency", str(args.concurrency),
     ]  # fmt: skip
-    server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        _wait_ready(base, server)
-        client = OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
+    with serving(__file__, options) as (_base, client):
         with tempfile.TemporaryDirectory() as folder:
             clips = _clips(Path(folder), max(args.requests, args.concurrency), args.seconds)
         greedy, beams = {"num_beams": 1}, {"num_beams": args.beams}
@@ -148,12 +138,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["concurrent_total_s"] = _median(together, "total_s")
         result["concurrent_deltas"] = _median(together, "deltas")
         return result
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
