@@ -149,10 +149,10 @@ def test_iter_jsonl_tolerates_a_cut_last_line():
 
 
 def test_documented_example_is_a_v1_record():
-    doc = Path(__file__).resolve().parents[1] / "README.md"
+    doc = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
     text = doc.read_text(encoding="utf-8")
     block = re.search(r"Example \(one line.*?```json\n(.*?)```", text, re.S)
-    assert block, "the JSONL example is missing from README.md"
+    assert block, "the JSONL example is missing from docs/cli.md"
     line = block.group(1).replace("\n ", " ").strip()
     assert Record.from_json(line).to_json() == line
 
