@@ -1,6 +1,6 @@
 """Random SALMONN models for the benchmarks (no real weights needed).
 
-``decode_heavy_model``: the tiny encoders and Q-Former of ``salmonn.tiny`` in front of a random
+``decode_heavy_model``: the tiny encoders and Q-Former of ``salmonn.model.tiny`` in front of a random
 LLaMA of 8 layers x 1024 (8 heads of 128, FFN 2816, vocabulary 32001) with LoRA r=8, float32 on
 CPU. Its LLM decode step costs what it would in a real model relative to the encoders, which the
 tiny model hides. Random weights almost never pick EOS, so answers run to the limit;
@@ -14,15 +14,15 @@ from typing import Any
 
 import torch
 
-from salmonn.model import SalmonnModel
+from salmonn.model.salmonn_model import SalmonnModel
 
 LLM_VOCAB = 32001
 DECODE_HEAVY = {"hidden": 1024, "layers": 8, "heads": 8, "ffn": 2816}
 
 
 def tiny_model(device: str = "cpu", **load_kwargs: Any) -> SalmonnModel:
-    from salmonn.checkpoint import load_model
-    from salmonn.tiny import write_tiny_model
+    from salmonn.hub.load import load_model
+    from salmonn.model.tiny import write_tiny_model
 
     paths = write_tiny_model(tempfile.mkdtemp(prefix="salmonn-bench-"), seed=0)
     return load_model(
@@ -84,7 +84,7 @@ def decode_heavy_model(*, seed: int = 0, dims: dict[str, int] | None = None) -> 
     """The tiny SALMONN with its LLM replaced by a random LLaMA of ``dims`` (CPU, float32)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from salmonn.llm import wrap_lora
+    from salmonn.model.llm import wrap_lora
 
     dims = {**DECODE_HEAVY, **(dims or {})}
     tiny = tiny_model("cpu")

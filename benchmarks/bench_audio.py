@@ -19,14 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from salmonn.audio import decode_command, find_ffmpeg
-from salmonn.chunking import iter_chunks
+from salmonn.audio.chunking import iter_chunks
+from salmonn.audio.decode import decode_command, find_ffmpeg
 
 TEN_MINUTES = 600
 
 _RSS_CHILD = r"""
 import json, os, resource, sys, time
-from salmonn.chunking import iter_chunks
+from salmonn.audio.chunking import iter_chunks
 
 def rss_kb():  # resident set now (Linux); ru_maxrss elsewhere
     try:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import decode_heavy_model, eos_after_tokens
 
 from salmonn.config import GenerationOptions
-from salmonn.model import SalmonnModel, WorkItem
+from salmonn.model.salmonn_model import SalmonnModel, WorkItem
 
 PROMPTS = (
     "Recognize the speech and give me the transcription.",
@@ -113,7 +113,7 @@ def _stream(model: SalmonnModel, clips, prompts, options, batch_size: int) -> li
 
 
 def load_before(path: str) -> Any:
-    """An earlier ``salmonn/generation.py`` (e.g. ``git show REV:salmonn/generation.py``), imported
+    """An earlier ``salmonn/model/generation.py`` (e.g. ``git show REV:salmonn/model/generation.py``), imported
     inside the ``salmonn`` package so its relative imports resolve."""
     import importlib.util
 
@@ -151,7 +151,7 @@ def step_ms(
 ) -> float:
     """ms per decode step with ``items * num_beams`` rows: (t(N tokens) - t(1 token)) / (N - 1)."""
     if generate_ids is None:
-        from salmonn.generation import generate_ids
+        from salmonn.model.generation import generate_ids
 
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(items)]
     audio = model.encode_audio(clips[:items])
@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--before",
         metavar="FILE",
-        help="an earlier salmonn/generation.py to time side by side (git show REV:salmonn/generation.py)",
+        help="an earlier salmonn/model/generation.py to time side by side (git show REV:salmonn/model/generation.py)",
     )
     args = parser.parse_args(argv)
     if args.threads:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 
 def make_file(folder: Path, minutes: float) -> Path:
-    from salmonn.audio import find_ffmpeg
+    from salmonn.audio.decode import find_ffmpeg
 
     path = folder / f"tone_{minutes:g}min.mp3"
     if path.is_file():
@@ -64,8 +64,9 @@ def child(path: str, tiny_dir: str, fake: bool, batch: int) -> None:
     if fake:
         from types import SimpleNamespace
 
-        from salmonn.engine import TaskSpec, process
-        from salmonn.inputs import expand_inputs
+        from salmonn.audio.inputs import expand_inputs
+        from salmonn.jobs.engine import process
+        from salmonn.jobs.spec import TaskSpec
 
         class Fake:
             identity: dict = {}  # noqa: RUF012 - never changed
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (tiny_dir / "paths.json").is_file():
         from dataclasses import asdict
 
-        from salmonn.tiny import write_tiny_model
+        from salmonn.model.tiny import write_tiny_model
 
         paths = write_tiny_model(tiny_dir, seed=0)
         (tiny_dir / "paths.json").write_text(json.dumps(asdict(paths)))

@@ -1,6 +1,6 @@
 """Throughput of SalmonnModel: encode_audio and generate at several batch sizes.
 
-Default: the tiny random SALMONN (``salmonn.tiny``) on CPU, float32. ``--full-size`` builds random
+Default: the tiny random SALMONN (``salmonn.model.tiny``) on CPU, float32. ``--full-size`` builds random
 SALMONN-13B-shaped weights (Whisper large-v2, BEATs 12x768, Q-Former 768, LLaMA 40x5120, LoRA r=8)
 in float16 on CUDA; it needs a GPU with about 40 GB free and is meant for a GPU machine.
 
@@ -26,7 +26,7 @@ import torch
 from _models import suppress_eos, tiny_model
 
 from salmonn.config import GenerationOptions
-from salmonn.model import SalmonnModel
+from salmonn.model.salmonn_model import SalmonnModel
 
 PROMPT = "Describe the audio."
 
@@ -40,10 +40,10 @@ def _random_model(device: torch.device, dtype: torch.dtype, dims: dict[str, Any]
     from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from salmonn.encoders.beats import Beats, BeatsConfig
-    from salmonn.llm import PromptTokenizer, add_pad_row, wrap_lora
-    from salmonn.qformer import QFormerConfig
-    from salmonn.tiny import beats_cfg, write_tiny_model
+    from salmonn.model.encoders.beats import Beats, BeatsConfig
+    from salmonn.model.llm import PromptTokenizer, add_pad_row, wrap_lora
+    from salmonn.model.qformer import QFormerConfig
+    from salmonn.model.tiny import beats_cfg, write_tiny_model
 
     tokenizer = PromptTokenizer(write_tiny_model(tempfile.mkdtemp(prefix="salmonn-bench-")).llm)
     w_d, w_layers, w_heads, w_ffn = dims["whisper"]
@@ -113,7 +113,7 @@ def _timed(fn: Callable[..., Any], device: torch.device, *args: Any) -> tuple[fl
 
 def _llm_only(model: SalmonnModel, audio: torch.Tensor, options: GenerationOptions) -> object:
     """Prompt assembly + decoding alone (the part of ``generate`` after ``encode_audio``)."""
-    from salmonn.generation import generate_ids
+    from salmonn.model.generation import generate_ids
 
     with (
         torch.inference_mode(),

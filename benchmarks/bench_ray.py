@@ -33,7 +33,7 @@ def ray_overhead(model: dict[str, str], cpus: int) -> dict[str, float]:
     """Seconds for ray.init (local), the first worker ready (process, imports, model) and shutdown."""
     import ray
 
-    from salmonn.ray_runner import SalmonnWorker
+    from salmonn.cluster.runner import SalmonnWorker
 
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args(argv)
 
-    from salmonn.tiny import write_tiny_model
+    from salmonn.model.tiny import write_tiny_model
 
     cores = os.cpu_count() or 1
     os.environ.update(HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")  # a throw-away local Ray

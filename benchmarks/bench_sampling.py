@@ -2,7 +2,7 @@
 against one draw over the whole batch on torch's global generator, and greedy, side by side.
 
 The model is the decode-heavy random SALMONN (``benchmarks/_models.py``: LLaMA 8 x 1024, vocabulary
-32001, CPU float32); 32 text prompts decode together in one :class:`salmonn.generation.Decoder`.
+32001, CPU float32); 32 text prompts decode together in one :class:`salmonn.model.generation.Decoder`.
 For each decoding it times ``--steps`` decode steps after the first, best of ``--repeats``, and
 also the draw alone on a [32, 32001] probability table.
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import decode_heavy_model
 
 from salmonn.config import GenerationOptions
-from salmonn.generation import Decoder, _draw, _Item, _make_generator
+from salmonn.model.generation import Decoder, _draw, _Item, _make_generator
 
 DECODINGS = {
     "greedy": GenerationOptions(num_beams=1),

@@ -18,7 +18,7 @@ run goes on; sections left when ``--budget`` seconds are spent are recorded as s
 
 Random weights: Whisper large-v2, BEATs 12x768, Q-Former 768, LLaMA 40x5120 (FFN 13824), LoRA r=8;
 answers are forced to ``--new-tokens`` tokens (EOS suppressed), so timings do not depend on when a
-random model stops. ``--tiny`` uses ``salmonn.tiny``'s model on CPU, smaller batches and fewer tokens.
+random model stops. ``--tiny`` uses ``salmonn.model.tiny``'s model on CPU, smaller batches and fewer tokens.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import suppress_eos, tiny_model
 
 from salmonn.config import GenerationOptions
-from salmonn.model import SalmonnModel, WorkItem
+from salmonn.model.salmonn_model import SalmonnModel, WorkItem
 
 PROMPT = "Recognize the speech and give me the transcription."
 
@@ -173,7 +173,7 @@ def _bandwidth(device: torch.device) -> float | None:
 
 
 def _decode(check: Check, model: SalmonnModel, cfg: dict[str, Any]) -> dict[str, Any]:
-    from salmonn.generation import generate_ids
+    from salmonn.model.generation import generate_ids
 
     options = cfg["options"]
     lm = model.llama_model
@@ -241,7 +241,7 @@ def _quantized(check: Check, model: SalmonnModel, cfg: dict[str, Any]) -> dict[s
         import bitsandbytes  # noqa: F401
     except ImportError:
         return {"skipped": "bitsandbytes is not installed (pip install 'salmonn[gpu]')"}
-    from salmonn.llm import load_llm
+    from salmonn.model.llm import load_llm
 
     options = cfg["options"]
     folder = Path(tempfile.mkdtemp(prefix="salmonn-gpu-check-llm-"))
@@ -317,7 +317,7 @@ def run(tiny: bool, out: Path, budget_s: float, clips: int | None, new_tokens: i
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
-        "model": "tiny (salmonn.tiny)" if tiny else "random SALMONN-13B shapes, fp16",
+        "model": "tiny (salmonn.model.tiny)" if tiny else "random SALMONN-13B shapes, fp16",
         "torch": torch.__version__,
         "new_tokens": cfg["options"].max_new_tokens,
         "beams": cfg["options"].num_beams,

@@ -24,35 +24,35 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
-    "load_model": "checkpoint",
-    "SalmonnModel": "model",
-    "GenerationResult": "model",
-    "WorkItem": "model",
-    "GenerationStream": "model",
-    "iter_chunks": "chunking",
-    "Chunk": "chunking",
-    "load_audio": "audio",
-    "probe": "audio",
-    "AudioInfo": "audio",
-    "find_ffmpeg": "audio",
-    "Prefetcher": "prefetch",
-    "FileChunk": "prefetch",
-    "expand_inputs": "inputs",
-    "InputItem": "inputs",
-    "write_tiny_model": "tiny",
-    "process": "engine",
-    "TaskSpec": "engine",
-    "ProgressEvent": "engine",
-    "Record": "records",
-    "Segment": "records",
-    "resolve_components": "hub",
-    "run_task": "tasks",
-    "make_task": "tasks",
-    "Task": "tasks",
-    "TASKS": "tasks",
-    "run_task_on_ray": "ray_runner",
-    "RayOptions": "ray_runner",
-    "PRESETS": "hub",
+    "load_model": "hub.load",
+    "SalmonnModel": "model.salmonn_model",
+    "GenerationResult": "model.salmonn_model",
+    "WorkItem": "model.salmonn_model",
+    "GenerationStream": "model.salmonn_model",
+    "iter_chunks": "audio.chunking",
+    "Chunk": "audio.chunking",
+    "load_audio": "audio.decode",
+    "probe": "audio.decode",
+    "AudioInfo": "audio.decode",
+    "find_ffmpeg": "audio.decode",
+    "Prefetcher": "audio.prefetch",
+    "FileChunk": "audio.prefetch",
+    "expand_inputs": "audio.inputs",
+    "InputItem": "audio.inputs",
+    "write_tiny_model": "model.tiny",
+    "process": "jobs.engine",
+    "TaskSpec": "jobs.spec",
+    "ProgressEvent": "jobs.spec",
+    "Record": "jobs.records",
+    "Segment": "jobs.records",
+    "resolve_components": "hub.resolve",
+    "run_task": "jobs.tasks",
+    "make_task": "jobs.tasks",
+    "Task": "jobs.tasks",
+    "TASKS": "jobs.tasks",
+    "run_task_on_ray": "cluster.runner",
+    "RayOptions": "cluster.runner",
+    "PRESETS": "hub.resolve",
 }
 
 __all__ = [
@@ -83,15 +83,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .audio import AudioInfo, find_ffmpeg, load_audio, probe  # noqa: F401
-    from .checkpoint import load_model  # noqa: F401
-    from .chunking import Chunk, iter_chunks  # noqa: F401
-    from .engine import ProgressEvent, TaskSpec, process  # noqa: F401
-    from .hub import PRESETS, resolve_components  # noqa: F401
-    from .inputs import InputItem, expand_inputs  # noqa: F401
-    from .model import GenerationResult, GenerationStream, SalmonnModel, WorkItem  # noqa: F401
-    from .prefetch import FileChunk, Prefetcher  # noqa: F401
-    from .ray_runner import RayOptions, run_task_on_ray  # noqa: F401
-    from .records import Record, Segment  # noqa: F401
-    from .tasks import TASKS, Task, make_task, run_task  # noqa: F401
-    from .tiny import write_tiny_model  # noqa: F401
+    from .audio.chunking import Chunk, iter_chunks  # noqa: F401
+    from .audio.decode import AudioInfo, find_ffmpeg, load_audio, probe  # noqa: F401
+    from .audio.inputs import InputItem, expand_inputs  # noqa: F401
+    from .audio.prefetch import FileChunk, Prefetcher  # noqa: F401
+    from .cluster.runner import RayOptions, run_task_on_ray  # noqa: F401
+    from .hub.load import load_model  # noqa: F401
+    from .hub.resolve import PRESETS, resolve_components  # noqa: F401
+    from .jobs.engine import process  # noqa: F401
+    from .jobs.records import Record, Segment  # noqa: F401
+    from .jobs.spec import ProgressEvent, TaskSpec  # noqa: F401
+    from .jobs.tasks import TASKS, Task, make_task, run_task  # noqa: F401
+    from .model.salmonn_model import GenerationResult, GenerationStream, SalmonnModel, WorkItem  # noqa: F401
+    from .model.tiny import write_tiny_model  # noqa: F401

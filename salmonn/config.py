@@ -10,7 +10,7 @@ from .constants import MIN_SECONDS, WINDOW_SECONDS
 from .errors import ConfigError
 
 DEFAULT_BATCH_SIZE = 4  # chunks per model call, taken across files
-AUTO_BATCH_SIZE = "auto"  # the largest batch that fits the device (salmonn.capacity); CPU: the default
+AUTO_BATCH_SIZE = "auto"  # the largest batch that fits the device (salmonn.model.capacity); CPU: the default
 
 
 def check_batch_size(value: Any) -> Any:
@@ -40,7 +40,7 @@ _DEVICE_NAME = re.compile(r"(cpu|mps|(cuda|xpu)(:\d+)?)")
 def check_device(name: str) -> str:
     """``name`` when it names a device the model can run on (``cpu``, ``cuda``, ``cuda:N``, ``mps``,
     ``xpu[:N]``), checked without importing torch (so the CLI can check a value early); whether
-    that device is there is :func:`salmonn.checkpoint.resolve_device`'s question.
+    that device is there is :func:`salmonn.model.devices.resolve_device`'s question.
 
     Raises:
         ConfigError: any other name.

@@ -28,7 +28,7 @@ def prompts(name: str | None, as_json: bool) -> None:
     Built-in templates come with salmonn; yours go in $SALMONN_PROMPTS_DIR or
     $XDG_CONFIG_HOME/salmonn/prompts/*.json (same format; a built-in name overrides it).
     """
-    from salmonn.templates import get_template, load_templates
+    from salmonn.jobs.templates import get_template, load_templates
 
     try:
         chosen = [get_template(name)] if name else list(load_templates().values())
@@ -87,7 +87,7 @@ def models(ctx: click.Context) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from salmonn.hub import PRESETS, cached_status, hub_cache_dir, hub_offline
+    from salmonn.hub.resolve import PRESETS, cached_status, hub_cache_dir, hub_offline
 
     offline = f"  (offline mode: {offline_variable()})" if hub_offline() else ""
     click.echo(f"cache: {hub_cache_dir()}{offline}")
@@ -115,8 +115,8 @@ def models(ctx: click.Context) -> None:
 def download(name: str | None) -> None:
     """Download every component of the preset NAME (default: as for the task commands) into the
     Hugging Face cache. What is cached already is not fetched again."""
-    from salmonn.hub import PRESETS
-    from salmonn.hub import download as fetch
+    from salmonn.hub.resolve import PRESETS
+    from salmonn.hub.resolve import download as fetch
 
     if name is None:
         name = resolve({})["model"].value
@@ -142,7 +142,7 @@ def _check(label: str, func: Any) -> tuple[bool, Any]:
 
 
 def _ffmpeg_version() -> str:
-    from salmonn.audio import find_ffmpeg
+    from salmonn.audio.decode import find_ffmpeg
 
     exe = find_ffmpeg()
     out = subprocess.run(
@@ -181,8 +181,13 @@ def _torch_report() -> str:
 
 def _match(comps: Any) -> str:
     """Check that the components fit each other from configs and tensor shapes (no model is built)."""
-    from salmonn.checkpoint import CheckpointLayout, check_encoders, check_llm, read_checkpoint
-    from salmonn.hub import verify_beats_file
+    from salmonn.hub.resolve import verify_beats_file
+    from salmonn.model.checkpoint import (
+        CheckpointLayout,
+        check_encoders,
+        check_llm,
+        read_checkpoint,
+    )
 
     layout = CheckpointLayout.from_state(read_checkpoint(comps.checkpoint), comps.checkpoint)
     check_llm(layout, comps.llm)
@@ -196,7 +201,7 @@ def _match(comps: Any) -> str:
 
 def _auto_batch(comps: Any, kwargs: dict[str, Any]) -> str:
     """What ``--batch-size auto`` would pick on this machine for these components."""
-    from salmonn.capacity import describe_components
+    from salmonn.model.capacity import describe_components
 
     return describe_components(comps, kwargs.get("device"), kwargs.get("dtype"))
 
@@ -235,7 +240,7 @@ def doctor(**flags: Any) -> None:
         setting = settings[key]
         value = "-" if setting.value is None else setting.value
         click.echo(f"  {key:<12} {value}  [{setting.origin}]")
-    from salmonn.hub import resolve_components
+    from salmonn.hub.resolve import resolve_components
 
     good, comps = _check(
         "components",
@@ -270,7 +275,7 @@ def tiny_model(out_dir: str, seed: int) -> None:
     """Write a tiny random SALMONN (official on-disk formats) to OUT_DIR and print its paths as JSON."""
     import dataclasses
 
-    from salmonn.tiny import write_tiny_model
+    from salmonn.model.tiny import write_tiny_model
 
     paths = write_tiny_model(out_dir, seed=seed)
     click.echo(json.dumps(dataclasses.asdict(paths), indent=2))

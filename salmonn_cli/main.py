@@ -15,7 +15,7 @@ import click
 
 from salmonn import __version__
 from salmonn.errors import PromptError, SalmonnError, error_line
-from salmonn.tasks import TRANSCRIBE_LANGUAGES, make_task
+from salmonn.jobs.tasks import TRANSCRIBE_LANGUAGES, make_task
 
 from .options import PER_CHUNK_OPTION, common_options
 from .ray_executor import ray_executor

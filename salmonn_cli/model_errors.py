@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from salmonn.errors import SalmonnError
-from salmonn.hub import ComponentPathError, ComponentsNotFound, MissingSourceError
+from salmonn.hub.resolve import ComponentPathError, ComponentsNotFound, MissingSourceError
 
 TRY_TINY = "to try the tool without weights: `salmonn dev tiny-model DIR`"
 

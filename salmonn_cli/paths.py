@@ -156,14 +156,14 @@ def _done_of(record: Any) -> Done:
 
 
 def _done_in_jsonl(path: Path) -> list[Done]:
-    from salmonn.records import iter_jsonl
+    from salmonn.jobs.records import iter_jsonl
 
     with open(path, encoding="utf-8") as stream:
         return [_done_of(record) for record in iter_jsonl(stream)]
 
 
 def _done_in_json(path: Path) -> list[Done]:
-    from salmonn.records import Record
+    from salmonn.jobs.records import Record
 
     data = json.loads(path.read_text(encoding="utf-8"))
     rows = data if isinstance(data, list) else [data]

@@ -75,7 +75,7 @@ class _Durations:
         self._thread.start()
 
     def _run(self) -> None:
-        from salmonn.audio import probe
+        from salmonn.audio.decode import probe
         from salmonn.errors import SalmonnError
 
         for path in self.paths:
@@ -122,7 +122,7 @@ class Reporter:
     def echo(self, message: str) -> None:
         """One line on stderr, above the bar when it runs; control characters (from file names or
         model text) are dropped so they cannot drive the terminal."""
-        from salmonn.writers import printable
+        from salmonn.jobs.writers import printable
 
         message = printable(message)
         if self._progress is not None:
@@ -206,7 +206,7 @@ class Reporter:
             progress.start()
 
     def __call__(self, event: Any) -> None:
-        """The engine's ``on_progress`` callback (a :class:`salmonn.engine.ProgressEvent`)."""
+        """The engine's ``on_progress`` callback (a :class:`salmonn.jobs.engine.ProgressEvent`)."""
         self._last = event
         if self._progress is None:
             return

@@ -55,7 +55,7 @@ def _usage(message: str) -> click.UsageError:
 
 @dataclass(frozen=True)
 class RaySettings:
-    """The ``--ray*`` flags, checked (see :class:`salmonn.ray_runner.RayOptions`)."""
+    """The ``--ray*`` flags, checked (see :class:`salmonn.cluster.runner.RayOptions`)."""
 
     address: str
     workers: int | None = None
@@ -65,7 +65,7 @@ class RaySettings:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> RaySettings | None:
         """``None`` without ``--ray``; a usage error for a bad address or a flag without ``--ray``."""
-        from salmonn.ray_runner import RayOptions
+        from salmonn.cluster.runner import RayOptions
 
         if params.get("ray") is None:
             given = [f"--{k.replace('_', '-')}" for k in RAY_KEYS[1:] if params.get(k) is not None]
@@ -108,7 +108,7 @@ def ray_executor(params: dict[str, Any]) -> Any:
 
 def _start(settings: RaySettings, job: Any, reporter: Any) -> Iterator[Any]:
     """Start the workers and wait for the first model replica; return the record iterator."""
-    from salmonn.ray_runner import RayUnavailableError, import_ray, run_task_on_ray
+    from salmonn.cluster.runner import RayUnavailableError, import_ray, run_task_on_ray
 
     if any(str(item.path) == "-" for item in job.items):
         raise _usage("--ray cannot read standard input ('-'): save the audio to a file")
@@ -149,7 +149,7 @@ def _resolved(model: dict[str, Any], job: Any) -> dict[str, Any]:
     """The model's component paths found (or downloaded) here, once, before the workers start:
     workers on this machine then share them instead of each fetching the same files."""
     from salmonn.constants import COMPONENTS
-    from salmonn.hub import resolve_components
+    from salmonn.hub.resolve import resolve_components
 
     from .model_errors import quiet_hub
 
@@ -162,7 +162,7 @@ def _resolved(model: dict[str, Any], job: Any) -> dict[str, Any]:
 class _WarningsTo(logging.Handler):
     """Shows the Ray driver's warnings (workers lost, files handed out again) through the reporter."""
 
-    LOGGERS = ("salmonn.ray_runner", "salmonn.ray_pool")  # the modules that warn about the cluster
+    LOGGERS = ("salmonn.cluster.runner", "salmonn.cluster.pool")  # the modules that warn about the cluster
 
     def __init__(self, reporter: Any) -> None:
         super().__init__(logging.WARNING)

@@ -67,7 +67,7 @@ def collect_inputs(settings: InputSettings, note: Callable[[str], None] | None =
     ``note`` is told about each folder named on the command line that holds no audio when other
     inputs do (an empty selection is one usage error, not a note and an error).
     """
-    from salmonn.inputs import expand_inputs
+    from salmonn.audio.inputs import expand_inputs
 
     if not settings.paths and settings.list_file is None:
         raise _usage(
@@ -105,7 +105,7 @@ class Sink:
     """Writes each record where ``-o`` says, flushed as soon as it arrives."""
 
     def __init__(self, settings: OutputSettings, items: list[Any]) -> None:
-        from salmonn.writers import get_writer
+        from salmonn.jobs.writers import get_writer
 
         self.plan = outputs.plan_output(settings.target)
         self.fmt, self.resume = settings.fmt, settings.resume
@@ -200,7 +200,7 @@ def run_task(params: dict[str, Any], task: Any, executor: Executor | None = None
     items = collect_inputs(settings.inputs, note=reporter.info)
     sink = Sink(settings.output, items)
     if settings.inputs.shard is not None:
-        from salmonn.engine import select_shard
+        from salmonn.jobs.engine import select_shard
 
         items = select_shard(items, *settings.inputs.shard)
     todo, earlier_failed = _pending(items, spec, settings, sink, reporter)
@@ -239,7 +239,7 @@ def _exit_for_failures(failed: int, ran: int, earlier_failed: int, reporter: Rep
 
 def _var_hint(task: Any) -> str:
     """``; give it with --var question=VALUE`` when a template's variables were not all given."""
-    from salmonn.templates import get_template
+    from salmonn.jobs.templates import get_template
 
     name, given = getattr(task, "template", None), getattr(task, "variables", None) or {}
     try:
@@ -264,7 +264,7 @@ def _pending(
     """
     if not settings.output.resume:
         return items, 0
-    from salmonn.engine import planned_resume_key
+    from salmonn.jobs.engine import planned_resume_key
 
     done = sink.done()
     same = [d for d in done if settings.model.made(d.weights)]
@@ -319,8 +319,8 @@ def _write(job: Job, executor: Executor, sink: Sink, reporter: Reporter, fail_fa
 
 def local_executor(job: Job, reporter: Reporter) -> Iterator[Any]:
     """Run ``job`` in this process: decoding starts at once and overlaps the model load."""
-    from salmonn.engine import process
-    from salmonn.prefetch import Prefetcher
+    from salmonn.audio.prefetch import Prefetcher
+    from salmonn.jobs.engine import process
 
     paths = [str(i.path) for i in job.items]
     chunks = Prefetcher(paths, job.chunking, max_chunks=prefetch_depth(job.batch_size))
@@ -364,7 +364,7 @@ class _Closing:
 def load_model(settings: ModelSettings, *, verbose: int = 0, quiet: bool = False) -> Any:
     """Load the model of ``settings``; a library configuration error becomes a usage error."""
     from salmonn.constants import COMPONENTS
-    from salmonn.hub import resolve_components
+    from salmonn.hub.resolve import resolve_components
 
     from .model_errors import quiet_hub
 
@@ -374,7 +374,7 @@ def load_model(settings: ModelSettings, *, verbose: int = 0, quiet: bool = False
     # Find (or download) the weights before torch is imported: a missing one fails fast.
     found = resolve_components(kwargs["preset"], *(kwargs[c] for c in COMPONENTS))
     kwargs.update({c: getattr(found, c) for c in COMPONENTS})
-    from salmonn.checkpoint import load_model as load
+    from salmonn.hub.load import load_model as load
 
     if not verbose:
         _quiet_transformers(keep_downloads=not quiet)

@@ -108,7 +108,7 @@ class ModelSettings:
 
     def check_preset(self) -> None:
         """Raise :class:`SettingsError` for a preset name the library does not know."""
-        from salmonn.hub import PRESETS
+        from salmonn.hub.resolve import PRESETS
 
         if self.preset is not None and self.preset not in PRESETS:
             raise SettingsError(
@@ -140,7 +140,7 @@ class ModelSettings:
         scaling = self.lora_scaling
         if scaling is None:
             from salmonn.constants import DEFAULT_LORA_SCALING
-            from salmonn.presets import PRESETS
+            from salmonn.hub.presets import PRESETS
 
             preset = PRESETS.get(self.preset) if self.preset else None
             scaling = getattr(preset, "lora_scaling", DEFAULT_LORA_SCALING)

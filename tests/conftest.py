@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_paths(tmp_path_factory):
-    """A complete tiny random SALMONN written in the official on-disk formats (see salmonn.tiny)."""
-    from salmonn.tiny import write_tiny_model
+    """A complete tiny random SALMONN written in the official on-disk formats (see salmonn.model.tiny)."""
+    from salmonn.model.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny-salmonn"), seed=0)
 
@@ -36,7 +36,7 @@ def model_flags(tiny_paths):
 @pytest.fixture(scope="module")
 def tiny_model(tiny_paths):
     """The tiny SALMONN loaded on the CPU, once per test module."""
-    from salmonn.checkpoint import load_model
+    from salmonn.hub.load import load_model
 
     return load_model(
         tiny_paths.whisper, tiny_paths.beats, tiny_paths.llm, tiny_paths.checkpoint, device="cpu"

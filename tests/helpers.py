@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 from click.testing import CliRunner
 
-from salmonn.audio import find_ffmpeg
+from salmonn.audio.decode import find_ffmpeg
 
 SR = 16_000
 

@@ -1,4 +1,4 @@
-"""salmonn.audio against the real ffmpeg on files generated here (soundfile and ffmpeg lavfi)."""
+"""salmonn.audio.decode against the real ffmpeg on files generated here (soundfile and ffmpeg lavfi)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from salmonn.audio import (
+from salmonn.audio.decode import (
     AudioInfo,
     channels_from_layout,
     find_ffmpeg,
@@ -194,7 +194,7 @@ def test_closing_the_stream_stops_ffmpeg(media):
 
 
 def test_standard_input_through_a_real_pipe(media):
-    code = "from salmonn.audio import load_audio; a = load_audio('-'); print(len(a), a.dtype)"
+    code = "from salmonn.audio.decode import load_audio; a = load_audio('-'); print(len(a), a.dtype)"
     with open(media / "tone.flac", "rb") as stdin:
         done = subprocess.run([sys.executable, "-c", code], stdin=stdin, capture_output=True,
                               text=True, check=True)  # fmt: skip

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from salmonn.batcher import Batcher
 from salmonn.config import GenerationOptions
-from salmonn.records import Segment
-from salmonn.summary import SUMMARY_MARGIN_TOKENS, SummaryPass
+from salmonn.jobs.batcher import Batcher
+from salmonn.jobs.records import Segment
+from salmonn.jobs.summary import SUMMARY_MARGIN_TOKENS, SummaryPass
 
 
 class Script:

@@ -10,16 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from salmonn.encoders.beats import (
+from salmonn.audio.features import beats_fbank, beats_n_tokens
+from salmonn.errors import CheckpointError
+from salmonn.model.encoders.beats import (
     Beats,
     BeatsAttention,
     BeatsConfig,
     load_beats,
     relative_position_buckets,
 )
-from salmonn.errors import CheckpointError
-from salmonn.features import beats_fbank, beats_n_tokens
-from salmonn.formats import beats_shapes
+from salmonn.model.formats import beats_shapes
 
 SR = 16_000
 # The official file's flags (docs/original-model.md, "BEATs encoder") with tiny widths: head dim
@@ -51,7 +51,7 @@ TINY_CFG = {
 
 def _official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """Random weights in the official file's layout, tiny sizes. The keys and shapes come from
-    salmonn.formats (the one table of the layout; test_tiny checks that table independently); the
+    salmonn.model.formats (the one table of the layout; test_tiny checks that table independently); the
     scales are chosen here so that the forward comparison below exercises every part."""
     gen = torch.Generator().manual_seed(seed)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from salmonn.capacity import LlmShape, auto_batch_size, bytes_per_chunk
 from salmonn.config import DEFAULT_BATCH_SIZE, GenerationOptions, check_batch_size, prefetch_depth
-from salmonn.generation import Decoder
+from salmonn.model.capacity import LlmShape, auto_batch_size, bytes_per_chunk
+from salmonn.model.generation import Decoder
 
 BEAM = GenerationOptions(max_new_tokens=34, num_beams=3)
 
@@ -55,7 +55,8 @@ def test_estimate_covers_what_the_cache_really_holds():
 
 
 def test_engine_resolves_auto_with_the_model(monkeypatch):
-    from salmonn.engine import TaskSpec, process
+    from salmonn.jobs.engine import process
+    from salmonn.jobs.spec import TaskSpec
 
     seen = []
 
@@ -111,7 +112,7 @@ def test_cli_exact_and_auto_batch_settings(flag, monkeypatch):
 def test_heap_trimmer_trims_once_per_batch_of_answers():
     import sys
 
-    from salmonn.capacity import HeapTrimmer
+    from salmonn.model.capacity import HeapTrimmer
 
     trimmer = HeapTrimmer(every=3)
     if sys.platform.startswith("linux"):

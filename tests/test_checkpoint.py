@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from salmonn.checkpoint import load_model, read_checkpoint, resolve_device, resolve_dtype
 from salmonn.errors import CheckpointError, ConfigError
+from salmonn.hub.load import load_model
+from salmonn.model.checkpoint import read_checkpoint
+from salmonn.model.devices import resolve_device, resolve_dtype
 
 LORA = "llama_model.base_model.model.model.layers.{}.self_attn.{}.lora_{}.default.weight"
 

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 import salmonn
-from salmonn.audio import load_audio
-from salmonn.chunking import Chunk, chunk_stream, iter_chunks, quietest_offset
+from salmonn.audio.chunking import Chunk, chunk_stream, iter_chunks, quietest_offset
+from salmonn.audio.decode import load_audio
 from salmonn.config import ChunkingOptions
 from salmonn.errors import AudioDecodeError, ConfigError
 

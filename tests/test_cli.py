@@ -450,7 +450,7 @@ def test_progress_bar_renders_on_a_terminal(tmp_path):
 
     from rich.console import Console
 
-    from salmonn.engine import ProgressEvent
+    from salmonn.jobs.spec import ProgressEvent
     from salmonn_cli.progress import Reporter
 
     clip = tmp_path / "a.wav"

@@ -154,7 +154,7 @@ def test_verbose_logs_print_above_the_bar_without_weight_bars(clips, model_flags
 
 def test_library_load_model_prints_no_progress_bar(tiny_paths):
     script = (
-        "from salmonn.checkpoint import load_model\n"
+        "from salmonn.hub.load import load_model\n"
         f"load_model(whisper={str(tiny_paths.whisper)!r}, beats={str(tiny_paths.beats)!r},"
         f" llm={str(tiny_paths.llm)!r}, checkpoint={str(tiny_paths.checkpoint)!r})\n"
     )

@@ -164,7 +164,7 @@ def test_no_inputs_at_all_is_a_usage_error():
 
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory):
-    from salmonn.tiny import write_tiny_model
+    from salmonn.model.tiny import write_tiny_model
 
     paths = write_tiny_model(tmp_path_factory.mktemp("tiny-other"), seed=1)
     return ["--whisper", paths.whisper, "--beats", paths.beats, "--llm", paths.llm,
@@ -286,7 +286,7 @@ def test_missing_template_variable_suggests_var(clip):
 
 
 def test_piped_mp4_that_cannot_be_demuxed_says_to_pass_the_path(model_flags, tmp_path):
-    from salmonn.audio import find_ffmpeg
+    from salmonn.audio.decode import find_ffmpeg
 
     wav = tone(tmp_path / "long.wav", 40.0)
     mp4 = tmp_path / "long.mp4"

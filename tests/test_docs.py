@@ -187,7 +187,7 @@ def test_documented_python_names_exist():
         for module, imported in re.findall(r"^from (salmonn[\w.]*) import ([\w, ]+)$", text, re.MULTILINE):
             names.update(f"{module}.{name.strip()}" for name in imported.split(","))
     names = {n.rstrip(".") for n in names if not n.endswith(".pth")} - {"salmonn.prompt_data"}
-    assert {"salmonn.run_task", "salmonn.load_model", "salmonn.templates.render"} <= names
+    assert {"salmonn.run_task", "salmonn.load_model", "salmonn.jobs.templates.render"} <= names
     missing = []
     for dotted in sorted(names):
         try:

@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 
 from salmonn.config import ChunkingOptions, GenerationOptions
-from salmonn.engine import (
-    ProgressEvent,
-    TaskSpec,
-    pending_items,
-    planned_resume_key,
-    process,
-    select_shard,
-)
 from salmonn.errors import AudioDecodeError, ConfigError
-from salmonn.records import Record
+from salmonn.jobs.engine import pending_items, planned_resume_key, process, select_shard
+from salmonn.jobs.records import Record
+from salmonn.jobs.spec import ProgressEvent, TaskSpec
 
 BAD = -1.0  # a chunk whose samples are all BAD makes the fake model raise
 
@@ -300,7 +294,7 @@ def test_real_prefetcher_long_file_and_corrupt_file(tmp_path):
     """Real decoding: a 75 s file gives 3 chunks covering it, a corrupt file an error, batches span files."""
     import soundfile as sf
 
-    from salmonn.inputs import expand_inputs
+    from salmonn.audio.inputs import expand_inputs
 
     sr = 16_000
     t = np.arange(75 * sr) / sr

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from salmonn.errors import ConfigError
-from salmonn.features import (
+from salmonn.audio.features import (
     beats_fbank,
     beats_n_frames,
     beats_n_tokens,
     whisper_log_mel,
     whisper_mel_filters,
 )
+from salmonn.errors import ConfigError
 
 SR = 16_000
 
@@ -103,7 +103,7 @@ def test_whisper_mel_filters_match_the_428_construction():
     filters = whisper_mel_filters()
     assert filters.shape == (80, 201) and filters.dtype == np.float32
     # 4.28 hard-codes the top of the mel range as this literal: our derived value must equal it
-    from salmonn.features import _hz_to_slaney_mel
+    from salmonn.audio.features import _hz_to_slaney_mel
 
     assert _hz_to_slaney_mel(8000.0) == 45.245640471924965
     assert (filters > 0).sum(axis=1).min() >= 1  # no empty band

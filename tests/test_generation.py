@@ -1,4 +1,4 @@
-"""salmonn.generation: 4.28-style greedy / beam / sampling over inputs_embeds, exact per batch item.
+"""salmonn.model.generation: 4.28-style greedy / beam / sampling over inputs_embeds, exact per batch item.
 
 The beam and greedy references below are written independently and slowly: a full forward with no KV
 cache at every step, plain Python lists for the beams. They check the cache handling, the beam
@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from salmonn.config import GenerationOptions
 from salmonn.errors import ConfigError
-from salmonn.generation import generate_ids
+from salmonn.model.generation import generate_ids
 
 BOS, EOS, PAD = 1, 2, 0
 VOCAB, HIDDEN = 300, 64
@@ -460,7 +460,7 @@ def test_eos_candidate_after_the_beams_are_filled_is_not_kept():
 
 
 def test_finished_hypotheses_keep_the_best_num_beams():
-    from salmonn.generation import _Hypotheses
+    from salmonn.model.generation import _Hypotheses
 
     hyps = _Hypotheses(num_beams=2, length_penalty=1.0)
     hyps.add([1, 5], -2.0)  # score -1.0
@@ -480,7 +480,7 @@ def test_finished_hypotheses_keep_the_best_num_beams():
 
 def _continuous(lm, prompts, schedule, **option_fields) -> dict[int, list[int]]:
     """Decoder fed by ``schedule``: {step number: prompt indices joining before that step}."""
-    from salmonn.generation import Decoder
+    from salmonn.model.generation import Decoder
 
     decoder = Decoder(
         lm,
@@ -515,7 +515,7 @@ def test_items_joining_a_running_batch_give_their_own_ids(eos_lm, lm, prompts, b
 def test_exact_mode_matches_the_slow_reference_under_eager_attention(lm, prompts):
     import functools
 
-    from salmonn.generation import EXACT_ATTENTION, exact_attention
+    from salmonn.model.generation import EXACT_ATTENTION, exact_attention
 
     seen: list[str] = []
     real_forward = lm.forward
@@ -548,7 +548,7 @@ def test_exact_mode_matches_the_slow_reference_under_eager_attention(lm, prompts
 
 
 def test_exact_attention_is_the_428_arithmetic():
-    from salmonn.generation import _attention_428
+    from salmonn.model.generation import _attention_428
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 5, 32, generator=gen) for _ in range(3))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from salmonn import formats, hub
 from salmonn.errors import CheckpointError, ConfigError
-from salmonn.hub import (
+from salmonn.hub import resolve as hub
+from salmonn.hub.resolve import (
     PRESETS,
     ComponentsNotFound,
     HubSource,
@@ -21,6 +21,7 @@ from salmonn.hub import (
     resolve_components,
     verify_beats_file,
 )
+from salmonn.model import formats
 from salmonn_cli.model_errors import describe
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -261,7 +262,7 @@ def test_verify_beats_file(tiny_paths, tmp_path):
         info.encoder_embed_dim,
         info.max_distance,
     ) == (2, 128, 800)
-    # The released layout (salmonn.formats), full size: zero-stride tensors keep the file tiny.
+    # The released layout (salmonn.model.formats), full size: zero-stride tensors keep the file tiny.
     cfg = formats.beats_cfg()
     state = {name: torch.zeros(1).expand(shape) for name, shape in formats.beats_shapes(cfg)}
     torch.save({"cfg": cfg, "model": state, "label_dict": {}}, tmp_path / "official.pt")
@@ -301,7 +302,7 @@ def test_verify_beats_file_rejects_wrong_shapes(tiny_paths, tmp_path):
 
 
 def test_import_is_lazy():
-    code = "import sys, salmonn.hub; print(sorted({'huggingface_hub', 'torch'} & set(sys.modules)))"
+    code = "import sys, salmonn.hub.resolve; print(sorted({'huggingface_hub', 'torch'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -2,7 +2,7 @@
 
 The stand-in (tests/hubstub.py) serves the preset repositories under their real names and file names,
 with the decoys the real repositories carry (other weight formats, other checkpoints, Space code); the
-files that matter are the tiny model's (salmonn.tiny), so a downloaded preset really loads. The cache is
+files that matter are the tiny model's (salmonn.model.tiny), so a downloaded preset really loads. The cache is
 what huggingface_hub itself writes (blobs, snapshots, refs and the cached tree listing).
 """
 
@@ -23,9 +23,9 @@ from click.testing import CliRunner
 from hubstub import StubHub
 from safetensors.torch import load_file
 
-from salmonn import hub
 from salmonn.errors import CheckpointError
-from salmonn.hub import ComponentsNotFound, resolve_components
+from salmonn.hub import resolve as hub
+from salmonn.hub.resolve import ComponentsNotFound, resolve_components
 from salmonn_cli.main import cli
 
 BEATS_FILE = "beats/BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt"

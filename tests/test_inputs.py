@@ -12,8 +12,8 @@ import pytest
 from helpers import nest_past_path_max
 
 import salmonn
+from salmonn.audio.inputs import InputItem, expand_inputs
 from salmonn.errors import AudioError, ConfigError
-from salmonn.inputs import InputItem, expand_inputs
 
 
 def touch(path: Path) -> Path:

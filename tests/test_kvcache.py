@@ -1,4 +1,4 @@
-"""salmonn.kvcache.LlamaStepper: the shared-prompt cache gives transformers' own logits.
+"""salmonn.model.kvcache.LlamaStepper: the shared-prompt cache gives transformers' own logits.
 
 Each test drives the stepper and transformers' cache (the exact-mode runner without the exact
 attention) through the same prompts, tokens, beam reorders and dropped items, and compares the
@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from salmonn.generation import _HFRunner
-from salmonn.kvcache import LlamaStepper
+from salmonn.model.generation import _HFRunner
+from salmonn.model.kvcache import LlamaStepper
 
 HIDDEN = 64
 

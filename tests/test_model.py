@@ -12,7 +12,7 @@ import torch
 
 from salmonn import GenerationOptions
 from salmonn.errors import ConfigError, PromptError
-from salmonn.llm import split_prompt, wrap_prompt
+from salmonn.model.prompt import split_prompt, wrap_prompt
 
 PROMPT = "Please describe the audio."
 SHORT = GenerationOptions(max_new_tokens=12, num_beams=1)
@@ -217,7 +217,7 @@ def test_identity(model, tiny_paths):
 
 
 def test_generate_stream_equals_one_at_a_time(model, clips):
-    from salmonn.model import WorkItem
+    from salmonn.model.salmonn_model import WorkItem
 
     prompts = [PROMPT, "Listen to the speech and translate it into German.", "Hi"]
     too_long = np.zeros(16000 * 31, np.float32)
@@ -241,7 +241,7 @@ def test_generate_stream_equals_one_at_a_time(model, clips):
 def test_seeded_sampling_is_batch_invariant(model, clips, beams):
     """With a seed, every item draws from its own generator: a clip's sampled answer is the same
     alone, in a batch, and joining a running decode at any point."""
-    from salmonn.model import WorkItem
+    from salmonn.model.salmonn_model import WorkItem
 
     options = GenerationOptions(
         max_new_tokens=12, num_beams=beams, do_sample=True, seed=5, temperature=1.5, top_k=0
@@ -286,7 +286,7 @@ def test_exact_mode(model, clips, greedy, beam, monkeypatch):
 def _stream_reporting(model, clips, options):
     """Run clips and a text prompt through one stream with ``on_tokens`` callbacks; returns what
     each callback saw as ``(step, ids)``, the results, and the step each item ended in."""
-    from salmonn.model import GenerationStream, WorkItem
+    from salmonn.model.salmonn_model import GenerationStream, WorkItem
 
     seen: dict = {}
     step = [0]
@@ -340,7 +340,7 @@ def test_on_tokens_reports_every_step(model, clips, caplog):
 def test_fast_mode_uses_fused_encoder_attention(model, clips, greedy, monkeypatch):
     """Fast mode runs BEATs through its fused attention (and Whisper through SDPA); exact mode
     and the public ``encode_audio`` keep the original's steps."""
-    from salmonn.encoders.beats import BeatsAttention
+    from salmonn.model.encoders.beats import BeatsAttention
 
     fused = []
     real = BeatsAttention._fast

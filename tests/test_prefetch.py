@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from salmonn.chunking import iter_chunks
+from salmonn.audio.chunking import iter_chunks
+from salmonn.audio.inputs import InputItem
+from salmonn.audio.prefetch import FileChunk, Prefetcher
 from salmonn.errors import AudioDecodeError, AudioError, ConfigError, FFmpegNotFoundError
-from salmonn.inputs import InputItem
-from salmonn.prefetch import FileChunk, Prefetcher
 
 SR = 16_000
 

@@ -7,7 +7,7 @@ import torch
 
 from salmonn.constants import QFORMER_N_WINDOWS, QFORMER_WINDOW_FRAMES, WHISPER_ENCODER_FRAMES
 from salmonn.errors import CheckpointError
-from salmonn.qformer import QFormer, QFormerConfig, split_windows
+from salmonn.model.qformer import QFormer, QFormerConfig, split_windows
 
 
 def test_window_constants_match_the_original():

@@ -269,9 +269,9 @@ def test_library_call_gives_the_same_records_through_whole_calls(
 ):
     """The library call, and the path Ray Client (``ray://``) takes: records per call, not streamed."""
     import salmonn
-    from salmonn import ray_runner
+    from salmonn.audio.inputs import InputItem
+    from salmonn.cluster import runner as ray_runner
     from salmonn.config import GenerationOptions
-    from salmonn.inputs import InputItem
 
     monkeypatch.setattr(ray_runner, "_client_mode", lambda ray: True)
     inputs = [folder / "short" / "bad.wav", folder / "short" / "s0.wav"]
@@ -374,7 +374,7 @@ def test_a_model_that_does_not_load_fails_as_locally(ray_local, folder, model_fl
     ],
 )
 def test_default_placement_follows_the_cluster(cluster, flags, expected):
-    from salmonn.ray_runner import RayOptions
+    from salmonn.cluster.runner import RayOptions
 
     assert RayOptions(**flags).placement(cluster) == expected
 

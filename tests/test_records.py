@@ -12,7 +12,7 @@ import pytest
 
 from salmonn.config import GenerationOptions
 from salmonn.errors import ConfigError, error_line
-from salmonn.records import Record, Segment, iter_jsonl, resume_key
+from salmonn.jobs.records import Record, Segment, iter_jsonl, resume_key
 
 GOLDEN = Path(__file__).parent / "golden" / "record_v1.jsonl"
 ASR = "<Speech><SpeechHere></Speech> Recognize the speech and give me the transcription."

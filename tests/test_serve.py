@@ -320,7 +320,7 @@ def stream_parts(client, **kwargs) -> tuple[list[str], str | None]:
 def expected_deltas(tiny_paths, ids: list[int], strip: bool) -> int:
     """The content deltas of a stream of ``ids``: one per step where the text that no later token
     can change grows, plus the remainder at the end if any."""
-    from salmonn.llm import PromptTokenizer
+    from salmonn.model.llm import PromptTokenizer
 
     tokenizer = PromptTokenizer(tiny_paths.llm)
     grown, sent = 0, ""

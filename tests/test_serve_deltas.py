@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from salmonn.llm import PromptTokenizer
+from salmonn.model.llm import PromptTokenizer
 from salmonn.serve.deltas import DeltaText, TokenFeed
 
 

@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 
 from salmonn.config import ChunkingOptions, GenerationOptions
-from salmonn.records import Record
-from salmonn.tasks import make_task
+from salmonn.jobs.records import Record
+from salmonn.jobs.tasks import make_task
 from salmonn_cli import run
 from salmonn_cli.main import cli
 from salmonn_cli.options import DECODING_OPTIONS, INPUT_OPTIONS, apply
@@ -97,7 +97,7 @@ def test_bad_decoding_or_model_flags_are_settings_errors():
 
 
 def test_model_settings_give_load_model_keywords():
-    from salmonn.checkpoint import load_model
+    from salmonn.hub.load import load_model
 
     paths = ["--whisper", "w", "--beats", "b", "--llm", "l", "--checkpoint", "c"]
     model = TaskSettings.from_params(params_of("a.wav", *paths, "--load-in-8bit")).model

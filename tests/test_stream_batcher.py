@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from salmonn.batcher import Batcher, StreamBatcher, make_batcher
+from salmonn.audio.inputs import expand_inputs
+from salmonn.audio.prefetch import Prefetcher
 from salmonn.config import GenerationOptions
-from salmonn.engine import TaskSpec, process
-from salmonn.inputs import expand_inputs
-from salmonn.prefetch import Prefetcher
+from salmonn.jobs.batcher import Batcher, StreamBatcher, make_batcher
+from salmonn.jobs.engine import process
+from salmonn.jobs.spec import TaskSpec
 
 GREEDY = GenerationOptions(max_new_tokens=10, num_beams=1)
 BEAM = GenerationOptions(max_new_tokens=8, num_beams=3)
@@ -65,7 +66,7 @@ def test_continuous_engine_gives_the_static_records(model, folder, options):
 
 
 class _Stalling:
-    """A chunk source (``get`` as :class:`~salmonn.prefetch.Prefetcher` has) whose next chunk is
+    """A chunk source (``get`` as :class:`~salmonn.audio.prefetch.Prefetcher` has) whose next chunk is
     ready only at every third look without waiting: the engine decodes while it stalls."""
 
     def __init__(self, chunks):

@@ -1,4 +1,4 @@
-"""The library's task API (salmonn.tasks): task building, and run_task against the CLI's records."""
+"""The library's task API (salmonn.jobs.tasks): task building, and run_task against the CLI's records."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from helpers import tone
 
 import salmonn
 from salmonn.errors import PromptError
-from salmonn.tasks import Task, audio_instruction, make_task
+from salmonn.jobs.tasks import Task, make_task
+from salmonn.model.prompt import audio_instruction
 from salmonn_cli.main import cli
 
 

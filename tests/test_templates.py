@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from salmonn.errors import PromptError
-from salmonn.records import Segment
-from salmonn.templates import (
+from salmonn.jobs.records import Segment
+from salmonn.jobs.templates import (
     builtin_templates,
     format_segments,
     get_template,
@@ -94,7 +94,7 @@ def test_render_is_verbatim_and_braces_are_literal():
 
 
 # The original's 25 evaluation prompts, typed out here on purpose (not read from prompts/eval.json,
-# the one source the package and salmonn.tiny read): an independent check that the file is verbatim.
+# the one source the package and salmonn.model.tiny read): an independent check that the file is verbatim.
 SPEC_10_1 = {
     "asr": "Recognize the speech and give me the transcription.",
     "audiocaption": "Please describe the audio.",
@@ -342,7 +342,7 @@ def test_wheel_ships_prompt_files(tmp_path):
     expected = {f"salmonn/prompt_data/{p.name}" for p in (REPO / "prompts").glob("*.json")}
     assert expected and expected <= shipped
     code = (
-        "import salmonn, salmonn.templates as t; "
+        "import salmonn, salmonn.jobs.templates as t; "
         "print(salmonn.__file__); print(len(t.load_templates(None)))"
     )
     env = {

@@ -10,13 +10,13 @@ import torch
 from safetensors import safe_open
 
 from salmonn.errors import ConfigError
-from salmonn.tiny import eval_prompts, write_tiny_model
+from salmonn.model.tiny import eval_prompts, write_tiny_model
 
 WHISPER_D, BEATS_D, QF, LLM_D, LLM_LAYERS = 64, 128, 128, 64, 2  # write_tiny_model defaults
 BEATS_HEADS, BEATS_EMBED, BEATS_FFN = 2, 32, 256
 
 # ------------------------------------- expected layouts, typed here on purpose: an independent check
-# of salmonn.formats / salmonn.tiny against the official layout (docs/original-model.md, "Checkpoints")
+# of salmonn.model.formats / salmonn.model.tiny against the official layout (docs/original-model.md, "Checkpoints")
 
 
 def expected_beats_keys() -> dict[str, tuple[int, ...]]:
@@ -280,7 +280,7 @@ def test_weights_are_not_no_ops(tiny_paths):
     lora_b = [k for k in tensors if "lora_B" in k]
     assert len(lora_b) == 2 * LLM_LAYERS and all(tensors[k].abs().min() > 0 for k in lora_b)
     embed = tensors["llm/model.embed_tokens.weight"]
-    assert 0.2 < embed.std() < 0.4  # wide embeddings, not the 0.02 default (see salmonn.tiny)
+    assert 0.2 < embed.std() < 0.4  # wide embeddings, not the 0.02 default (see salmonn.model.tiny)
     lm_head = tensors["llm/lm_head.weight"].norm(dim=1)
     assert lm_head[2] > lm_head.median() * 1.2  # EOS row boosted
 

@@ -9,9 +9,13 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from salmonn.encoders.whisper import is_large_v2_shaped, load_whisper_encoder, whisper_encoder_width
+from salmonn.audio.features import whisper_log_mel
 from salmonn.errors import CheckpointError
-from salmonn.features import whisper_log_mel
+from salmonn.model.encoders.whisper import (
+    is_large_v2_shaped,
+    load_whisper_encoder,
+    whisper_encoder_width,
+)
 
 TINY = dict(
     d_model=64,

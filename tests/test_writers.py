@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from salmonn.errors import ConfigError
-from salmonn.records import Record, Segment
-from salmonn.writers import WRITERS, Writer, get_writer, srt_time, vtt_time
+from salmonn.jobs.records import Record, Segment
+from salmonn.jobs.writers import WRITERS, Writer, get_writer, srt_time, vtt_time
 
 
 def _record(path="a/one.wav", segments=None, error=None) -> Record:

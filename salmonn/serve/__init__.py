@@ -2,7 +2,7 @@
 
 Endpoints: ``/v1/chat/completions`` (text + one audio part), ``/v1/audio/transcriptions``,
 ``/v1/audio/translations``, ``/v1/models``, ``/health``, ``/metrics``. Every request runs the
-library task API (:mod:`salmonn.tasks` over :func:`salmonn.engine.process`), so an answer equals the
+library task API (:mod:`salmonn.jobs.tasks` over :func:`salmonn.jobs.engine.process`), so an answer equals the
 CLI's for the same file and settings; concurrent requests share one model worker that merges their
 model calls (:mod:`salmonn.serve.batcher`).
 

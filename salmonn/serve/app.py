@@ -27,7 +27,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import PromptError
-from ..tasks import (
+from ..jobs.tasks import (
     EMERGENT_LANGUAGES,
     LANGUAGE_NAMES,
     TRAINED_LANGUAGES,
@@ -455,7 +455,7 @@ async def _audio_work(
 def _audio_response(answer: Answer, fmt: str, task_name: str, language: str) -> Response:
     from io import StringIO
 
-    from ..writers import get_writer
+    from ..jobs.writers import get_writer
 
     record = answer.record
     assert record is not None

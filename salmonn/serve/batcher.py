@@ -1,6 +1,6 @@
 """One model worker for many concurrent requests: their model calls batched together.
 
-Every request runs the ordinary engine (:func:`salmonn.engine.process`) in its own thread, over a
+Every request runs the ordinary engine (:func:`salmonn.jobs.engine.process`) in its own thread, over a
 :class:`RequestModel`: a stand-in for the model whose ``generate`` / ``generate_text`` hand the call
 to the :class:`Batcher` and wait. Chunking, the whole-recording pass and record assembly stay in the
 engine, so a request answered by the server is built exactly as the CLI builds it.
@@ -8,7 +8,7 @@ engine, so a request answered by the server is built exactly as the CLI builds i
 The batcher's single worker thread runs the calls of all requests:
 
 * with a model that offers ``open_stream`` (``SalmonnModel``): continuous batching. Calls that decode
-  alike share one :class:`~salmonn.model.GenerationStream`; their clips and prompts join the running
+  alike share one :class:`~salmonn.model.salmonn_model.GenerationStream`; their clips and prompts join the running
   decode as rows free up (at most ``max_batch_size`` at once), so a new request never waits for the
   longest answer of the batch before it;
 * otherwise: the oldest queued call and the queued calls that decode alike are merged into one
@@ -37,6 +37,7 @@ from typing import Any
 from ..config import GenerationOptions
 from ..constants import AUDIO_TOKENS, SAMPLE_RATE
 from ..errors import SalmonnError
+from .batchinfo import BatchInfo
 
 logger = logging.getLogger(__name__)
 
@@ -78,24 +79,6 @@ class _Call:
     def stream_key(self) -> Any:
         """Calls with equal keys may share a stream: equal decoding (clips and text alike)."""
         return self.options
-
-
-@dataclass(frozen=True)
-class BatchInfo:
-    """What one model call did (for metrics): kind, items, requests merged, tokens, seconds.
-
-    With continuous batching a "call" is one prefill: the items that joined the running decode
-    together (``kind`` ``"mixed"`` when clips and text prompts joined at once); ``running`` is the
-    number of items decoding in the step (0 for a plain ``generate`` call).
-    """
-
-    kind: str
-    items: int
-    requests: int
-    tokens: int
-    seconds: float
-    audio_seconds: float
-    running: int = 0
 
 
 class Batcher:

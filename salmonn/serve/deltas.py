@@ -23,7 +23,7 @@ class DeltaText:
 
     Args:
         decode_stable: the text of ids that more ids cannot change
-            (:meth:`salmonn.llm.PromptTokenizer.decode_stable`).
+            (:meth:`salmonn.model.llm.PromptTokenizer.decode_stable`).
         strip: the final content is the generation's text stripped of surrounding whitespace (an
             audio answer: the engine strips chunk answers); ``False``: the text as decoded.
     """

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
-from ..inputs import DEFAULT_EXTENSIONS
+from ..audio.inputs import DEFAULT_EXTENSIONS
 from .errors import bad_audio, bad_request, too_large
 
 FORMATS = frozenset(ext.lstrip(".") for ext in DEFAULT_EXTENSIONS)

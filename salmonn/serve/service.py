@@ -1,4 +1,4 @@
-"""One request through the library task API: a :class:`~salmonn.tasks.Task` over one audio file.
+"""One request through the library task API: a :class:`~salmonn.jobs.tasks.Task` over one audio file.
 
 :class:`Service` owns the model worker (:class:`~salmonn.serve.batcher.Batcher`). Its methods run
 in a request's own thread and block until the answer is ready: :meth:`Service.run_task` runs the
@@ -16,8 +16,8 @@ from typing import Any
 
 from ..config import GenerationOptions
 from ..errors import AudioError, PromptError, SalmonnError
-from ..records import Record
-from ..tasks import Task
+from ..jobs.records import Record
+from ..jobs.tasks import Task
 from .batcher import Batcher, BatchInfo, RequestModel, ServerClosing, Usage
 from .config import ServeConfig
 from .errors import APIError, bad_audio, bad_request, internal, too_large, unavailable
@@ -93,8 +93,8 @@ class Service:
             raise bad_request(str(err), "messages") from None
         self._check_duration(audio.path)
         decode_errors: list[AudioError] = []
-        from ..engine import process
-        from ..inputs import InputItem
+        from ..audio.inputs import InputItem
+        from ..jobs.engine import process
 
         item = InputItem(audio.path, os.path.dirname(audio.path), os.path.basename(audio.path))
         with RequestModel(self.batcher, self.model) as model:
@@ -144,7 +144,7 @@ class Service:
 
     # -- helpers -----------------------------------------------------------------------------------
     def _check_duration(self, path: str) -> None:
-        from ..audio import probe
+        from ..audio.decode import probe
 
         try:
             info = probe(path)
@@ -161,7 +161,7 @@ class Service:
     ) -> Iterator[Any]:
         """The Prefetcher's chunks of ``path``; stops with 413 past ``max_audio_seconds``.
         ``single()`` runs before the chunk is handed on when the first chunk is also the last."""
-        from ..prefetch import Prefetcher
+        from ..audio.prefetch import Prefetcher
 
         limit = self.config.max_audio_seconds
         with Prefetcher(

@@ -1,4 +1,4 @@
-"""Continuous batching for the server's model worker, over :class:`~salmonn.model.GenerationStream`.
+"""Continuous batching for the server's model worker, over :class:`~salmonn.model.salmonn_model.GenerationStream`.
 
 One stream per decoding (equal ``GenerationOptions``); each call's clips or prompts are put into its
 stream as work items keyed ``(call id, index)``, and every :meth:`StreamWorker.step` advances every
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..constants import SAMPLE_RATE
+from .batchinfo import BatchInfo
 
 logger = logging.getLogger("salmonn.serve")
 
@@ -33,7 +34,7 @@ class StreamWorker:
     Args:
         model: has ``open_stream(options, batch_size=...)``.
         batch_size: items decoding together in one stream.
-        report: called with a :class:`~salmonn.serve.batcher.BatchInfo` per prefill.
+        report: called with a :class:`~salmonn.serve.batchinfo.BatchInfo` per prefill.
         run_alone: answers one call with plain ``generate`` calls (after a stream failed).
     """
 
@@ -64,7 +65,7 @@ class StreamWorker:
             self._put(holder, call)
 
     def _put(self, holder: _Stream, call: Any) -> None:
-        from ..model import WorkItem
+        from ..model.salmonn_model import WorkItem
 
         call.results = [None] * call.size
         call.remaining = call.size
@@ -81,8 +82,6 @@ class StreamWorker:
             self._step(key, holder)
 
     def _step(self, key: Hashable, holder: _Stream) -> None:
-        from .batcher import BatchInfo
-
         before = holder.stream.waiting
         start = time.perf_counter()
         try:
