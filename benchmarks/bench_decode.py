@@ -180,14 +180,14 @@ def encode_line(model: SalmonnModel, clips, repeats: int) -> None:
     waves = model._waves(clips)
 
     def encode(exact: bool) -> torch.Tensor:
-        with torch.inference_mode(), model._encoder_attention(exact):
+        with torch.inference_mode(), model.encoder_attention(exact):
             return model._encode(waves, None)
 
     timed = _rounds({"exact": lambda: encode(True), "fast": lambda: encode(False)}, repeats)
     with torch.inference_mode():
         beats = {}
         for exact in (True, False):
-            with model._encoder_attention(exact):
+            with model.encoder_attention(exact):
                 beats[exact] = model.beats.extract_features([torch.from_numpy(w) for w in waves])
     diff = max((a - b).abs().max().item() for a, b in zip(beats[True], beats[False], strict=True))
     print(

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import decode_heavy_model
 
 from salmonn.config import GenerationOptions
-from salmonn.model.generation import Decoder, _draw, _Item, _make_generator
+from salmonn.model.generation import Decoder, _Item
+from salmonn.model.logits import draw, make_generator
 
 DECODINGS = {
     "greedy": GenerationOptions(num_beams=1),
@@ -59,10 +60,10 @@ def step_seconds(model, options: GenerationOptions, rows: int, steps: int) -> fl
 def draw_seconds(rows: int, seeded: bool, repeats: int = 50) -> float:
     probs = torch.rand(rows, 32001).softmax(dim=-1)
     options = GenerationOptions(do_sample=True, seed=3 if seeded else None)
-    items = [_Item(i, generator=_make_generator(options, probs.device)) for i in range(rows)]
+    items = [_Item(i, generator=make_generator(options, probs.device)) for i in range(rows)]
     start = time.perf_counter()
     for _ in range(repeats):
-        _draw(probs, 1, items)
+        draw(probs, 1, items)
     return (time.perf_counter() - start) / repeats
 
 

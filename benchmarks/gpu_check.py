@@ -185,11 +185,11 @@ def _decode(check: Check, model: SalmonnModel, cfg: dict[str, Any]) -> dict[str,
     for items in cfg["decode_items"]:
         clips = _clips(items, cfg["seconds"], seed=3)
         audio = model.encode_audio(clips)
-        with torch.inference_mode(), model._autocast():
+        with torch.inference_mode(), model.precision():
             embeds, mask = model.build_inputs(audio, [PROMPT] * items)
 
         def run(tokens: int, e=embeds, m=mask) -> None:
-            with torch.inference_mode(), model._autocast():
+            with torch.inference_mode(), model.precision():
                 generate_ids(
                     lm, e, m, options.with_overrides(max_new_tokens=tokens),
                     eos_token_id=model.tokenizer.eos_id, embed_tokens=model.embed_tokens,

@@ -26,9 +26,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "hub.load",
     "SalmonnModel": "model.salmonn_model",
-    "GenerationResult": "model.salmonn_model",
-    "WorkItem": "model.salmonn_model",
-    "GenerationStream": "model.salmonn_model",
+    "GenerationResult": "model.work",
+    "WorkItem": "model.work",
+    "GenerationStream": "model.stream",
     "iter_chunks": "audio.chunking",
     "Chunk": "audio.chunking",
     "load_audio": "audio.decode",
@@ -94,5 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .jobs.records import Record, Segment  # noqa: F401
     from .jobs.spec import ProgressEvent, TaskSpec  # noqa: F401
     from .jobs.tasks import TASKS, Task, make_task, run_task  # noqa: F401
-    from .model.salmonn_model import GenerationResult, GenerationStream, SalmonnModel, WorkItem  # noqa: F401
+    from .model.salmonn_model import SalmonnModel  # noqa: F401
+    from .model.stream import GenerationStream  # noqa: F401
     from .model.tiny import write_tiny_model  # noqa: F401
+    from .model.work import GenerationResult, WorkItem  # noqa: F401

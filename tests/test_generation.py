@@ -460,17 +460,18 @@ def test_eos_candidate_after_the_beams_are_filled_is_not_kept():
 
 
 def test_finished_hypotheses_keep_the_best_num_beams():
-    from salmonn.model.generation import _Hypotheses
+    from salmonn.model.beams import BeamHypotheses
 
-    hyps = _Hypotheses(num_beams=2, length_penalty=1.0)
-    hyps.add([1, 5], -2.0)  # score -1.0
-    hyps.add([1, 5, 6, 7], -2.0)  # -0.5
+    hyps = BeamHypotheses(num_beams=2, length_penalty=1.0)
+    hyps.add([1, 5], -2.0, ended_on_eos=True)  # score -1.0
+    hyps.add([1, 5, 6, 7], -2.0, ended_on_eos=True)  # -0.5
     assert hyps.worst_score == -1.0
-    hyps.add([1], -3.0)  # -3.0 < worst: rejected
-    assert sorted(s for s, _ in hyps.beams) == [-1.0, -0.5]
-    hyps.add([1, 8], -1.0)  # -0.5 > worst: kept, -1.0 dropped, worst is now -0.5
-    assert sorted(s for s, _ in hyps.beams) == [-0.5, -0.5] and hyps.worst_score == -0.5
-    assert hyps.best() == [1, 8]  # equal scores: the last added wins
+    hyps.add([1], -3.0, ended_on_eos=True)  # -3.0 < worst: rejected
+    assert sorted(beam.score for beam in hyps.beams) == [-1.0, -0.5]
+    hyps.add([1, 8], -1.0, ended_on_eos=False)  # -0.5 > worst: kept, -1.0 dropped, worst -0.5
+    assert sorted(beam.score for beam in hyps.beams) == [-0.5, -0.5] and hyps.worst_score == -0.5
+    best = hyps.best()  # equal scores: the last added wins, with how it ended
+    assert (best.ids, best.ended_on_eos) == ([1, 8], False)
     assert not hyps.is_done(-1.4, 3) and hyps.is_done(-1.5, 3)  # worst >= best / length
 
 
@@ -515,7 +516,7 @@ def test_items_joining_a_running_batch_give_their_own_ids(eos_lm, lm, prompts, b
 def test_exact_mode_matches_the_slow_reference_under_eager_attention(lm, prompts):
     import functools
 
-    from salmonn.model.generation import EXACT_ATTENTION, exact_attention
+    from salmonn.model.runners import EXACT_ATTENTION, exact_attention
 
     seen: list[str] = []
     real_forward = lm.forward
@@ -548,7 +549,7 @@ def test_exact_mode_matches_the_slow_reference_under_eager_attention(lm, prompts
 
 
 def test_exact_attention_is_the_428_arithmetic():
-    from salmonn.model.generation import _attention_428
+    from salmonn.model.runners import _attention_428
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 5, 32, generator=gen) for _ in range(3))

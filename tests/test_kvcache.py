@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from salmonn.model.generation import _HFRunner
 from salmonn.model.kvcache import LlamaStepper
+from salmonn.model.runners import HFRunner as _HFRunner
 
 HIDDEN = 64
 

@@ -217,7 +217,7 @@ def test_identity(model, tiny_paths):
 
 
 def test_generate_stream_equals_one_at_a_time(model, clips):
-    from salmonn.model.salmonn_model import WorkItem
+    from salmonn.model.work import WorkItem
 
     prompts = [PROMPT, "Listen to the speech and translate it into German.", "Hi"]
     too_long = np.zeros(16000 * 31, np.float32)
@@ -241,7 +241,7 @@ def test_generate_stream_equals_one_at_a_time(model, clips):
 def test_seeded_sampling_is_batch_invariant(model, clips, beams):
     """With a seed, every item draws from its own generator: a clip's sampled answer is the same
     alone, in a batch, and joining a running decode at any point."""
-    from salmonn.model.salmonn_model import WorkItem
+    from salmonn.model.work import WorkItem
 
     options = GenerationOptions(
         max_new_tokens=12, num_beams=beams, do_sample=True, seed=5, temperature=1.5, top_k=0
@@ -286,7 +286,8 @@ def test_exact_mode(model, clips, greedy, beam, monkeypatch):
 def _stream_reporting(model, clips, options):
     """Run clips and a text prompt through one stream with ``on_tokens`` callbacks; returns what
     each callback saw as ``(step, ids)``, the results, and the step each item ended in."""
-    from salmonn.model.salmonn_model import GenerationStream, WorkItem
+    from salmonn.model.stream import GenerationStream
+    from salmonn.model.work import WorkItem
 
     seen: dict = {}
     step = [0]
@@ -348,9 +349,9 @@ def test_fast_mode_uses_fused_encoder_attention(model, clips, greedy, monkeypatc
         BeatsAttention, "_fast", lambda self, x, bias: fused.append(x.shape) or real(self, x, bias)
     )
     config = model.speech_encoder.config
-    with model._encoder_attention(False):
+    with model.encoder_attention(False):
         assert model.beats.fast_attention and config._attn_implementation == "sdpa"
-    with model._encoder_attention(True):
+    with model.encoder_attention(True):
         assert not model.beats.fast_attention and config._attn_implementation == "eager"
     assert not model.beats.fast_attention and config._attn_implementation == "eager"
     model.generate(clips[:1], PROMPT, SHORT, exact=True)
@@ -359,7 +360,7 @@ def test_fast_mode_uses_fused_encoder_attention(model, clips, greedy, monkeypatc
     assert _ids(model.generate(clips, PROMPT, SHORT)) == _ids(greedy)
     assert len(fused) == 2 * 3  # 2 layers x 3 clips of different lengths
     exact = model.encode_audio(clips)
-    with torch.inference_mode(), model._encoder_attention(False):
+    with torch.inference_mode(), model.encoder_attention(False):
         fast = model._encode(model._waves(clips), None)
     # rounding only (2e-6 measured on values up to 3.6); a wrong mask or scale moves it by > 1e-2
     assert 0 < (fast - exact).abs().max().item() < 1e-3

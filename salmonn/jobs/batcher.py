@@ -29,7 +29,7 @@ Answer = Callable[[Sequence[Any]], list[str]]
 
 
 class DecodeStream(Protocol):
-    """What :class:`StreamBatcher` uses of a stream (:class:`~salmonn.model.salmonn_model.GenerationStream`)."""
+    """What :class:`StreamBatcher` uses of a stream (:class:`~salmonn.model.stream.GenerationStream`)."""
 
     @property
     def waiting(self) -> int:
@@ -44,7 +44,7 @@ class DecodeStream(Protocol):
         """Keys of the items decoding now."""
 
     def put(self, item: Any) -> None:
-        """Queue one :class:`~salmonn.model.salmonn_model.WorkItem`."""
+        """Queue one :class:`~salmonn.model.work.WorkItem`."""
 
     def step(self) -> list[tuple[Hashable, Any]]:
         """Decode one step; the items that finished: ``(key, result with .text, or exception)``."""
@@ -161,7 +161,7 @@ class Batcher:
 
 class StreamBatcher:
     """Continuous batching: up to ``batch_size`` chunks decode together and finished ones are
-    replaced at once by waiting chunks (``stream``: a :class:`~salmonn.model.salmonn_model.GenerationStream`).
+    replaced at once by waiting chunks (``stream``: a :class:`~salmonn.model.stream.GenerationStream`).
 
     ``full`` is true when ``batch_size`` chunks wait; ``flush(final=False)`` then decodes until
     some of them could join (returning the answers finished meanwhile), and ``flush()`` at the end
@@ -184,7 +184,7 @@ class StreamBatcher:
 
     def add(self, file: Hashable, key: Hashable, wave: Any) -> None:
         """Queue the chunk ``key`` of ``file``."""
-        from ..model.salmonn_model import WorkItem
+        from ..model.work import WorkItem
 
         self._inflight[(file, key)] = _Pending(file, key, wave)
         self._seconds[(file, key)] = 0.0

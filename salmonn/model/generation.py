@@ -1,9 +1,9 @@
 """Generation over ``inputs_embeds`` with transformers-4.28 semantics, exact per item.
 
-About 600 lines on purpose: the decoding rules (processors, warpers, beam hypotheses) and the
-``Decoder`` that applies them to a running batch are one algorithm whose pieces must agree step by
-step with 4.28; split across modules, a reader would have to hold several files to check one step.
-The KV cache lives apart, in ``kvcache.py``.
+This module holds the search (:class:`Decoder`: greedy, sampling, beam search and beam-sample over a
+running batch); the rules it applies live beside it: :mod:`~salmonn.model.logits` (processors,
+warpers, draws), :mod:`~salmonn.model.beams` (finished hypotheses), :mod:`~salmonn.model.runners`
+(how the LM is run, exact attention) and :mod:`~salmonn.model.kvcache` (the fast KV cache).
 
 The original calls transformers 4.28 ``generate(inputs_embeds=...)`` (see docs/original-model.md,
 "Generation"). What decides its output:
@@ -37,9 +37,6 @@ Two ways to run the LM (the search itself is the same code in both):
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import math
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,12 +46,13 @@ from torch import Tensor
 
 from ..config import GenerationOptions
 from ..errors import ConfigError
+from .beams import BeamHypotheses
+from .logits import draw, make_generator, process_logits, warp
+from .runners import exact_attention, make_runner
 
 __all__ = ["Decoder", "exact_attention", "generate_ids"]
 
 _BEAM_INIT = -1e9  # 4.28: every beam but the first starts here, so step 0 expands beam 0 only
-_WORST_INIT = 1e9  # 4.28 BeamHypotheses.worst_score before any hypothesis
-EXACT_ATTENTION = "salmonn_exact"  # transformers attention-interface name of the 4.28 arithmetic
 
 
 def generate_ids(
@@ -119,288 +117,11 @@ def _check_inputs(inputs_embeds: Tensor, attention_mask: Tensor) -> None:
         )
 
 
-def _make_generator(options: GenerationOptions, device: torch.device) -> torch.Generator | None:
-    """A new generator seeded with ``options.seed`` (one per item), or ``None``: no sampling, or
-    no seed (sampling then draws from torch's global generator)."""
-    if not options.do_sample or options.seed is None:
-        return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(options.seed)
-    return generator
-
-
-def _draw(probs: Tensor, count: int, items: list[_Item]) -> Tensor:
-    """``count`` multinomial draws (without replacement) from each row of ``probs`` [N, V], one
-    row per item; returns [N, count] ids.
-
-    Seeded: each row draws from its item's own generator, so an item gets the draws it gets alone
-    whatever else is in the batch, and alone exactly those of one ``multinomial`` call (the
-    single-item sequence of draws). Without a seed: one call on torch's global generator.
-    """
-    if not items or items[0].generator is None:
-        return torch.multinomial(probs, count)
-    return torch.cat(
-        [
-            torch.multinomial(probs[k : k + 1], count, generator=item.generator)
-            for k, item in enumerate(items)
-        ]
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Exact attention: the transformers-4.28 LLaMA eager arithmetic
-
-
-def _attention_428(
-    module: Any,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs: Any,
-) -> tuple[Tensor, Tensor]:
-    """4.28 LLaMA eager attention: QK^T divided by sqrt(head_dim) (not multiplied by its inverse),
-    the additive mask, a floor at the dtype's minimum, softmax in float32 cast back, then PV.
-
-    See docs/original-model.md, "Prompt and LLM".
-    """
-    del scaling, dropout, kwargs
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    weights = torch.matmul(query, key.transpose(2, 3)) / math.sqrt(query.shape[-1])
-    if attention_mask is not None:
-        weights = weights + attention_mask
-        floor = torch.tensor(torch.finfo(weights.dtype).min, device=weights.device)
-        weights = torch.max(weights, floor)
-    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return output, weights
-
-
-_REGISTERED = False
-
-
-def _register_exact_attention() -> None:
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(EXACT_ATTENTION, _attention_428)
-    AttentionMaskInterface.register(EXACT_ATTENTION, eager_mask)
-    _REGISTERED = True
-
-
-def _base_model(lm: Any) -> Any:
-    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-
-
-@contextlib.contextmanager
-def exact_attention(lm: Any) -> Iterator[None]:
-    """Within the block, ``lm`` (a transformers model) attends with the 4.28 eager arithmetic."""
-    config = getattr(_base_model(lm), "config", None)
-    if config is None or not hasattr(config, "_attn_implementation"):
-        yield
-        return
-    _register_exact_attention()
-    before = config._attn_implementation
-    config._attn_implementation = EXACT_ATTENTION
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
-
-
-# --------------------------------------------------------------------------------------------------
-# Runners: prefill new items, feed one token per row, keep / reorder rows
-
-
-class _HFRunner:
-    """transformers' own forward over its KV cache (any causal LM; the exact mode).
-
-    Holds one batch: items are added once, before the first step.
-    """
-
-    def __init__(self, lm: Any, embed_tokens: Callable[[Tensor], Tensor], exact: bool) -> None:
-        self.lm = lm
-        self.embed_tokens = embed_tokens
-        self.exact = exact
-        self.cache_kwarg = _cache_kwarg(lm)
-        self.cache: Any = None
-        self.mask: Tensor | None = None
-        self.can_join = False
-
-    def add(self, inputs_embeds: Tensor, attention_mask: Tensor, rows_per_item: int) -> Tensor:
-        """Prefill [N, L, D]; returns [N*rows_per_item, V] float32 next-token logits."""
-        if self.mask is not None:
-            raise RuntimeError("this runner takes its items once, before the first step")
-        mask = attention_mask.long()
-        if self.exact and rows_per_item > 1:  # 4.28 runs step 0 on the prompt expanded per beam
-            inputs_embeds = inputs_embeds.repeat_interleave(rows_per_item, dim=0)
-            mask = mask.repeat_interleave(rows_per_item, dim=0)
-        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # 4.28 Llama prepare_inputs
-        self.mask = mask
-        logits = self._forward(inputs_embeds, position_ids)
-        if rows_per_item > 1 and not self.exact:
-            self.cache.batch_repeat_interleave(rows_per_item)
-            self.mask = self.mask.repeat_interleave(rows_per_item, dim=0)
-            logits = logits.repeat_interleave(rows_per_item, dim=0)
-        return logits
-
-    def step(self, tokens: Tensor) -> Tensor:
-        """Feed one token per row ([N] ids); returns the next logits [N, V] float32."""
-        assert self.mask is not None
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
-        position_ids = self.mask.sum(-1, keepdim=True) - 1  # attended positions - 1
-        embeds = self.embed_tokens(tokens[:, None])  # [N, 1, D]
-        return self._forward(embeds, position_ids)
-
-    def select(self, rows: Tensor, items: Tensor) -> None:
-        """Keep / reorder rows: new row i is old row ``rows[i]``."""
-        del items
-        assert self.mask is not None
-        if rows.shape[0] == self.mask.shape[0] and bool(
-            (rows == torch.arange(rows.shape[0], device=rows.device)).all()
-        ):
-            return
-        self.cache.reorder_cache(rows)
-        self.mask = self.mask.index_select(0, rows.to(self.mask.device))
-
-    def _forward(self, inputs_embeds: Tensor, position_ids: Tensor) -> Tensor:
-        context = exact_attention(self.lm) if self.exact else contextlib.nullcontext()
-        with context:
-            out = self.lm(
-                inputs_embeds=inputs_embeds,
-                attention_mask=self.mask,
-                position_ids=position_ids,
-                use_cache=True,
-                **{self.cache_kwarg: self.cache},
-            )
-        self.cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-        return out.logits[:, -1, :].float()
-
-
-def _cache_kwarg(lm: Any) -> str:
-    """``cache`` for transformers >= 5.x that renamed it, else ``past_key_values``."""
-    base = _base_model(lm)
-    try:
-        params = inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _make_runner(lm: Any, embed_tokens: Callable[[Tensor], Tensor], exact: bool) -> Any:
-    if not exact:
-        from .kvcache import LlamaStepper
-
-        stepper = LlamaStepper.maybe(lm, embed_tokens)
-        if stepper is not None:
-            return stepper
-    return _HFRunner(lm, embed_tokens, exact)
-
-
-# --------------------------------------------------------------------------------------------------
-# Logits processors and warpers (4.28 order: processors, then temperature, top-k, top-p)
-
-
-def _repetition_penalty(scores: Tensor, ids: Tensor, penalty: float) -> Tensor:
-    """4.28 RepetitionPenaltyLogitsProcessor: scores [N, V], ids [N, T] (dummy BOS included).
-
-    ``ids`` may be right-padded with BOS: BOS is in every history, so padding changes nothing.
-    """
-    if penalty == 1.0:
-        return scores
-    picked = scores.gather(1, ids)
-    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
-    return scores.scatter(1, ids, picked)
-
-
-def _processors(
-    scores: Tensor, ids: Tensor, lengths: Tensor, options: GenerationOptions, eos: int
-) -> Tensor:
-    """4.28 logits processors in order: repetition penalty, then min length.
-
-    ``ids`` [N, T] hold the dummy BOS (right-padded with it); ``lengths`` [N] are 4.28's
-    ``cur_len`` per row: EOS is banned while ``cur_len < min_length`` (``min_length=1``, the
-    original's setting, never bans it).
-    """
-    scores = _repetition_penalty(scores, ids, options.repetition_penalty)
-    if options.min_length > 1:
-        short = lengths < options.min_length
-        if bool(short.any()):
-            scores = scores.clone()
-            scores[short, eos] = -float("inf")
-    return scores
-
-
-def _warp(scores: Tensor, options: GenerationOptions, min_keep: int) -> Tensor:
-    """4.28 temperature, top-k and top-p warpers over scores [N, V]; removed entries become -inf."""
-    if options.temperature != 1.0:
-        scores = scores / options.temperature
-    if options.top_k != 0:
-        k = min(max(options.top_k, min_keep), scores.shape[-1])
-        kth_best = torch.topk(scores, k).values[..., -1:]
-        scores = scores.masked_fill(scores < kth_best, -float("inf"))
-    if options.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative <= (1 - options.top_p)
-        drop_sorted[..., -min_keep:] = False
-        drop = drop_sorted.scatter(1, order, drop_sorted)
-        scores = scores.masked_fill(drop, -float("inf"))
-    return scores
-
-
-# --------------------------------------------------------------------------------------------------
-# Beam hypotheses
-
-
-class _Hypotheses:
-    """4.28 BeamHypotheses for one item: at most ``num_beams`` finished (score, ids) pairs."""
-
-    def __init__(self, num_beams: int, length_penalty: float) -> None:
-        self.num_beams = num_beams
-        self.length_penalty = length_penalty
-        self.beams: list[tuple[float, list[int]]] = []
-        self.worst_score = _WORST_INIT
-
-    def add(self, ids: list[int], sum_logprobs: float) -> None:
-        """``ids`` include the dummy BOS and exclude the EOS; the score divides by their length."""
-        score = sum_logprobs / (len(ids) ** self.length_penalty)
-        if len(self.beams) < self.num_beams or score > self.worst_score:
-            self.beams.append((score, ids))
-            if len(self.beams) > self.num_beams:
-                ranked = sorted((s, i) for i, (s, _) in enumerate(self.beams))
-                del self.beams[ranked[0][1]]
-                self.worst_score = ranked[1][0]
-            else:
-                self.worst_score = min(score, self.worst_score)
-
-    def is_done(self, best_sum_logprobs: float, length: int) -> bool:
-        if len(self.beams) < self.num_beams:
-            return False
-        return self.worst_score >= best_sum_logprobs / length**self.length_penalty
-
-    def best(self) -> list[int]:
-        """Highest score; among equal scores the last added (4.28 sorts ascending and pops)."""
-        return sorted(self.beams, key=lambda beam: beam[0])[-1][1]
-
-
-# --------------------------------------------------------------------------------------------------
-# The decoder: one running batch whose items may finish and join at any step
-
-
 @dataclass
 class _Item:
     key: Hashable
     length: int = 1  # 4.28 cur_len: the dummy BOS plus the generated ids
-    hyps: _Hypotheses | None = None
+    hyps: BeamHypotheses | None = None
     ids: list[int] = field(default_factory=list)  # greedy / sampling: generated ids so far
     generator: torch.Generator | None = None  # seeded sampling: this item's own draws
 
@@ -433,7 +154,7 @@ class Decoder:
         self.eos, self.bos = eos_token_id, bos_token_id
         self.num_beams = options.num_beams
         self.max_length = options.max_new_tokens + 1  # the dummy BOS counts
-        self.runner = _make_runner(lm, embed_tokens, exact)
+        self.runner = make_runner(lm, embed_tokens, exact)
         self.items: list[_Item] = []  # running items, in row-block order
         self.logits: Tensor | None = None  # [R, V] next-token logits of the running rows
         self.seqs: Tensor | None = None  # [R, max_length] ids, right-padded with BOS
@@ -478,8 +199,8 @@ class Decoder:
         if nb > 1 and not self.options.do_sample:  # 4.28 beam_sample starts every beam at 0
             scores[:, 1:] = _BEAM_INIT
         for key in keys:
-            hyps = _Hypotheses(nb, self.options.length_penalty) if nb > 1 else None
-            generator = _make_generator(self.options, device)
+            hyps = BeamHypotheses(nb, self.options.length_penalty) if nb > 1 else None
+            generator = make_generator(self.options, device)
             self.items.append(_Item(key, hyps=hyps, generator=generator))
         if self.logits is None:
             self.logits, self.seqs, self.beam_scores = logits, seqs, scores.view(-1)
@@ -519,10 +240,10 @@ class Decoder:
         assert self.logits is not None and self.seqs is not None
         options = self.options
         lengths = torch.tensor([item.length for item in self.items], device=self.seqs.device)
-        scores = _processors(self.logits, self.seqs, lengths, options, self.eos)
+        scores = process_logits(self.logits, self.seqs, lengths, options, self.eos)
         if options.do_sample:
-            probs = _warp(scores, options, min_keep=1).softmax(dim=-1)
-            tokens = _draw(probs, 1, self.items).squeeze(1)
+            probs = warp(scores, options, min_keep=1).softmax(dim=-1)
+            tokens = draw(probs, 1, self.items).squeeze(1)
         else:
             tokens = scores.argmax(dim=-1)
         finished, keep = [], []
@@ -544,12 +265,12 @@ class Decoder:
             [item.length for item in self.items for _ in range(nb)], device=self.seqs.device
         )
         scores = torch.log_softmax(self.logits, dim=-1)
-        scores = _processors(scores, self.seqs, lengths, options, self.eos)
+        scores = process_logits(scores, self.seqs, lengths, options, self.eos)
         scores = scores + self.beam_scores[:, None]
         vocab = scores.shape[-1]
         if options.do_sample:  # 4.28 beam_sample: warp the running sums, sample w/o replacement
-            scores = _warp(scores, options, min_keep=2).view(-1, nb * vocab)
-            picked = _draw(scores.softmax(dim=-1), 2 * nb, self.items)
+            scores = warp(scores, options, min_keep=2).view(-1, nb * vocab)
+            picked = draw(scores.softmax(dim=-1), 2 * nb, self.items)
             top_scores, order = torch.sort(scores.gather(1, picked), descending=True, dim=1)
             top_ids = picked.gather(1, order)
         else:
@@ -572,7 +293,7 @@ class Decoder:
             if item.length >= self.max_length:  # 4.28 finalize adds the running beams
                 for row, _token, score in chosen:
                     ids = self.seqs[row, : item.length - 1].tolist() + [_token]
-                    item.hyps.add(ids, score)
+                    item.hyps.add(ids, score, ended_on_eos=False)
                 finished.append((item.key, self._best(item)))
                 continue
             running.append(item)
@@ -605,7 +326,7 @@ class Decoder:
             row = k * nb + beam
             if token == self.eos:
                 if rank < nb:  # an EOS below the top num_beams ranks is ignored
-                    item.hyps.add(self.seqs[row, : item.length].tolist(), score)
+                    item.hyps.add(self.seqs[row, : item.length].tolist(), score, ended_on_eos=True)
             else:
                 chosen.append((row, token, score))
             if len(chosen) == nb:
@@ -617,7 +338,7 @@ class Decoder:
     def _best(self, item: _Item) -> list[int]:
         assert item.hyps is not None
         best = item.hyps.best()
-        return best[1:] + [self.eos] if len(best) < self.max_length else best[1:]
+        return best.ids[1:] + [self.eos] if best.ended_on_eos else best.ids[1:]
 
     def _keep_rows(self, keep: list[int], tokens: Tensor) -> tuple[Tensor, Tensor]:
         assert self.seqs is not None

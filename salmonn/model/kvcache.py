@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .llm import base_model
+
 _MIN_CAPACITY = 32  # generated columns allocated at first; doubled when full
 
 
@@ -74,7 +76,7 @@ class LlamaStepper:
     @classmethod
     def maybe(cls, lm: Any, embed_tokens: Callable[[Tensor], Tensor]) -> LlamaStepper | None:
         """A stepper for ``lm`` when it has the LLaMA layout this runner knows, else None."""
-        base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+        base = base_model(lm)
         config = getattr(base, "config", None)
         model = getattr(base, "model", None)
         if config is None or model is None or getattr(config, "model_type", None) != "llama":

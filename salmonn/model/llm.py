@@ -32,6 +32,22 @@ LORA_TARGETS = ("q_proj", "v_proj")
 LORA_DROPOUT = 0.1  # inactive: the model is always in eval mode
 
 
+def base_model(lm: Any) -> Any:
+    """The transformers model under a peft wrapper (``lm`` itself when it is not wrapped)."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
+@contextmanager
+def attention_implementation(config: Any, name: str) -> Iterator[None]:
+    """Within the block, a transformers ``config`` selects the attention implementation ``name``."""
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
 class PromptTokenizer:
     """SentencePiece tokenizer with the original's semantics (``sp.encode`` per piece, no BOS/EOS).
 

@@ -8,7 +8,7 @@ engine, so a request answered by the server is built exactly as the CLI builds i
 The batcher's single worker thread runs the calls of all requests:
 
 * with a model that offers ``open_stream`` (``SalmonnModel``): continuous batching. Calls that decode
-  alike share one :class:`~salmonn.model.salmonn_model.GenerationStream`; their clips and prompts join the running
+  alike share one :class:`~salmonn.model.stream.GenerationStream`; their clips and prompts join the running
   decode as rows free up (at most ``max_batch_size`` at once), so a new request never waits for the
   longest answer of the batch before it;
 * otherwise: the oldest queued call and the queued calls that decode alike are merged into one

@@ -1,4 +1,4 @@
-"""Continuous batching for the server's model worker, over :class:`~salmonn.model.salmonn_model.GenerationStream`.
+"""Continuous batching for the server's model worker, over :class:`~salmonn.model.stream.GenerationStream`.
 
 One stream per decoding (equal ``GenerationOptions``); each call's clips or prompts are put into its
 stream as work items keyed ``(call id, index)``, and every :meth:`StreamWorker.step` advances every
@@ -65,7 +65,7 @@ class StreamWorker:
             self._put(holder, call)
 
     def _put(self, holder: _Stream, call: Any) -> None:
-        from ..model.salmonn_model import WorkItem
+        from ..model.work import WorkItem
 
         call.results = [None] * call.size
         call.remaining = call.size
