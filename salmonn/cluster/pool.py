@@ -25,6 +25,7 @@ from .. import errors
 from ..config import ChunkingOptions, GenerationOptions
 from ..errors import SalmonnError, error_line
 from ..jobs.records import Record
+from ..jobs.spec import ProgressReporter
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,7 @@ class Dispatcher:
         self.restarting: list[tuple[float, Any]] = []  # (when to ask again, actor)
         self.done: set[int] = set()
         self.identity: dict[str, Any] = {}
-        self.counts = {"files_done": 0, "files_failed": 0, "chunks_done": 0, "audio_seconds": 0.0}
-        self.t0 = time.perf_counter()
+        self.progress = ProgressReporter(self.total, job["on_progress"])
 
     def wait_for_a_worker(self) -> None:
         """Block until one worker has loaded the model (raises the load error if it failed)."""
@@ -145,7 +145,7 @@ class Dispatcher:
                 self.started(ref)
 
     def run(self) -> Iterator[Record]:
-        self.report("start")
+        self.progress.report("start")
         while len(self.done) < self.total:
             self.dispatch()
             self.poll_restarting()
@@ -282,28 +282,9 @@ class Dispatcher:
 
     def emit(self, index: int, record: Record) -> Record:
         self.done.add(index)
-        self.counts["files_done"] += 1
-        self.counts["files_failed"] += record.error is not None
-        self.counts["chunks_done"] += len(record.segments)
-        self.counts["audio_seconds"] += record.duration or 0.0
-        self.report("record", record)
+        self.progress.chunks_answered(len(record.segments), record.duration or 0.0)
+        self.progress.record_done(record)
         return record
-
-    def report(self, kind: str, record: Record | None = None) -> None:
-        callback = self.job["on_progress"]
-        if callback is None:
-            return
-        from ..jobs.spec import ProgressEvent
-
-        callback(
-            ProgressEvent(
-                kind=kind,
-                files_total=self.total,
-                elapsed=time.perf_counter() - self.t0,
-                record=record,
-                **self.counts,
-            )
-        )
 
 
 def _load_error(name: str, message: str) -> SalmonnError:

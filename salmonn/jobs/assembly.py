@@ -46,12 +46,21 @@ class FileState:
         if self.error is None:
             self.error = error
 
+    def summarized(self, text: str | None, seconds: float, error: str | None) -> None:
+        """The whole-recording answer of the summary pass (or its error)."""
+        self.summary, self.summary_s = text, seconds
+        if error is not None:
+            self.fail(error)
+
     def segments(self) -> list[Segment]:
         return [Segment(*self.spans[i], self.texts[i]) for i in sorted(self.texts)]
 
 
 class Assembler:
-    """Record assembly: the files of a run, their records built and released in input order."""
+    """Record assembly: the files of a run, their records built and released in input order.
+
+    The owner of every :class:`FileState`: the engine tells it what happened (a chunk taken, an
+    answer, a failure, the last chunk) and it keeps the completeness rules."""
 
     def __init__(self, items: Sequence[Any], spec: TaskSpec, options: dict, identity: dict) -> None:
         self.items, self.spec, self.options, self.identity = list(items), spec, options, identity
@@ -59,9 +68,41 @@ class Assembler:
         self.next_emit = 0
 
     def file(self, index: int) -> FileState:
+        """The state of input ``index`` (created, with every earlier one, when first seen)."""
         while len(self.files) <= index:
             self.files.append(FileState(self.items[len(self.files)], time.perf_counter()))
         return self.files[index]
+
+    def add_chunk(self, index: int, start: float, end: float) -> int:
+        """A chunk of input ``index`` spanning ``start``..``end`` s; returns its key (position)."""
+        f = self.file(index)
+        f.spans.append((start, end))
+        return len(f.spans) - 1
+
+    def last_chunk(self, index: int) -> None:
+        """Input ``index`` has no more chunks: it is complete once each has an answer."""
+        f = self.file(index)
+        f.n_chunks = len(f.spans)
+
+    def fail(self, index: int, error: str) -> None:
+        """Input ``index`` failed (its first error is kept)."""
+        self.file(index).fail(error)
+
+    def failed(self, index: int) -> bool:
+        """Whether input ``index`` has failed."""
+        return self.file(index).error is not None
+
+    def answered(self, answer: Any) -> float:
+        """A chunk's answer (``file``, ``key``, ``text`` or ``error``, ``model_s``) to its input;
+        returns the chunk's seconds of audio."""
+        f = self.file(answer.file)
+        f.model_s += answer.model_s
+        if answer.error is not None:
+            f.fail(answer.error)
+        else:
+            f.texts[answer.key] = answer.text
+        start, end = f.spans[answer.key]
+        return end - start
 
     def needing_summary(self) -> list[FileState]:
         """Complete files, not yet released, whose whole-recording answer is still to come."""

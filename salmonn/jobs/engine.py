@@ -24,7 +24,6 @@ library never prints: progress goes to the ``on_progress`` callback. Resuming is
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -41,7 +40,7 @@ from ..model.capacity import HeapTrimmer
 from .assembly import Assembler
 from .batcher import Answer, Batcher, StreamBatcher, make_batcher
 from .records import Record, resume_key
-from .spec import AutoBatchModel, EngineModel, ProgressEvent, TaskSpec
+from .spec import AutoBatchModel, EngineModel, ProgressEvent, ProgressReporter, TaskSpec
 from .summary import SummaryPass
 
 _STALL_S = 0.25
@@ -72,28 +71,6 @@ def record_options(
         "join": spec.join,
         "per_chunk": spec.per_chunk,
     }
-
-
-class _Progress:
-    """Counts of a run, reported through the ``on_progress`` callback."""
-
-    def __init__(self, files_total: int, callback: Callable[[ProgressEvent], None] | None) -> None:
-        self.files_total, self.callback = files_total, callback
-        self.t0 = time.perf_counter()
-        self.counts = {"files_done": 0, "files_failed": 0, "chunks_done": 0, "audio_seconds": 0.0}
-
-    def report(self, kind: str, record: Record | None = None) -> None:
-        if self.callback is None:
-            return
-        self.callback(
-            ProgressEvent(
-                kind=kind,
-                files_total=self.files_total,
-                elapsed=time.perf_counter() - self.t0,
-                record=record,
-                **self.counts,
-            )
-        )
 
 
 def planned_resume_key(
@@ -165,7 +142,7 @@ def process(
             batch_size = model.auto_batch_size(generation)
         else:
             batch_size = DEFAULT_BATCH_SIZE
-    progress = _Progress(len(items), on_progress)
+    progress = ProgressReporter(len(items), on_progress)
     progress.report("start")
     if not items:
         return
@@ -199,7 +176,7 @@ class _Run:
         records: Assembler,
         batcher: Batcher | StreamBatcher,
         summary: SummaryPass | None,
-        progress: _Progress,
+        progress: ProgressReporter,
         batch_size: int,
     ) -> None:
         self.records, self.batcher, self.summary = records, batcher, summary
@@ -247,15 +224,15 @@ class _Run:
 
     def take(self, fc: Any) -> None:
         """Register one ``FileChunk``: its chunk goes to the batcher, an error fails its file."""
-        f = self.records.file(fc.file_index)
+        records, index = self.records, fc.file_index
         if fc.error is not None:
-            f.fail(getattr(fc.error, "reason", None) or error_line(fc.error))
-            self.batcher.discard(fc.file_index)
-        elif fc.chunk is not None and f.error is None:
-            f.spans.append((float(fc.chunk.start), float(fc.chunk.end)))
-            self.batcher.add(fc.file_index, len(f.spans) - 1, fc.chunk.samples)
+            records.fail(index, getattr(fc.error, "reason", None) or error_line(fc.error))
+            self.batcher.discard(index)
+        elif fc.chunk is not None and not records.failed(index):
+            key = records.add_chunk(index, float(fc.chunk.start), float(fc.chunk.end))
+            self.batcher.add(index, key, fc.chunk.samples)
         if fc.last:
-            f.n_chunks = len(f.spans)
+            records.last_chunk(index)
 
     def flush(self, final: bool = True) -> None:
         """Answer the queued chunks (``final``: all of them; else at least until more can be
@@ -267,17 +244,9 @@ class _Run:
         if not answers:
             return
         self.trimmer.answered(len(answers))
-        counts = self.progress.counts
         for answer in answers:
-            f = self.records.files[answer.file]  # type: ignore[index]
-            f.model_s += answer.model_s
-            if answer.error is not None:
-                f.fail(answer.error)
-            else:
-                f.texts[answer.key] = answer.text  # type: ignore[index,assignment]
-            start, end = f.spans[answer.key]  # type: ignore[index]
-            counts["chunks_done"] += 1
-            counts["audio_seconds"] += end - start
+            seconds = self.records.answered(answer)
+            self.progress.chunks_answered(1, seconds)
         self.progress.report("batch")
 
     def finish(self) -> Iterator[Record]:
@@ -288,13 +257,9 @@ class _Run:
             assert self.summary is not None  # needing_summary() is empty without a summary_prompt
             answers = self.summary.run([f.segments() for f in group])
             for f, answer in zip(group, answers, strict=True):
-                f.summary, f.summary_s = answer.text, answer.seconds
-                if answer.error is not None:
-                    f.fail(answer.error)
+                f.summarized(answer.text, answer.seconds, answer.error)
         for record in self.records.due():
-            self.progress.counts["files_done"] += 1
-            self.progress.counts["files_failed"] += record.error is not None
-            self.progress.report("record", record)
+            self.progress.record_done(record)
             yield record
 
 

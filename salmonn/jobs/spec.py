@@ -1,5 +1,6 @@
 """The types the job layer shares: what a task asks (:class:`TaskSpec`), what the engine needs of a
-model (:class:`EngineModel`, :class:`AutoBatchModel`), and its progress reports (:class:`ProgressEvent`).
+model (:class:`EngineModel`, :class:`AutoBatchModel`), and its progress reports (:class:`ProgressEvent`,
+built by a run's :class:`ProgressReporter` from its :class:`RunCounts`).
 
 They live below the engine, the assembler and the summary pass, so that each of those imports them
 downward and none reaches up into another.
@@ -7,6 +8,8 @@ downward and none reaches up into another.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -107,3 +110,48 @@ class ProgressEvent:
     def speed(self) -> float:
         """Audio seconds processed per wall second (0 before the first batch)."""
         return self.audio_seconds / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class RunCounts:
+    """What a run has done so far (the counts of every :class:`ProgressEvent`)."""
+
+    files_done: int = 0
+    files_failed: int = 0
+    chunks_done: int = 0
+    audio_seconds: float = 0.0
+
+
+class ProgressReporter:
+    """A run's counts and its ``on_progress`` callback: the engine and the Ray driver count
+    through it, and every report carries the counts at that moment."""
+
+    def __init__(self, files_total: int, callback: Callable[[ProgressEvent], None] | None) -> None:
+        self.files_total, self.callback = files_total, callback
+        self.counts = RunCounts()
+        self.t0 = time.perf_counter()
+
+    def chunks_answered(self, chunks: int, audio_seconds: float) -> None:
+        """Count chunks through the model (reported with the next event)."""
+        self.counts.chunks_done += chunks
+        self.counts.audio_seconds += audio_seconds
+
+    def record_done(self, record: Record) -> None:
+        """Count a finished record and report it."""
+        self.counts.files_done += 1
+        self.counts.files_failed += record.error is not None
+        self.report("record", record)
+
+    def report(self, kind: str, record: Record | None = None) -> None:
+        """Send a :class:`ProgressEvent` of ``kind`` with the counts so far."""
+        if self.callback is None:
+            return
+        self.callback(
+            ProgressEvent(
+                kind=kind,
+                files_total=self.files_total,
+                elapsed=time.perf_counter() - self.t0,
+                record=record,
+                **dataclasses.asdict(self.counts),
+            )
+        )
