@@ -40,7 +40,8 @@ def _random_model(device: torch.device, dtype: torch.dtype, dims: dict[str, Any]
     from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from salmonn.model.encoders.beats import Beats, BeatsConfig
+    from salmonn.model.encoders.beats import Beats
+    from salmonn.model.encoders.beats_config import BeatsConfig
     from salmonn.model.llm import PromptTokenizer, add_pad_row, wrap_lora
     from salmonn.model.qformer import QFormerConfig
     from salmonn.model.tiny import beats_cfg, write_tiny_model

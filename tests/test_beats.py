@@ -12,13 +12,9 @@ import torch.nn.functional as F
 
 from salmonn.audio.features import beats_fbank, beats_n_tokens
 from salmonn.errors import CheckpointError
-from salmonn.model.encoders.beats import (
-    Beats,
-    BeatsAttention,
-    BeatsConfig,
-    load_beats,
-    relative_position_buckets,
-)
+from salmonn.model.encoders.beats import Beats, BeatsAttention, relative_position_buckets
+from salmonn.model.encoders.beats_config import BeatsConfig
+from salmonn.model.encoders.beats_file import load_beats
 from salmonn.model.formats import beats_shapes
 
 SR = 16_000

@@ -324,13 +324,13 @@ def download(preset: str | Preset, *, cache_dir: str | Path | None = None) -> Re
 # -------------------------------------------------------------------------------------------- beats
 
 def verify_beats_file(path: str | Path) -> BeatsFileInfo:
-    """Check that ``path`` is a BEATs checkpoint (:func:`salmonn.model.encoders.beats.read_beats_file`:
+    """Check that ``path`` is a BEATs checkpoint (:func:`salmonn.model.encoders.beats_file.read_beats_file`:
     every key and shape of the model its ``cfg`` describes; no model is built).
 
     Raises ``CheckpointError`` (one line) otherwise. ``official`` tells the released cpt2 config
     (12 layers, width 768, max_distance 800) from a smaller file in the same format.
     """
-    from ..model.encoders.beats import read_beats_file
+    from ..model.encoders.beats_file import read_beats_file
 
     cfg, state = read_beats_file(path)
     layers, width = cfg.encoder_layers, cfg.encoder_embed_dim

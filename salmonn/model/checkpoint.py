@@ -264,7 +264,7 @@ def build_model(
     :func:`salmonn.load_model` (which resolves presets and the hub cache first) is the public way in;
     this is its second half. ``preset`` is only recorded in the model's identity.
     """
-    from .encoders.beats import load_beats
+    from .encoders.beats_file import load_beats
     from .encoders.whisper import load_whisper_encoder
     from .llm import load_llm, quantization_config
 

@@ -11,18 +11,14 @@ only ever ran it in fp32 or under fp16 autocast, and bf16's 8-bit mantissa made 
 the CPU's kernels (within 0.1 of fp32 on the tiny test model on one AVX-512 CPU, 3.3 off reported on
 another). Float16 autocast, the reference's CUDA regime, is left as it is.
 
-A little over 400 lines on purpose: the configuration, the modules and the file validator
-(:func:`read_beats_file`, which checks a file against the state-dict layout of these very modules)
-belong together.
+The configuration is :mod:`~salmonn.model.encoders.beats_config`; reading, checking and loading an
+official file is :mod:`~salmonn.model.encoders.beats_file`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,84 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...audio.features import beats_fbank
-from ...errors import CheckpointError, key_mismatch, name_some
-from ..weights import load_torch_file
+from .beats_config import BeatsConfig
 
-__all__ = ["Beats", "BeatsConfig", "load_beats", "relative_position_buckets"]
+__all__ = ["Beats", "BeatsAttention", "relative_position_buckets"]
 
 _SCORE_SCALE = 32.0  # BEATs' internal attention constant "alpha": q /= 32, scores (S - rowmax) * 32
-
-
-@dataclass
-class BeatsConfig:
-    """BEATs architecture; the defaults are the upstream class defaults, overwritten by a
-    checkpoint's ``cfg``.
-
-    The official SALMONN file sets e.g. ``max_distance=800`` (default 1280), ``deep_norm``,
-    ``relative_position_embedding``, ``gru_rel_pos`` and ``finetuned_model`` (see
-    docs/original-model.md, "BEATs encoder"). Keys this
-    class does not know are kept in ``extra``.
-    """
-
-    input_patch_size: int = -1
-    embed_dim: int = 512
-    conv_bias: bool = False
-    encoder_layers: int = 12
-    encoder_embed_dim: int = 768
-    encoder_ffn_embed_dim: int = 3072
-    encoder_attention_heads: int = 12
-    activation_fn: str = "gelu"
-    layer_wise_gradient_decay_ratio: float = 1.0
-    layer_norm_first: bool = False
-    deep_norm: bool = False
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    activation_dropout: float = 0.0
-    encoder_layerdrop: float = 0.0
-    dropout_input: float = 0.0
-    conv_pos: int = 128
-    conv_pos_groups: int = 16
-    relative_position_embedding: bool = False
-    num_buckets: int = 320
-    max_distance: int = 1280
-    gru_rel_pos: bool = False
-    finetuned_model: bool = False
-    predictor_dropout: float = 0.1
-    predictor_class: int = 527
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> BeatsConfig:
-        """Class defaults overwritten by ``cfg`` (the checkpoint's plain dict)."""
-        names = {f.name for f in fields(cls)} - {"extra"}
-        known = {k: v for k, v in cfg.items() if k in names}
-        extra = {k: v for k, v in cfg.items() if k not in names}
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plain ``cfg`` dict form (as stored in checkpoints)."""
-        out = asdict(self)
-        out.update(out.pop("extra"))
-        return out
-
-    @property
-    def deep_norm_alpha(self) -> float:
-        """Residual scale of the post-LN layers: (2L)^(1/4) with DeepNorm, else 1."""
-        return math.pow(2 * self.encoder_layers, 1 / 4) if self.deep_norm else 1.0
-
-    def check_supported(self) -> None:
-        """Raise :class:`CheckpointError` for configurations this port does not implement."""
-        problems = []
-        if self.layer_norm_first:
-            problems.append("layer_norm_first=True (pre-LN BEATs)")
-        if self.activation_fn != "gelu":
-            problems.append(f"activation_fn={self.activation_fn!r}")
-        if self.input_patch_size < 1:
-            problems.append(f"input_patch_size={self.input_patch_size}")
-        if self.encoder_embed_dim % self.encoder_attention_heads:
-            problems.append("encoder_embed_dim not divisible by encoder_attention_heads")
-        if problems:
-            raise CheckpointError("unsupported BEATs configuration: " + ", ".join(problems))
 
 
 def relative_position_buckets(
@@ -411,86 +334,3 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     if device_type == "cuda":
         return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
     return None
-
-
-def _legacy_weight_norm_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept new-style ``parametrizations.weight.original0/1`` as ``weight_g`` / ``weight_v``."""
-    renames = {
-        "parametrizations.weight.original0": "weight_g",
-        "parametrizations.weight.original1": "weight_v",
-    }
-    out = {}
-    for key, value in state.items():
-        for new, old in renames.items():
-            if key.endswith(new):
-                key = key[: -len(new)] + old
-        out[key] = value
-    return out
-
-
-def read_beats_file(path: str | Path) -> tuple[BeatsConfig, dict[str, torch.Tensor]]:
-    """Open and check a BEATs file without building the model: the one BEATs validator.
-
-    The file must be a ``torch.save`` dict whose ``cfg`` is a configuration this port supports and
-    whose ``model`` holds exactly the keys and shapes of the model that ``cfg`` describes (new-style
-    weight-norm names are mapped to the official ones). Tensors are memory-mapped, so checking a
-    released file reads little of it.
-
-    Returns:
-        the configuration and the state dict (official key names).
-
-    Raises:
-        CheckpointError: ``"{path} is not a BEATs checkpoint: {reason}"`` on one line.
-    """
-    path = Path(path)
-
-    def fail(reason: str) -> CheckpointError:
-        return CheckpointError(f"{path} is not a BEATs checkpoint: {reason}")
-
-    ckpt = load_torch_file(path, error="{path} is not a BEATs checkpoint: {reason}")
-    model_state = ckpt.get("model") if isinstance(ckpt, Mapping) else None
-    if isinstance(model_state, Mapping) and "speech_query_tokens" in model_state:
-        raise fail("it is a SALMONN checkpoint (it goes in the checkpoint component)")
-    if not isinstance(ckpt, Mapping) or not {"cfg", "model"} <= set(ckpt):
-        found = sorted(map(str, ckpt))[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise fail(f"expected keys 'cfg' and 'model', found {found}")
-    if not isinstance(ckpt["cfg"], Mapping) or not isinstance(model_state, Mapping):
-        raise fail("'cfg' and 'model' must be dicts")
-    cfg = BeatsConfig.from_dict(ckpt["cfg"])
-    try:
-        with torch.device("meta"):
-            expected = Beats(cfg).state_dict()  # checks that the configuration is supported
-    except CheckpointError as err:
-        raise fail(str(err)) from None
-    state = _legacy_weight_norm_names(dict(model_state))
-    problems = key_mismatch(list(expected), list(state))
-    if problems:
-        raise fail(problems)
-    wrong = [
-        f"{key} {tuple(state[key].shape)} (expected {tuple(tensor.shape)})"
-        for key, tensor in expected.items()
-        if not isinstance(state[key], torch.Tensor) or state[key].shape != tensor.shape
-    ]
-    if wrong:
-        raise fail(f"wrong shape of {name_some(wrong)}")
-    return cfg, state
-
-
-def load_beats(path: str | Path, device: torch.device | str = "cpu") -> Beats:
-    """Load an official BEATs checkpoint (a ``torch.save`` dict with ``cfg`` and ``model``),
-    strictly (checked by :func:`read_beats_file`).
-
-    Returns:
-        a float32 :class:`Beats` on ``device``, in eval mode, with gradients off.
-
-    Raises:
-        CheckpointError: the file is missing, unreadable, not a BEATs dict, or its keys or shapes
-        differ.
-    """
-    cfg, state = read_beats_file(path)
-    with torch.device("meta"):
-        model = Beats(cfg)
-    model.load_state_dict(state, strict=True, assign=True)
-    model = model.to(device=device, dtype=torch.float32)
-    model.requires_grad_(False)
-    return model.eval()
