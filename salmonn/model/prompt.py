@@ -1,8 +1,8 @@
 """The LLM prompt around the audio: the user's instruction, the chat template, the split at ``<SpeechHere>``.
 
 Pure string work (no torch), shared by the model (which embeds the two halves around the audio) and
-the job layer (which renders instructions from templates). See docs/original-model.md, "Prompt and
-LLM".
+the job layer (which renders instructions from templates).
+See docs/original-model.md, "Prompt and LLM".
 """
 
 from __future__ import annotations
