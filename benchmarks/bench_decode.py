@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import decode_heavy_model, eos_after_tokens
 
 from salmonn.config import GenerationOptions
-from salmonn.model.salmonn_model import SalmonnModel, WorkItem
+from salmonn.model.salmonn_model import SalmonnModel
+from salmonn.model.work import WorkItem
 
 PROMPTS = (
     "Recognize the speech and give me the transcription.",

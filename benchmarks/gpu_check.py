@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import suppress_eos, tiny_model
 
 from salmonn.config import GenerationOptions
-from salmonn.model.salmonn_model import SalmonnModel, WorkItem
+from salmonn.model.salmonn_model import SalmonnModel
+from salmonn.model.work import WorkItem
 
 PROMPT = "Recognize the speech and give me the transcription."
 
