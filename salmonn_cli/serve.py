@@ -100,6 +100,36 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if o is not BATCH_SIZE_OPTION]
     help="Let requests name files under DIR with file:// URLs. [default: refused]",
 )
 @click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.request_timeout,
+    show_default=True,
+    metavar="S",
+    help="Seconds a request's body may take to arrive in full; slower ones get 408. A request "
+    "takes a queue slot only once its body is in.",
+)
+@click.option(
+    "--graceful-shutdown-seconds",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.graceful_shutdown_s,
+    show_default=True,
+    metavar="S",
+    help="On SIGINT/SIGTERM, how long requests in flight may take to finish; those still "
+    "running then get 503 shutting_down.",
+)
+@click.option(
+    "--allowed-hosts",
+    metavar="H1,H2",
+    help="Host names the Host header may name ('*': any). [default: the --host address (with "
+    "localhost when it is a loopback address); any with 0.0.0.0 or ::]",
+)
+@click.option(
+    "--allowed-origins",
+    metavar="O1,O2",
+    help="Web origins (https://app.example, or '*') whose pages may call the server; CORS "
+    "headers are sent for these only. [default: none but the server's own]",
+)
+@click.option(
     "-v", "--verbose", count=True, help="Log to stderr (-v info and access log, -vv debug)."
 )
 def serve(**params: Any) -> None:
@@ -150,6 +180,10 @@ def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
             max_audio_seconds=params["max_audio_seconds"],
             allowed_local_media_path=params["allowed_local_media_path"],
             generation=generation,
+            request_timeout=params["request_timeout"],
+            graceful_shutdown_s=params["graceful_shutdown_seconds"],
+            allowed_hosts=_names(params["allowed_hosts"]),
+            allowed_origins=_names(params["allowed_origins"]) or (),
         )
     except (SettingsError, ConfigError) as err:
         raise click.UsageError(str(err)) from None
@@ -161,3 +195,10 @@ def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
         return load_model(model, verbose=params["verbose"], quiet=True)
 
     return config, load
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    """``"a, b"`` -> ``("a", "b")``; ``None`` when not given."""
+    if value is None:
+        return None
+    return tuple(name.strip() for name in value.split(",") if name.strip())

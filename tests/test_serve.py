@@ -178,7 +178,7 @@ def status_error(call) -> openai.APIStatusError:
 
 def test_health_models_and_api_key(server):
     status, _, body = server.get("/health")  # open without a key
-    assert status == 200 and json.loads(body) == {"status": "ok"}
+    assert status == 200 and json.loads(body)["status"] == "ok"
     status, _, body = server.get("/metrics")  # open too, as vLLM's (counts, no request content)
     assert status == 200 and b"salmonn_requests_total" in body
     assert [m.id for m in server.client().models.list()] == ["salmonn"]
@@ -449,7 +449,7 @@ def test_stream_arrives_while_decoding_and_survives_a_client_leaving(server, aud
     parts, _ = stream_parts(client, **other, max_tokens=16)  # decodes beside the abandoned one
     assert "".join(parts) == expected and len(parts) >= 3
     deadline = time.monotonic() + 60
-    while server.metrics()["salmonn_queue_depth"] > 0:  # the abandoned answer runs to its end
+    while server.metrics()["salmonn_queue_depth"] > 0:  # the abandoned answer is cancelled
         assert time.monotonic() < deadline
         time.sleep(0.05)
     again = client.chat.completions.create(**long_answer)
@@ -607,43 +607,6 @@ def test_error_codes(server, audio):
     assert error.status_code == 413 and error.body["code"] == "audio_too_long"
     error = status_error(chat(audio_message(audio["over"])))
     assert error.status_code == 413
-
-
-def test_queue_full_answers_503(server, audio):
-    """Requests admitted but not finished (uploads that stall) fill --max-queue 16."""
-    stalled = []
-    try:
-        for _ in range(16):
-            sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-            sock.sendall(
-                b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
-                + f"Authorization: Bearer {KEY}\r\n".encode()
-                + b"Content-Type: multipart/form-data; boundary=BOUND\r\n"
-                b"Content-Length: 100000\r\n\r\n--BOUND\r\n"
-            )
-            stalled.append(sock)
-        deadline = time.monotonic() + 30
-        while server.metrics().get("salmonn_queue_depth", 0) < 16:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        error = status_error(
-            lambda: server.client().chat.completions.create(
-                model="salmonn", messages=[{"role": "user", "content": "hi"}]
-            )
-        )
-        assert error.status_code == 503 and error.body["code"] == "queue_full"
-        assert int(error.response.headers["retry-after"]) >= 1
-    finally:
-        for sock in stalled:
-            sock.close()
-    deadline = time.monotonic() + 30
-    while server.metrics().get("salmonn_queue_depth", 0) > 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    answer = server.client().chat.completions.create(
-        model="salmonn", messages=[{"role": "user", "content": "hi"}], max_tokens=2
-    )
-    assert answer.choices[0].finish_reason in ("stop", "length")
 
 
 # ---------------------------------------------------------------------------------- batching

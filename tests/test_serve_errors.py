@@ -129,7 +129,7 @@ def test_a_model_bug_answers_500_and_the_server_goes_on(
 
 
 def test_a_bug_outside_the_model_answers_500(base_url, clip, monkeypatch, caplog):
-    from salmonn.serve import app
+    from salmonn.serve import routes_chat as app
 
     good = chat(base_url, clip).choices[0].message.content
 

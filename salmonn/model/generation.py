@@ -37,7 +37,7 @@ Two ways to run the LM (the search itself is the same code in both):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,6 +229,24 @@ class Decoder:
                 assert self.logits is not None
                 self.logits = self.logits[:0]
         return finished
+
+    def drop(self, keys: Collection[Hashable]) -> None:
+        """Take the running items with these keys out of the batch unanswered (a cancelled
+        request); the others decode on as before."""
+        keep = [i for i, item in enumerate(self.items) if item.key not in keys]
+        if len(keep) == len(self.items):
+            return
+        assert self.logits is not None and self.seqs is not None and self.beam_scores is not None
+        nb, device = self.num_beams, self.logits.device
+        rows = torch.tensor(
+            [i * nb + b for i in keep for b in range(nb)], dtype=torch.long, device=device
+        )
+        self.items = [self.items[i] for i in keep]
+        self.logits = self.logits.index_select(0, rows)
+        self.seqs = self.seqs.index_select(0, rows)
+        self.beam_scores = self.beam_scores.index_select(0, rows)
+        if self.items or self.runner.can_join:
+            self.runner.select(rows, torch.tensor(keep, dtype=torch.long, device=device))
 
     def run(self) -> Iterator[tuple[Hashable, list[int]]]:
         """Step until every item has finished, yielding ``(key, ids)`` as they finish."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
 import torch
@@ -91,6 +91,15 @@ class GenerationStream:
     def discard(self, keep: Callable[[WorkItem], bool]) -> None:
         """Drop the waiting items for which ``keep`` is false (running ones finish)."""
         self._waiting = deque(item for item in self._waiting if keep(item))
+
+    def drop(self, keys: Collection[Hashable]) -> None:
+        """Forget the items with these keys, waiting or running (a cancelled request): a running
+        one leaves the batch now, unanswered."""
+        self._waiting = deque(item for item in self._waiting if item.key not in keys)
+        for key in keys:
+            self._callbacks.pop(key, None)
+        if self._decoder is not None:
+            self._decoder.drop(keys)
 
     def step(self) -> list[tuple[Hashable, GenerationResult | Exception]]:
         """Join waiting items while there is room, then decode one token for every running item."""

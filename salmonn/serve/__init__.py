@@ -1,7 +1,7 @@
 """An OpenAI-compatible HTTP server for SALMONN (``salmonn serve``; needs ``salmonn[serve]``).
 
 Endpoints: ``/v1/chat/completions`` (text + one audio part), ``/v1/audio/transcriptions``,
-``/v1/audio/translations``, ``/v1/models``, ``/health``, ``/metrics``. Every request runs the
+``/v1/audio/translations``, ``/v1/models``, ``/health``, ``/ready``, ``/metrics``. Every request runs the
 library task API (:mod:`salmonn.jobs.tasks` over :func:`salmonn.jobs.engine.process`), so an answer equals the
 CLI's for the same file and settings; concurrent requests share one model worker that merges their
 model calls (:mod:`salmonn.serve.batcher`).
@@ -29,6 +29,7 @@ SERVE_PACKAGES = {
     "prometheus_client": "prometheus-client",
 }
 SERVE_EXTRA_HINT = "pip install 'salmonn[serve]'"
+SHUTDOWN_BACKSTOP_S = 5  # uvicorn cuts connections this long after the app's own grace
 
 
 def missing_packages() -> list[str]:
@@ -55,13 +56,11 @@ def run_server(
     log_level: str = "warning",
 ) -> None:
     """Serve until SIGINT/SIGTERM, then return (requests in flight get up to
-    ``config.graceful_shutdown_s`` to finish; queued ones fail with 503).
+    ``config.graceful_shutdown_s`` to finish; those still running then get 503 ``shutting_down``).
 
     ``load_model()`` runs once, after the server listens; ``on_ready(url)`` is called when it has
     loaded. A failed load stops the server and is raised here.
     """
-    import uvicorn
-
     failures: list[BaseException] = []
     holder: dict[str, Any] = {}
 
@@ -77,7 +76,27 @@ def run_server(
         holder["server"].should_exit = True
 
     app = create_app(config, load_model, on_ready=ready, on_error=failed)
-    server = uvicorn.Server(
+    server = build_server(app, config, log_level=log_level)
+    holder["server"] = server
+    with _signals_end_quietly():
+        server.run()
+    if failures:
+        raise failures[0]
+
+
+def build_server(app: Any, config: ServeConfig, *, log_level: str = "warning") -> Any:
+    """A ``uvicorn.Server`` for ``app`` (of :func:`create_app`) that tells the app when it is asked
+    to stop (``handle_exit``: SIGINT/SIGTERM), so that the requests still running after
+    ``config.graceful_shutdown_s`` are answered 503 ``shutting_down`` by the app itself; uvicorn's
+    own cut-off comes a few seconds later, as a backstop."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.salmonn.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    return Server(
         uvicorn.Config(
             app,
             host=config.host,
@@ -86,14 +105,9 @@ def run_server(
             log_config=None,
             access_log=log_level in ("debug", "info"),
             lifespan="on",
-            timeout_graceful_shutdown=int(config.graceful_shutdown_s),
+            timeout_graceful_shutdown=int(config.graceful_shutdown_s) + SHUTDOWN_BACKSTOP_S,
         )
     )
-    holder["server"] = server
-    with _signals_end_quietly():
-        server.run()
-    if failures:
-        raise failures[0]
 
 
 class _signals_end_quietly:
@@ -125,6 +139,7 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "SERVE_EXTRA_HINT",
     "ServeConfig",
+    "build_server",
     "create_app",
     "missing_packages",
     "run_server",

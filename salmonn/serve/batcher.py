@@ -38,6 +38,7 @@ from ..config import GenerationOptions
 from ..constants import AUDIO_TOKENS, SAMPLE_RATE
 from ..errors import SalmonnError
 from .batchinfo import BatchInfo
+from .errors import RequestCancelled
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ class _Call:
     error: BaseException | None = None
     remaining: int = 0  # items not answered yet (continuous batching)
     on_tokens: Callable[[list[int]], None] | None = None  # the ids so far (one-item calls)
+    cancelled: threading.Event | None = None  # set: drop this call at the next step
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.cancelled is not None and self.cancelled.is_set()
 
     def finish(self, error: BaseException | None = None) -> None:
         if not self.done.is_set():
@@ -142,14 +148,20 @@ class Batcher:
         options: GenerationOptions,
         waves: Sequence[Any] | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
+        cancelled: threading.Event | None = None,
     ) -> list[Any]:
         """Queue one call and block until the worker has run it; returns its results in order.
 
         ``on_tokens`` (a call of one item): called from the worker with the item's ids so far after
         every decoding step, where the decoding allows it (see :attr:`streams_tokens`).
+        ``cancelled``: once set, the call leaves the queue or its decode at the worker's next step
+        and raises :class:`RequestCancelled`.
         """
         wave_list = None if waves is None else list(waves)
         call = _Call(kind, list(prompts), options, wave_list, request, on_tokens=on_tokens)
+        call.cancelled = cancelled
+        if call.is_cancelled:
+            raise RequestCancelled("the request was cancelled")
         with self._cond:
             if self._closed:
                 raise ServerClosing("the server is shutting down")
@@ -196,6 +208,9 @@ class Batcher:
                     if streams is not None:
                         streams.fail_all(ServerClosing("the server is shutting down"))
                     return
+                self._drop_cancelled()
+                if not self._queue and not (streams and streams.busy):
+                    continue
                 if streams is None:
                     self._wait_for_company()
                     batch = self._take()
@@ -209,6 +224,12 @@ class Batcher:
             else:
                 streams.put(batch)
                 streams.step()
+
+    def _drop_cancelled(self) -> None:
+        """Answer the queued calls of cancelled requests with :class:`RequestCancelled` (lock held)."""
+        for call in [c for c in self._queue if c.is_cancelled]:
+            self._queue.remove(call)
+            call.finish(RequestCancelled("the request was cancelled"))
 
     def _report(self, info: BatchInfo) -> None:
         if self.on_batch is not None:
@@ -315,6 +336,8 @@ class RequestModel:
         self.failure: BaseException | None = None
         # given the ids so far of the calls of one item from now on (see Batcher.submit)
         self.on_tokens: Callable[[list[int]], None] | None = None
+        # set by the server when the request is cancelled (see Batcher.submit)
+        self.cancelled: threading.Event | None = None
         self._request = 0
 
     def __enter__(self) -> RequestModel:  # noqa: PYI034
@@ -350,7 +373,9 @@ class RequestModel:
     def _submit(self, kind: str, prompts: Any, options: GenerationOptions, waves: Any) -> list[Any]:
         on_tokens = self.on_tokens if len(prompts) == 1 else None
         try:
-            return self._batcher.submit(self._request, kind, prompts, options, waves, on_tokens)
+            return self._batcher.submit(
+                self._request, kind, prompts, options, waves, on_tokens, self.cancelled
+            )
         except Exception as exc:
             self.failure = exc
             raise

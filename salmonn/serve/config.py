@@ -27,7 +27,14 @@ class ServeConfig:
         allowed_local_media_path: folder whose files ``file://`` URLs may name; ``None``: refused.
         generation: default decoding (a request's fields override it).
         chunking: how long audio is cut (as the CLI's defaults).
-        graceful_shutdown_s: on SIGTERM/SIGINT, how long requests in flight may take to finish.
+        graceful_shutdown_s: on SIGTERM/SIGINT, how long requests in flight may take to finish;
+            those still running then get 503 ``shutting_down``.
+        request_timeout: seconds a request's body may take to arrive in full (408 after).
+        allowed_hosts: host names the ``Host`` header may name (``"*"``: any); ``None``: the bound
+            address (any when it is ``0.0.0.0`` or ``::``).
+        allowed_origins: web origins (``https://app.example``, ``"*"``) whose pages may call the
+            server; CORS headers are sent for these only. A page of the server's own origin may
+            always call it.
     """
 
     host: str = "127.0.0.1"
@@ -43,6 +50,9 @@ class ServeConfig:
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     chunking: ChunkingOptions = field(default_factory=ChunkingOptions)
     graceful_shutdown_s: float = 30.0
+    request_timeout: float = 60.0
+    allowed_hosts: tuple[str, ...] | None = None
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         checks = {
@@ -52,6 +62,8 @@ class ServeConfig:
             "max_upload_mb": self.max_upload_mb > 0,
             "max_audio_seconds": self.max_audio_seconds > 0,
             "port": 0 <= self.port <= 65535,
+            "graceful_shutdown_s": self.graceful_shutdown_s >= 0,
+            "request_timeout": self.request_timeout > 0,
         }
         for name, ok in checks.items():
             if not ok:

@@ -48,6 +48,11 @@ class APIError(SalmonnError):
         }
 
 
+class RequestCancelled(SalmonnError):
+    """A request was cancelled (its client left, or the shutdown's grace ran out): its model
+    calls leave the queue and the running decode at the worker's next step."""
+
+
 def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
     """400: a request field that cannot be used (``message`` names it)."""
     return APIError(400, message, param=param, code=code)
@@ -61,6 +66,27 @@ def bad_audio(message: str, param: str | None = None) -> APIError:
 def too_large(message: str, param: str | None = None, code: str = "file_too_large") -> APIError:
     """413: an upload or an audio duration over the server's limits."""
     return APIError(413, message, param=param, code=code)
+
+
+def context_exceeded(message: str, param: str) -> APIError:
+    """400: a prompt (or prompt plus ``max_tokens``) longer than the model's context."""
+    return APIError(400, message, param=param, code="context_length_exceeded")
+
+
+def timed_out(message: str) -> APIError:
+    """408: the request's body did not arrive in time (``--request-timeout``)."""
+    return APIError(408, message, code="request_timeout", headers={"Connection": "close"})
+
+
+def unsupported_media_type(message: str) -> APIError:
+    """415: a body of the wrong ``Content-Type``."""
+    return APIError(415, message, code="unsupported_media_type")
+
+
+def forbidden(message: str, code: str) -> APIError:
+    """403: a ``Host`` or ``Origin`` that this server does not answer (``--allowed-hosts``,
+    ``--allowed-origins``)."""
+    return APIError(403, message, code=code)
 
 
 def unauthorized() -> APIError:

@@ -49,6 +49,8 @@ class AudioFile:
 
 def check_format(fmt: str | None, param: str) -> str:
     """A known audio/video format name (``wav``, ``mp3``, ...), lower case."""
+    if fmt is not None and not isinstance(fmt, str):
+        raise bad_request(f"{param} must be a string such as 'wav'", param)
     name = (fmt or "").strip().lower().lstrip(".")
     if name not in FORMATS:
         raise bad_request(
@@ -78,8 +80,8 @@ def decode_base64(data: object, param: str, max_bytes: int) -> bytes:
 
 def _too_big(size: int, max_bytes: int, param: str | None) -> Exception:
     return too_large(
-        f"{param or 'file'}: the upload is {size / 1e6:.1f} MB, over the server's limit of "
-        f"{max_bytes / 1e6:.1f} MB (--max-upload-mb)",
+        f"{param or 'file'}: the audio is {size:,} bytes, over the server's limit of "
+        f"{max_bytes:,} bytes (--max-upload-mb {max_bytes / 1e6:g})",
         param,
     )
 
@@ -113,14 +115,18 @@ def local_file(url: str, allowed_dir: str | None, param: str) -> AudioFile:
     parsed = urlparse(url)
     if parsed.netloc not in ("", "localhost"):
         raise bad_request(f"{param}: a file:// URL must name a local path", param)
-    path = os.path.realpath(unquote(parsed.path))
+    given = unquote(parsed.path)
+    if "\x00" in given:
+        raise bad_request(f"{param}: the path holds a NUL byte", param)
+    # messages name the path as the client gave it, never where a symlink leads on the server
+    path = os.path.realpath(given)
     root = os.path.realpath(allowed_dir)
     if os.path.commonpath([path, root]) != root:
         raise bad_request(
-            f"{param}: {path} is outside the allowed folder (--allowed-local-media-path)", param
+            f"{param}: {given!r} is outside the allowed folder (--allowed-local-media-path)", param
         )
     if not os.path.isfile(path):
-        raise bad_request(f"{param}: no such file {path}", param)
+        raise bad_request(f"{param}: no such file {given!r}", param)
     return AudioFile(path)
 
 

@@ -11,7 +11,7 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class Metrics:
-    """Requests by endpoint and status, queue depth, batch sizes, audio seconds, tokens."""
+    """Requests by route and status, queue depth, batch sizes, audio seconds, tokens, cancellations."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -48,6 +48,12 @@ class Metrics:
             "salmonn_audio_seconds", "Seconds of audio through the model", registry=r
         )
         self.tokens = Counter("salmonn_generated_tokens", "Tokens generated", registry=r)
+        self.cancelled = Counter(
+            "salmonn_requests_cancelled",
+            "Requests whose work was cancelled (client gone, or shutdown past its grace)",
+            ["reason"],
+            registry=r,
+        )
 
     def observe_batch(self, info: BatchInfo) -> None:
         if info.items:  # a model call, or a prefill of items joining a running decode

@@ -39,19 +39,36 @@ _NUMERIC = {
 _UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "audio", "prediction")
 
 
+# where a request's number stops making sense (or sound arithmetic) on this server; inclusive
+_RANGES: dict[str, tuple[float, float]] = {
+    "top_k": (0, 2**31 - 1),
+    "seed": (0, 2**64 - 1),  # what torch.Generator.manual_seed takes
+    "num_beams": (1, 16),
+    "repetition_penalty": (0.01, 100.0),
+    "length_penalty": (-10.0, 10.0),
+    "temperature": (0.0, 100.0),
+}
+MIN_TEMPERATURE = 0.01  # below it (and above 0) logits / temperature overflows: 400
+
+
 def _number(body: dict[str, Any], name: str, kind: type) -> Any:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_request(f"{name} must be a number, got {value!r}", name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad_request(f"{name} must be a finite number, got {value!r}", name)
     if kind is int:
-        if float(value) != int(value):
+        if isinstance(value, float) and not value.is_integer():
             raise bad_request(f"{name} must be an integer, got {value!r}", name)
-        return int(value)
-    if not math.isfinite(value):
-        raise bad_request(f"{name} must be a finite number", name)
-    return float(value)
+        value = int(value)
+    else:
+        value = float(value)
+    low, high = _RANGES.get(name, (-math.inf, math.inf))
+    if not low <= value <= high:
+        raise bad_request(f"{name} must be in [{low:g}, {high:g}], got {value!r}", name)
+    return value
 
 
 def decoding_options(body: dict[str, Any], defaults: GenerationOptions) -> GenerationOptions:
@@ -71,8 +88,11 @@ def decoding_options(body: dict[str, Any], defaults: GenerationOptions) -> Gener
     if do_sample is not None and not isinstance(do_sample, bool):
         raise bad_request(f"do_sample must be true or false, got {do_sample!r}", "do_sample")
     temperature = _number(body, "temperature", float)
-    if temperature is not None and temperature < 0:
-        raise bad_request(f"temperature must be >= 0, got {temperature}", "temperature")
+    if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
+        raise bad_request(
+            f"temperature must be 0 or at least {MIN_TEMPERATURE}, got {temperature!r}",
+            "temperature",
+        )
     if temperature is not None and temperature > 0:
         overrides["temperature"] = temperature
     if do_sample is None and temperature is not None:
@@ -87,6 +107,28 @@ def decoding_options(body: dict[str, Any], defaults: GenerationOptions) -> Gener
         field = str(err).split(" ", 1)[0]
         param = {"max_new_tokens": "max_tokens"}.get(field, field)
         raise bad_request(str(err), param) from None
+
+
+def check_text(body: Any) -> None:
+    """400 naming the field when a string of the parsed JSON ``body`` cannot be UTF-8 (a lone
+    surrogate such as ``"\\ud800"``); walks without recursion (the body may be deeply nested)."""
+    todo: list[tuple[Any, str]] = [(body, "")]
+    while todo:
+        value, where = todo.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad_request(
+                    f"{where or 'the body'} holds a lone surrogate (not UTF-8 text)",
+                    where or None,
+                ) from None
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                todo.append((key, where or "the body"))
+                todo.append((item, f"{where}.{key}" if where else str(key)))
+        elif isinstance(value, list):
+            todo.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 def check_model(body: dict[str, Any], served: str) -> None:
@@ -179,13 +221,16 @@ def _split_content(content: Any, index: int) -> tuple[list[str], list[dict[str, 
     texts, audio = [], []
     for i, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise bad_request(f"{where}[{i}].text must be a string", f"{where}[{i}].text")
             texts.append(part["text"])
         elif kind in ("input_audio", "audio_url"):
             audio.append({**part, "_param": f"{where}[{i}].{kind}"})
         else:
+            shown = kind if isinstance(kind, str) else type(kind).__name__
             raise bad_request(
-                f"{where}[{i}]: unsupported part type {kind!r} (text, input_audio, audio_url)",
+                f"{where}[{i}]: unsupported part type {shown!r} (text, input_audio, audio_url)",
                 where,
             )
     return texts, audio

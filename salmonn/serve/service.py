@@ -10,17 +10,28 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import GenerationOptions
+from ..constants import AUDIO_TOKENS
 from ..errors import AudioError, PromptError, SalmonnError
 from ..jobs.records import Record
 from ..jobs.tasks import Task
 from .batcher import Batcher, BatchInfo, RequestModel, ServerClosing, Usage
 from .config import ServeConfig
-from .errors import APIError, bad_audio, bad_request, internal, too_large, unavailable
+from .errors import (
+    APIError,
+    RequestCancelled,
+    bad_audio,
+    bad_request,
+    context_exceeded,
+    internal,
+    too_large,
+    unavailable,
+)
 from .media import AudioFile
 
 logger = logging.getLogger(__name__)
@@ -80,12 +91,14 @@ class Service:
         audio: AudioFile,
         generation: GenerationOptions,
         on_tokens: Callable[[list[int]], None] | None = None,
+        cancelled: threading.Event | None = None,
     ) -> Answer:
         """Run ``task`` over the audio file exactly as the CLI does; raises :class:`APIError`.
 
         ``on_tokens``: when the audio is a single chunk (no whole-recording pass), called from the
         model worker with the ids so far of its one generation, whose text, stripped, is the
-        answer (see :meth:`streams_tokens`); never called for longer audio.
+        answer (see :meth:`streams_tokens`); never called for longer audio. ``cancelled``: once
+        set, the request's model calls stop at the worker's next step.
         """
         try:
             spec = task.spec()
@@ -98,6 +111,7 @@ class Service:
 
         item = InputItem(audio.path, os.path.dirname(audio.path), os.path.basename(audio.path))
         with RequestModel(self.batcher, self.model) as model:
+            model.cancelled = cancelled
 
             def single_chunk() -> None:  # its answer is the record's text: let it stream
                 model.on_tokens = on_tokens
@@ -118,7 +132,8 @@ class Service:
             failure = model.failure
         if record.error is not None:
             if decode_errors:
-                raise bad_audio(f"the audio could not be decoded: {decode_errors[0].reason}")
+                reason = _hide_path(decode_errors[0].reason, audio.path)
+                raise bad_audio(f"the audio could not be decoded: {reason}")
             raise self._model_error(failure, record.error)
         text = record.text or ""
         return Answer(text, model.usage, self._finish_reason(model.usage, generation), record)
@@ -128,6 +143,7 @@ class Service:
         instruction: str,
         generation: GenerationOptions,
         on_tokens: Callable[[list[int]], None] | None = None,
+        cancelled: threading.Event | None = None,
     ) -> Answer:
         """The LLM's answer to ``instruction`` without audio (``USER: ...\\nASSISTANT:``).
 
@@ -136,11 +152,46 @@ class Service:
         """
         with RequestModel(self.batcher, self.model) as model:
             model.on_tokens = on_tokens
+            model.cancelled = cancelled
             try:
                 result = model.generate_text([instruction], generation)[0]
             except Exception as exc:  # noqa: BLE001 - mapped to an HTTP error
                 raise self._model_error(exc, str(exc)) from None
         return Answer(result.text, model.usage, self._finish_reason(model.usage, generation))
+
+    def fit_prompt(
+        self, instruction: str, task: Task | None, generation: GenerationOptions, asked: bool
+    ) -> GenerationOptions:
+        """``generation`` with ``max_new_tokens`` bounded by what the model's context leaves after
+        the prompt (with the audio's positions for ``task``); 400 ``context_length_exceeded`` when
+        the prompt itself does not fit, or when ``asked`` (the request set ``max_tokens``) and the
+        asked tokens do not fit after it. Runs the tokenizer: call it from a request thread."""
+        context = getattr(self.model, "context_length", None)
+        if not context:
+            return generation
+        if task is None:
+            prompt = int(self.model.count_tokens(instruction))
+        else:
+            before, after = self.model.prompt_ids(task.spec().prompt)
+            prompt = 1 + len(before) + AUDIO_TOKENS + len(after)
+        left = context - prompt
+        if left < 1:
+            what = f"with the audio's {AUDIO_TOKENS} positions" if task else "text only"
+            raise context_exceeded(
+                f"this model's context is {context} tokens, and the prompt alone takes {prompt} "
+                f"({what}); shorten the messages",
+                "messages",
+            )
+        if generation.max_new_tokens <= left:
+            return generation
+        if asked:
+            raise context_exceeded(
+                f"this model's context is {context} tokens; the prompt takes {prompt}, which "
+                f"leaves {left} for the answer, but max_tokens asks for "
+                f"{generation.max_new_tokens}",
+                "max_tokens",
+            )
+        return generation.with_overrides(max_new_tokens=left)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _check_duration(self, path: str) -> None:
@@ -149,7 +200,8 @@ class Service:
         try:
             info = probe(path)
         except AudioError as err:
-            raise bad_audio(f"the audio could not be decoded: {err.reason}") from None
+            reason = _hide_path(err.reason, path)
+            raise bad_audio(f"the audio could not be decoded: {reason}") from None
         if not info.has_audio:
             raise bad_audio("the file has no audio stream")
         limit = self.config.max_audio_seconds
@@ -179,6 +231,8 @@ class Service:
     def _model_error(self, exc: BaseException | None, message: str) -> APIError:
         if isinstance(exc, APIError):
             return exc
+        if isinstance(exc, RequestCancelled):
+            return unavailable("the request was cancelled", code="cancelled")
         if isinstance(exc, ServerClosing):
             return unavailable("the server is shutting down", code="shutting_down")
         if isinstance(exc, SalmonnError):
@@ -192,6 +246,11 @@ class Service:
         if ids and self.eos_id is not None and ids[-1] == self.eos_id:
             return "stop"
         return "length" if len(ids) >= generation.max_new_tokens else "stop"
+
+
+def _hide_path(reason: str, path: str) -> str:
+    """``reason`` without the server-side path of the file (a temporary folder, a symlink's target)."""
+    return reason.replace(path, os.path.basename(path)).replace(os.path.dirname(path), "")
 
 
 def _too_long(seconds: float, limit: float) -> APIError:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..constants import SAMPLE_RATE
 from .batchinfo import BatchInfo
+from .errors import RequestCancelled
 
 logger = logging.getLogger("salmonn.serve")
 
@@ -77,9 +78,26 @@ class StreamWorker:
             holder.waiting.append((call, i))
 
     def step(self) -> None:
-        """One token for every running item of every stream (waiting items join first)."""
+        """One token for every running item of every stream (waiting items join first); the items
+        of cancelled calls leave first."""
         for key, holder in list(self.streams.items()):
+            self._drop_cancelled(holder)
+            if not holder.stream.busy:
+                del self.streams[key]
+                continue
             self._step(key, holder)
+
+    def _drop_cancelled(self, holder: _Stream) -> None:
+        cancelled = [call for call in holder.calls.values() if call.is_cancelled]
+        if not cancelled:
+            return
+        ids = {id(call) for call in cancelled}
+        holder.stream.drop({(id(call), i) for call in cancelled for i in range(call.size)})
+        holder.waiting = deque((call, i) for call, i in holder.waiting if id(call) not in ids)
+        for call in cancelled:
+            del holder.calls[id(call)]
+            call.finish(RequestCancelled("the request was cancelled"))
+        logger.debug("dropped %d cancelled call(s) from a decode", len(cancelled))
 
     def _step(self, key: Hashable, holder: _Stream) -> None:
         before = holder.stream.waiting
