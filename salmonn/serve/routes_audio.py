@@ -36,6 +36,7 @@ SOURCE_LANGUAGES = tuple(sorted({*LANGUAGE_NAMES, *TRAINED_LANGUAGES, *EMERGENT_
 
 def install(app: FastAPI, state: ServerState) -> None:
     """Add the routes to ``app``."""
+    name = state.config.served_model_name
 
     async def audio_task(request: Request, task_name: str) -> Response:
         service = state.ready()
@@ -60,11 +61,11 @@ def install(app: FastAPI, state: ServerState) -> None:
         answer = await state.run(ticket, work, request.receive)
         return _audio_response(answer, prepared["format"], task_name, prepared["language"])
 
-    @app.post("/v1/audio/transcriptions", openapi_extra=schema.audio("transcriptions"))
+    @app.post("/v1/audio/transcriptions", openapi_extra=schema.audio("transcriptions", name))
     async def transcriptions(request: Request) -> Response:
         return await audio_task(request, "transcribe")
 
-    @app.post("/v1/audio/translations", openapi_extra=schema.audio("translations"))
+    @app.post("/v1/audio/translations", openapi_extra=schema.audio("translations", name))
     async def translations(request: Request) -> Response:
         return await audio_task(request, "translate")
 

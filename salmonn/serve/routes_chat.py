@@ -52,7 +52,7 @@ def install(app: FastAPI, state: ServerState) -> None:
     config = state.config
     name = config.served_model_name
 
-    @app.post(CHAT, openapi_extra=schema.CHAT)
+    @app.post(CHAT, openapi_extra=schema.chat(name))
     async def chat(request: Request) -> Response:
         service = state.ready()
         body = await json_body(request)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from . import schema
 from .metrics import CONTENT_TYPE
@@ -45,7 +45,7 @@ def install(app: FastAPI, state: ServerState) -> None:
             code = 503
         return JSONResponse({"status": text, **queue()}, status_code=code)
 
-    @app.get("/metrics", openapi_extra=schema.METRICS)
+    @app.get("/metrics", response_class=PlainTextResponse, openapi_extra=schema.METRICS)
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 

@@ -73,39 +73,42 @@ CHAT_REQUEST = {
         "model": {"type": "string"},
         "messages": {
             "type": "array",
+            "minItems": 1,
             "items": {
                 "type": "object",
                 "required": ["role", "content"],
                 "properties": {
                     "role": {"type": "string", "enum": ["system", "user", "assistant"]},
-                    "content": {
-                        "oneOf": [{"type": "string"}, {"type": "array", "items": _PART}]
-                    },
+                    "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": _PART}]},
                 },
             },
         },
-        "max_tokens": _INTEGER,
-        "max_completion_tokens": _INTEGER,
-        "temperature": _NUMBER,
-        "top_p": _NUMBER,
-        "top_k": _INTEGER,
-        "seed": _INTEGER,
-        "num_beams": _INTEGER,
+        "max_tokens": {**_INTEGER, "minimum": 1},
+        "max_completion_tokens": {**_INTEGER, "minimum": 1},
+        "temperature": {
+            "anyOf": [{"const": 0}, {"type": "number", "minimum": 0.01, "maximum": 100}]
+        },
+        "top_p": {**_NUMBER, "exclusiveMinimum": 0, "maximum": 1},
+        "top_k": {**_INTEGER, "minimum": 0},
+        "seed": {**_INTEGER, "minimum": 0, "maximum": 2**64 - 1},
+        "num_beams": {**_INTEGER, "minimum": 1, "maximum": 16},
         "do_sample": {"type": ["boolean", "null"]},
-        "repetition_penalty": _NUMBER,
-        "length_penalty": _NUMBER,
+        "repetition_penalty": {**_NUMBER, "minimum": 0.01, "maximum": 100},
+        "length_penalty": {**_NUMBER, "minimum": -10, "maximum": 10},
         "stream": {"type": ["boolean", "null"]},
         "stream_options": {
             "type": ["object", "null"],
             "properties": {"include_usage": {"type": "boolean"}},
         },
-        "n": _INTEGER,
+        "n": {**_INTEGER, "const": 1},
     },
 }
 _USAGE = {
     "type": "object",
     "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-    "properties": {k: {"type": "integer"} for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+    "properties": {
+        k: {"type": "integer"} for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    },
 }
 CHAT_RESPONSE = {
     "type": "object",
@@ -119,11 +122,26 @@ CHAT_RESPONSE = {
         "usage": _USAGE,
     },
 }
+
+
+def _served(schema: dict[str, Any], served: str) -> dict[str, Any]:
+    """``schema`` (an object's) with its ``model`` property naming the served model."""
+    properties = {**schema["properties"], "model": {"type": "string", "enum": [served]}}
+    return {**schema, "properties": properties}
+
+
+def chat(served: str) -> dict[str, Any]:
+    """The JSON body and answers of ``/v1/chat/completions`` (``served``: the model's id)."""
+    return {
+        **CHAT,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _served(CHAT_REQUEST, served)}},
+        },
+    }
+
+
 CHAT = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": CHAT_REQUEST}},
-    },
     "responses": {
         "200": {
             "description": "The answer; with stream: true, server-sent chat.completion.chunk events",
@@ -137,11 +155,11 @@ CHAT = {
 }
 
 
-def audio(task: str) -> dict[str, Any]:
-    """The multipart form and answers of ``/v1/audio/{task}``."""
+def audio(task: str, served: str) -> dict[str, Any]:
+    """The multipart form and answers of ``/v1/audio/{task}`` (``served``: the model's id)."""
     fields: dict[str, Any] = {
         "file": {"type": "string", "format": "binary"},
-        "model": {"type": "string"},
+        "model": {"type": "string", "enum": [served]},
         "language": {"type": "string"},
         "prompt": {"type": "string"},
         "response_format": {
@@ -192,7 +210,9 @@ _MODEL = {
 }
 MODELS = {
     "responses": {
-        "200": _json({"type": "object", "properties": {"data": {"type": "array", "items": _MODEL}}}),
+        "200": _json(
+            {"type": "object", "properties": {"data": {"type": "array", "items": _MODEL}}}
+        ),
         **errors("401", "403"),
     }
 }
