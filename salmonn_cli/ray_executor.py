@@ -160,12 +160,14 @@ def _resolved(model: dict[str, Any], job: Any) -> dict[str, Any]:
 
 
 class _WarningsTo(logging.Handler):
-    """Shows the Ray driver's warnings (workers lost, files handed out again) through the reporter."""
+    """Shows the Ray driver's warnings (workers lost, files handed out again) through the reporter;
+    its INFO and DEBUG lines (with ``-v``: "Ray worker ready ...") go on to the ``salmonn``
+    logger's handlers, as every other module's."""
 
     LOGGERS = ("salmonn.cluster.runner", "salmonn.cluster.pool")  # the modules that warn about the cluster
 
     def __init__(self, reporter: Any) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.NOTSET)
         self.reporter = reporter
         self.loggers = [logging.getLogger(name) for name in self.LOGGERS]
         self.propagate = [logger.propagate for logger in self.loggers]
@@ -174,7 +176,12 @@ class _WarningsTo(logging.Handler):
             logger.propagate = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.reporter.warn(record.getMessage())
+        if record.levelno >= logging.WARNING:
+            self.reporter.warn(record.getMessage())
+            return
+        for handler in logging.getLogger("salmonn").handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
     def close(self) -> None:
         for logger, propagate in zip(self.loggers, self.propagate, strict=True):

@@ -163,14 +163,25 @@ class Dispatcher:
                 else:
                     yield from self.receive(ref)
 
+    def piece(self) -> int:
+        """Most files for the next call: ``files_per_call``; with ``share`` (batch size "auto"),
+        at most an even share of the files left among the workers, so that a small job keeps
+        every worker busy instead of filling the first one that is ready."""
+        limit = int(self.job["files_per_call"])
+        if self.job.get("share"):
+            workers = len(self.idle) + len(self.running) + len(self.starting) + len(self.restarting)
+            limit = min(limit, -(-len(self.pending) // max(1, workers)))
+        return max(1, limit)
+
     def dispatch(self) -> None:
         while self.idle and self.pending:
+            limit = self.piece()
             actor = self.idle.pop(0)
             first = self.pending.popleft()
             batch = [first]
             if first.attempts == 0:  # a file whose worker died before goes alone
                 while (
-                    len(batch) < self.job["files_per_call"]
+                    len(batch) < limit
                     and self.pending
                     and self.pending[0].attempts == 0
                 ):

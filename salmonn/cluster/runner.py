@@ -61,6 +61,7 @@ DEFAULT_MAX_RESTARTS = 3  # times Ray restarts a dead worker (model reloaded)
 # files per call with batch_size "auto" (sized on the worker's GPU): enough to keep a large batch
 # full, few enough that a lost worker costs little
 AUTO_FILES_PER_CALL = 32
+LOOPBACK = "127.0.0.1"  # where a Ray started by --ray local listens
 
 
 class RayUnavailableError(ConfigError):
@@ -220,6 +221,8 @@ def run_task_on_ray(
         "batch_size": size,
         "files_per_call": options.files_per_call
         or (size if isinstance(size, int) else AUTO_FILES_PER_CALL),
+        # "auto" sizes batches on each worker: hand out even shares, never all to the first one
+        "share": size == "auto" and options.files_per_call is None,
         "max_attempts": options.max_attempts,
         "on_progress": on_progress,
     }
@@ -337,10 +340,46 @@ def _client_mode(ray: Any) -> bool:
     return bool(client.is_connected())
 
 
+def start_local_ray(ray: Any, **init_args: Any) -> None:
+    """Start Ray on this machine with every listener on loopback (127.0.0.1), no port open to the
+    network, and keep its token authentication (Ray's default) without its notice about it.
+
+    Ray turns a ``127.0.0.1`` node address into the machine's network address unless it believes
+    it runs a single-machine cluster (its flag for Windows and macOS, set here for the call); with
+    the node address on loopback, its GCS, raylet and workers listen there only.
+    """
+    from ray._private import ray_constants
+
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    quiet = _DropEnabledNotice()
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    notice.addFilter(quiet)
+    try:
+        ray.init(
+            address="local",
+            _node_ip_address=LOOPBACK,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            **init_args,
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        notice.removeFilter(quiet)
+
+
+class _DropEnabledNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on (it is, as it should be); a notice that
+    it is off still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return os.environ.get("RAY_AUTH_MODE", "").lower() != "token"
+
+
 def _connect(ray: Any, address: str) -> None:
     try:
         if address == "local":
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+            start_local_ray(ray)
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except Exception as exc:  # ConnectionError, RuntimeError, ...: one line for the user
