@@ -104,7 +104,7 @@ def _dispatcher(workers, files: int, batch_size):
     auto = batch_size == "auto"
     job = {
         "spec_ref": None, "chunking": None, "generation": None, "batch_size": batch_size,
-        "streaming": True, "share": auto,
+        "streaming": True, "share": auto, "on_progress": None,
         "files_per_call": AUTO_FILES_PER_CALL if auto else batch_size,
     }  # fmt: skip
     inputs = [PendingInput(i, f"f{i}", f"/abs/f{i}") for i in range(files)]
