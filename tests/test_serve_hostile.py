@@ -527,3 +527,34 @@ def test_a_client_leaving_during_its_upload_is_no_500(live, caplog):
     error_key = 'salmonn_requests_total{endpoint="/v1/chat/completions",status="500"}'
     assert after.get(error_key, 0) == before.get(error_key, 0)
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+# ------------------------------------------------------------------------- the request's ticket
+
+
+def test_a_ticket_releases_its_slot_and_upload_once():
+    from salmonn.serve.admission import Admissions
+    from salmonn.serve.errors import APIError
+    from salmonn.serve.media import save
+
+    counts = []
+    slots = Admissions(2, on_change=counts.append)
+    first, second = slots.admit(), slots.admit()
+    with pytest.raises(APIError) as full:
+        slots.admit()
+    assert full.value.code == "queue_full"
+    upload = save(b"RIFF....", "wav")
+    first.hold(upload)
+    folder = Path(upload.path).parent
+    assert folder.is_dir()
+    first.release()
+    first.release()  # a second release (another path of the request) changes nothing
+    assert not folder.exists() and slots.count == 1 and counts == [1, 2, 1]
+    late = save(b"RIFF....", "wav")
+    first.hold(late)  # an upload handed to a released ticket is deleted at once
+    assert not Path(late.path).parent.exists()
+    second.cancel("disconnected")
+    second.cancel("shutting_down")  # the first reason stays
+    assert second.cancelled.is_set() and second.error().status == 499
+    second.release()
+    assert slots.count == 0 and slots.tickets() == []
