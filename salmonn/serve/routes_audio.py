@@ -51,9 +51,10 @@ def install(app: FastAPI, state: ServerState) -> None:
         assert audio is not None
 
         def work() -> Answer:
-            try:
+            try:  # the server's --max-new-tokens, lowered to what the context leaves
+                options = service.fit_prompt("", prepared["task"], prepared["options"], False)
                 return service.run_task(
-                    prepared["task"], audio, prepared["options"], cancelled=ticket.cancelled
+                    prepared["task"], audio, options, cancelled=ticket.cancelled
                 )
             finally:
                 ticket.release()
