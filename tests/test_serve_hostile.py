@@ -558,3 +558,19 @@ def test_a_ticket_releases_its_slot_and_upload_once():
     assert second.cancelled.is_set() and second.error().status == 499
     second.release()
     assert slots.count == 0 and slots.tickets() == []
+
+
+def test_connections_are_kept_unless_a_body_is_left_unread(live):
+    status, headers, _ = live.request("GET", "/v1/models")
+    assert status == 200 and headers.get("connection") != "close"
+    status, headers, _ = live.request("POST", "/v1/chat/completions", HI)
+    assert status == 200 and headers.get("connection") != "close"
+    sock = raw(  # declares a body over the chat limit: refused unread
+        live.port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {KEY}\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: 3000000\r\n\r\n{",
+    )
+    reply = read_all(sock).lower()
+    sock.close()
+    assert reply.startswith("http/1.1 413") and "connection: close" in reply

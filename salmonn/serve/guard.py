@@ -130,6 +130,10 @@ class RequestGuard:
             self.count(label, str(err.status))
             return
         body = _Body(receive, path, self.config)
+        # a request that declares no body has none to wait for (its answer keeps the connection)
+        body.complete = headers.get("content-length", "0") == "0" and (
+            "transfer-encoding" not in headers
+        )
         try:
             await self.app(scope, body.receive, counted_send)
         except Exception:
