@@ -182,7 +182,7 @@ def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
             generation=generation,
             request_timeout=params["request_timeout"],
             graceful_shutdown_s=params["graceful_shutdown_seconds"],
-            allowed_hosts=_names(params["allowed_hosts"]),
+            allowed_hosts=_names(params["allowed_hosts"]) or None,
             allowed_origins=_names(params["allowed_origins"]) or (),
         )
     except (SettingsError, ConfigError) as err:
