@@ -37,6 +37,8 @@ INSTRUCTION = "Describe the audio in one sentence."
 SERVER_FLAGS = [
     *DECODING, "--max-batch-size", "8", "--batch-wait-ms", "300",
     "--max-queue", "16", "--max-upload-mb", "5", "--max-audio-seconds", "60",
+    "--request-timeout", "30", "--graceful-shutdown-seconds", "20",
+    "--allowed-origins", "http://app.example", "--allowed-hosts", "127.0.0.1,salmonn.internal",
 ]  # fmt: skip
 
 
@@ -187,6 +189,15 @@ def test_health_models_and_api_key(server):
         assert error.status_code == 401 and error.body["code"] == "invalid_api_key"
     status, _, body = server.get("/v1/models")  # no Authorization header at all
     assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
+
+
+def test_host_and_origin_flags(server):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for host, expected in (("salmonn.internal:80", 200), ("localhost", 403)):  # --allowed-hosts
+        assert server.get("/v1/models", {**auth, "Host": host})[0] == expected
+    status, headers, _ = server.get("/v1/models", {**auth, "Origin": "http://app.example"})
+    assert status == 200 and headers["access-control-allow-origin"] == "http://app.example"
+    assert server.get("/v1/models", {**auth, "Origin": "http://evil.example"})[0] == 403
 
 
 def test_missing_extra_names_it(monkeypatch):
