@@ -139,9 +139,11 @@ class ServerState:
         finally:
             for task in waits - {future}:
                 task.cancel()
-        if future in done:
-            return future.result()
         error = ticket.error()
+        if future in done and (error is None or future.exception() is None):
+            return future.result()
+        # cancelled: the ticket's reason decides the answer, even when the work, stopped by that
+        # cancellation, finished first with its own error
         assert error is not None
         raise error
 
