@@ -130,6 +130,11 @@ _MODEL_OPTIONS = [o for o in MODEL_OPTIONS if o is not BATCH_SIZE_OPTION]
     "headers are sent for these only. [default: none but the server's own]",
 )
 @click.option(
+    "--no-web-ui",
+    is_flag=True,
+    help="Do not serve the browser page at / (404), for API-only deployments.",
+)
+@click.option(
     "-v", "--verbose", count=True, help="Log to stderr (-v info and access log, -vv debug)."
 )
 def serve(**params: Any) -> None:
@@ -152,6 +157,8 @@ def serve(**params: Any) -> None:
 
     def ready(url: str) -> None:
         click.echo(f"salmonn serve: ready at {url} (model {config.served_model_name!r})", err=True)
+        if config.web_ui:
+            click.echo(f"salmonn serve: web page at {url.removesuffix('/v1')}/", err=True)
 
     log_level = {0: "warning", 1: "info"}.get(params["verbose"], "debug")
     run_server(config, load, on_ready=ready, log_level=log_level)
@@ -184,6 +191,7 @@ def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
             graceful_shutdown_s=params["graceful_shutdown_seconds"],
             allowed_hosts=_names(params["allowed_hosts"]) or None,
             allowed_origins=_names(params["allowed_origins"]) or (),
+            web_ui=not params["no_web_ui"],
         )
     except (SettingsError, ConfigError) as err:
         raise click.UsageError(str(err)) from None

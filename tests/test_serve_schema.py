@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from test_serve_hostile import KEY, model, start  # noqa: F401 - the module's model fixture
@@ -38,7 +40,12 @@ def test_the_document_declares_bodies_and_answers(live):
 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(live, tmp_path):
-    executable = shutil.which("schemathesis") or pytest.skip("schemathesis is not installed")
+    # the venv's own first (the suite may run as .venv/bin/python without the venv on PATH)
+    executable = (
+        shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+        or shutil.which("schemathesis")
+        or pytest.skip("schemathesis is not installed")
+    )
     before = live.metrics()
     run = subprocess.run(
         [

@@ -51,6 +51,10 @@ def create_app(
     app.state.salmonn = state
     _install_handlers(app, state)
     _install_routes(app, state)
+    if config.web_ui:  # the browser page at / (salmonn/serve/web/)
+        from .webui import install_web_ui
+
+        install_web_ui(app, config)
     return app
 
 

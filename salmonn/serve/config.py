@@ -35,6 +35,7 @@ class ServeConfig:
         allowed_origins: web origins (``https://app.example``, ``"*"``) whose pages may call the
             server; CORS headers are sent for these only. A page of the server's own origin may
             always call it.
+        web_ui: serve the browser page at ``/`` (:mod:`salmonn.serve.webui`); ``False``: 404.
     """
 
     host: str = "127.0.0.1"
@@ -53,6 +54,7 @@ class ServeConfig:
     request_timeout: float = 60.0
     allowed_hosts: tuple[str, ...] | None = None
     allowed_origins: tuple[str, ...] = ()
+    web_ui: bool = True
 
     def __post_init__(self) -> None:
         checks = {

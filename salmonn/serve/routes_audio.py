@@ -127,6 +127,12 @@ async def _read_form(
                 raise bad_request(
                     f"temperature must be a number, got {temperature!r}", "temperature"
                 ) from None
+        for key in ("num_beams", "max_tokens"):  # extra fields, as chat's (the web page sends them)
+            if (value := _field(form, key)) is not None:
+                try:
+                    body[key] = int(value)
+                except ValueError:
+                    raise bad_request(f"{key} must be an integer, got {value!r}", key) from None
         options = decoding_options(body, config.generation)
         try:
             if task_name == "transcribe":
