@@ -210,10 +210,11 @@ def prompt(
 
 
 def _register_helpers() -> None:
+    from .eval import eval_group
     from .helpers import dev, doctor, models, prompts
     from .serve import serve
 
-    for command in (prompts, models, doctor, dev, serve):
+    for command in (prompts, models, doctor, dev, serve, eval_group):
         cli.add_command(command)
 
 
