@@ -28,7 +28,8 @@ def caption_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[s
     Returns:
         ``score`` (CIDEr-D), ``scores`` (every metric computed, as pycocoevalcap gives it: 0-1 for
         BLEU, ROUGE-L and METEOR, CIDEr-D on its 0-10 scale), ``not_computed`` (metric -> reason),
-        ``tokenizer`` and ``libraries``.
+        ``per_item`` (metric -> one value per caption, ROUGE-L, CIDEr-D and METEOR), ``tokenizer``
+        and ``libraries``.
     """
     try:
         import pycocoevalcap
@@ -57,15 +58,19 @@ def caption_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[s
         res_t = {i: [_simple(c["caption"]) for c in cs] for i, cs in res.items()}
     res_t = {i: [c if c.strip() else "<empty>" for c in cs] for i, cs in res_t.items()}
     scores: dict[str, float] = {}
+    per_item: dict[str, list[float]] = {}
     not_computed: dict[str, str] = {}
     bleu, _ = Bleu(4).compute_score(gts_t, res_t, verbose=0)
     scores.update({f"bleu_{n}": float(b) for n, b in enumerate(bleu, 1)})
-    scores["rouge_l"] = float(Rouge().compute_score(gts_t, res_t)[0])
-    scores["cider_d"] = float(Cider().compute_score(gts_t, res_t)[0])
+    scorers: list[tuple[str, Any]] = [("rouge_l", Rouge()), ("cider_d", Cider())]
     if java:
         from pycocoevalcap.meteor.meteor import Meteor
 
-        scores["meteor"] = float(Meteor().compute_score(gts_t, res_t)[0])
+        scorers.append(("meteor", Meteor()))
+    for name, scorer in scorers:
+        total, items = scorer.compute_score(gts_t, res_t)
+        scores[name] = float(total)
+        per_item[name] = [float(v) for v in items]
     else:
         not_computed["meteor"] = "needs Java (METEOR 1.5 is a Java program)"
     spice_lib = Path(list(pycocoevalcap.__path__)[0]) / "spice" / "lib" / _CORENLP_JAR
@@ -84,6 +89,7 @@ def caption_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[s
     return {
         "score": scores["cider_d"],
         "scores": scores,
+        "per_item": per_item,
         "not_computed": not_computed,
         "tokenizer": tokenizer,
         "libraries": library_versions("pycocoevalcap"),

@@ -170,7 +170,7 @@ def read_manifest(path: str | os.PathLike[str], fmt: str = "auto") -> Manifest:
             )
         seen.setdefault(item.id, item.number)
     if problems:
-        raise ManifestError(problems)
+        raise ManifestError(sorted(problems, key=_number_of))
     if not items:
         raise ConfigError(f"{path}: the manifest holds no entries")
     return Manifest(path, fmt, items, kept, container)
@@ -194,6 +194,12 @@ def write_back(manifest: Manifest, answers: dict[str, str | None], target: Path)
         text = json.dumps(updated, ensure_ascii=False, indent=2) + "\n"
     target.write_text(text, encoding="utf-8")
     return target
+
+
+def _number_of(problem: str) -> int:
+    """The line/entry number of a problem message, for listing them in file order."""
+    words = problem.split(": ", 2)[1].split()
+    return int(words[1]) if len(words) == 2 and words[1].isdigit() else 0
 
 
 class _Bad(Exception):

@@ -106,9 +106,14 @@ def score(
 
         refs = [[norm(r) for r in references_of(rec)] for rec in records]
         extra = caption_scores([norm(h) for h in hyps], refs)
+        per_item = extra.pop("per_item")
         outcomes = [
-            {"normalized_text": norm(h), "normalized_reference": r}
-            for h, r in zip(hyps, refs, strict=True)
+            {
+                "normalized_text": norm(h),
+                "normalized_reference": r,
+                **{name: values[i] for name, values in per_item.items()},
+            }
+            for i, (h, r) in enumerate(zip(hyps, refs, strict=True))
         ]
     summary.update(extra)
     return summary, outcomes
