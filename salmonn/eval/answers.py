@@ -10,9 +10,9 @@ and is reported (never dropped from the denominator). The rules, in order:
    A bare capital inside a sentence (``"A dog barks"``) is not a letter. Several different letters:
    unparsed.
 2. **Option text.** Answer and options are normalised (``basic``: lower case, punctuation removed);
-   an option counts when its words appear as a whole-word run in the answer. Exactly one option
-   found: parsed; when one found option's text lies inside another found one (``"no"`` in
-   ``"not sure no"``), the longer wins only if it is the only one not contained in another.
+   an option counts when its words appear as a whole-word run in the answer. An option found only
+   inside another found option (``"happy"`` in ``"very happy"``) gives way to it. Exactly one
+   option left: parsed; none or several: unparsed.
 
 For classification without ``choices`` (emotion, speaker verification), the options are the labels:
 given by the preset (``yes``/``no``) or the distinct references of the run.
@@ -104,9 +104,9 @@ def _letters(answer: str, count: int) -> set[int]:
 def gold_index(answer: str, choices: Sequence[str], normalize: Callable[[str], str]) -> int | None:
     """The index of the right choice: ``answer`` is a choice's text or its letter; ``None`` if
     neither."""
-    target = normalize(answer)
+    target = normalize(answer).split()
     for i, choice in enumerate(choices):
-        if normalize(choice) == target:
+        if normalize(choice).split() == target:
             return i
     stripped = answer.strip().strip("().").upper()
     if len(stripped) == 1 and stripped in LETTERS[: len(choices)]:

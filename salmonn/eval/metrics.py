@@ -233,9 +233,12 @@ def _accuracy(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from .answers import extract_choice, gold_index
 
-    classes = sorted({norm(r) for rec in records for r in references_of(rec)[:1]})
+    def clean(text: str) -> str:
+        return " ".join(norm(text).split())
+
+    classes = sorted({clean(r) for rec in records for r in references_of(rec)[:1]})
     if labels is not None:
-        classes = [norm(label) for label in labels]
+        classes = [clean(label) for label in labels]
     outcomes, correct, unparsed, bad = [], 0, 0, []
     for i, (record, hyp) in enumerate(zip(records, hyps, strict=True), 1):
         choices = record.get("choices")
@@ -247,15 +250,15 @@ def _accuracy(
             found = extract_choice(hyp, choices, letters=True, normalize=norm)
             right = found.index == gold
         else:
-            target = norm(references_of(record)[0])
+            target = clean(references_of(record)[0])
             found = extract_choice(hyp, classes, letters=False, normalize=norm)
-            right = found.parsed and norm(found.option or "") == target
+            right = found.parsed and clean(found.option or "") == target
         failed = record.get("error") is not None
         unparsed += not found.parsed and not failed
         correct += bool(right)
         outcomes.append(
             {
-                "normalized_text": norm(hyp),
+                "normalized_text": clean(hyp),
                 "extracted": found.option,
                 "extracted_by": "failed" if failed else found.how,
                 "correct": bool(right),
