@@ -194,3 +194,27 @@ def test_eval_tasks_lists_the_presets_with_templates_that_exist():
             assert get_template(row["template"]).name == row["template"]
     text = invoke(["eval", "tasks"])
     assert "librispeech-other" in text.stdout and "0.049" in text.stdout
+
+
+def test_task_server_and_ray_shaped_records_score_the_same(tmp_path):
+    from salmonn.records import Record, Segment
+
+    reference = "the quick brown fox"
+    record = Record("a.wav", "transcribe", "p", "the quick brown box", [Segment(0, 1, "x")])
+    task_command = {**record.to_dict(), "reference": reference}  # -o FILE and --ray records
+    server_json = {"text": "the quick brown box", "reference": reference}  # response_format json
+    server_verbose = {  # response_format verbose_json
+        "task": "transcribe",
+        "language": "en",
+        "duration": 1.0,
+        "text": "the quick brown box",
+        "segments": [{"id": 0, "start": 0.0, "end": 1.0, "text": "the quick brown box"}],
+        "reference": reference,
+    }
+    scores = []
+    for i, row in enumerate((task_command, server_json, server_verbose)):
+        path = _predictions(tmp_path / f"{i}.jsonl", [row])
+        result = invoke(["eval", "score", path, "--metric", "wer"])
+        assert result.exit_code == 0, result.output
+        scores.append(json.loads(result.stdout)["score"])
+    assert scores == pytest.approx([0.25, 0.25, 0.25])
