@@ -66,6 +66,16 @@ def run_eval(params: dict[str, Any]) -> None:
         raise click.UsageError(
             "metric judge (open answers) needs --judge-url URL --judge-model NAME"
         )
+    if judge[0] and not judge[1]:
+        raise click.UsageError("--judge-url needs --judge-model NAME")
+    if metric != "judge":
+        from salmonn.eval.metrics import require
+
+        normalizer = params["normalizer"] or (preset.normalizer if preset else None)
+        try:
+            require(metric, normalizer, language)
+        except ConfigError as err:
+            raise click.UsageError(str(err)) from None
     groups = _read_or_fail(
         manifest_path, lambda p: plan_run.plan(items, default_task, language=language, where=str(p))
     )
@@ -137,9 +147,7 @@ def _score(
     if metric == "judge":
         from salmonn.eval.judge import JudgeSettings, judge_records
 
-        if not judge[1]:
-            raise click.UsageError("--judge-url needs --judge-model NAME")
-        summary, outcomes = judge_records(records, JudgeSettings(judge[0] or "", judge[1]))
+        summary, outcomes = judge_records(records, JudgeSettings(judge[0] or "", judge[1] or ""))
         outcomes = [{"normalized_text": None, "normalized_reference": None, **o} for o in outcomes]
     else:
         labels = preset.labels if preset and preset.metric == metric else None
@@ -159,7 +167,7 @@ class _LocalExecutor:
         self.model: Any = None
 
     def __call__(self, job: Job, reporter: Reporter) -> Iterator[Any]:
-        from salmonn.engine import process
+        from salmonn import process
 
         if self.model is None:
             self.model = load_model(job.model, verbose=job.verbose, quiet=job.quiet)

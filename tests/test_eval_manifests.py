@@ -197,3 +197,32 @@ def test_a_missing_or_empty_manifest_is_one_clear_error(tmp_path):
     (tmp_path / "x.json").write_text("[]")
     with pytest.raises(ConfigError, match="unknown manifest format"):
         read_manifest(tmp_path / "x.json", "csv")
+
+
+@pytest.mark.parametrize("answer", ["a horn", "A Horn", "B", "(b)"])
+def test_a_multiple_choice_answer_is_a_choice_or_its_letter(audio, answer):
+    path = audio / "choice.json"
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "path": "a.wav",
+                    "question": "q",
+                    "choice_a": "a bell",
+                    "choice_b": "a horn",
+                    "answer_gt": answer,
+                }
+            ]
+        )
+    )
+    assert read_manifest(path, "air-bench").items[0].answer == answer
+
+
+def test_a_multiple_choice_answer_outside_the_choices_is_a_bad_entry(audio):
+    path = audio / "wrong.json"
+    entry = {"id": "1", "audio_id": "a.wav", "question": "q", "choices": ["x", "y"], "answer": "z"}
+    path.write_text(json.dumps([entry, {**entry, "id": "2", "answer": "C"}]))
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(path, "mmau")
+    assert len(caught.value.problems) == 2
+    assert all("not one of the choices" in p for p in caught.value.problems)

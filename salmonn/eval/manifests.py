@@ -238,6 +238,18 @@ def _texts(entry: dict[str, Any], key: str) -> list[str] | None:
     return list(value)
 
 
+def _checked_answer(answer: str | None, choices: list[str]) -> str | None:
+    """``answer`` when it is one of ``choices`` (its text, any case) or a valid letter."""
+    if answer is None:
+        return None
+    texts = [" ".join(c.lower().split()) for c in choices]
+    letter = answer.strip().strip("().").upper()
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]
+    if " ".join(answer.lower().split()) in texts or (len(letter) == 1 and letter in letters):
+        return answer
+    raise _Bad(f"the answer {answer!r} is not one of the choices")
+
+
 def _audio(value: str, folder: Path) -> str:
     return value if os.path.isabs(value) else os.path.normpath(folder / value)
 
@@ -253,8 +265,10 @@ def _ours(entry: dict[str, Any], number: int, folder: Path) -> Item:
     choices = _texts(entry, "choices")
     if reference is None and answer is None:
         raise _Bad("missing field 'reference' (or 'answer')")
-    if choices is not None and answer is None:
-        raise _Bad("field 'choices' needs an 'answer'")
+    if choices is not None:
+        if answer is None:
+            raise _Bad("field 'choices' needs an 'answer'")
+        _checked_answer(answer, choices)
     return Item(
         id=_text(entry, "id", required=False) or str(number),
         audio=_audio(audio or "", folder),
@@ -294,7 +308,7 @@ def _mmau(entry: dict[str, Any], number: int, folder: Path) -> Item:
     choices = _texts(entry, "choices")
     if choices is None:
         raise _Bad("missing field 'choices'")
-    answer = _text(entry, "answer")
+    answer = _checked_answer(_text(entry, "answer"), choices)
     return Item(
         id=_text(entry, "id", required=False) or str(number),
         audio=_audio(audio, folder),
@@ -311,7 +325,7 @@ def _air_bench(entry: dict[str, Any], number: int, folder: Path) -> Item:
     choices = [c for c in (_text(entry, k, required=False) for k in _AIR_CHOICES) if c is not None]
     if len(choices) < 2:
         raise _Bad("needs at least 'choice_a' and 'choice_b'")
-    answer = _text(entry, "answer_gt")
+    answer = _checked_answer(_text(entry, "answer_gt"), choices)
     task, dataset = entry.get("task_name"), entry.get("dataset_name")
     nested = folder / f"{task}_{dataset}" / audio
     path = str(nested) if task and dataset and nested.is_file() else _audio(audio, folder)

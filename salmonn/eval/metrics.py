@@ -27,6 +27,32 @@ METRICS = ("wer", "cer", "bleu", "chrf", "accuracy", "caption")
 NO_SPACE_LANGUAGES = ("zh", "ja")  # CER of these languages ignores spaces
 
 
+_NEEDS = {
+    "wer": ("jiwer",),
+    "cer": ("jiwer",),
+    "bleu": ("sacrebleu",),
+    "chrf": ("sacrebleu",),
+    "accuracy": (),
+    "caption": ("pycocoevalcap",),
+}
+
+
+def require(metric: str, normalizer: str | None = None, language: str = "en") -> None:
+    """Check, without scoring, that ``metric`` and its normaliser can run here (before a long run).
+
+    Raises:
+        ConfigError: an unknown metric or normaliser, or a library of the ``[eval]`` extra missing.
+    """
+    import importlib.util
+
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    get_normalizer(normalizer or default_normalizer(metric, language))
+    for module in _NEEDS[metric]:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"metric {metric} needs {module}: pip install 'salmonn[eval]'")
+
+
 def library_versions(*names: str) -> dict[str, str]:
     """Installed versions of ``names`` (``"not installed"`` when absent)."""
     found = {}

@@ -60,7 +60,8 @@ def make_item_task(item: Item, default_task: str, language: str = "en") -> Any:
     Raises:
         PromptError: the task does not fit the item (no question for ``ask``, unknown template ...).
     """
-    from ..tasks import TASKS, TRANSCRIBE_LANGUAGES, make_task
+    from .. import TASKS, make_task
+    from ..tasks import TRANSCRIBE_LANGUAGES  # the job layer's (salmonn.jobs after the split)
     from ..templates import get_template
 
     name = item.task or default_task
@@ -91,7 +92,7 @@ def plan(
     Raises:
         ManifestError: every item whose task cannot be built or rendered (all listed).
     """
-    from ..inputs import InputItem
+    from .. import InputItem
 
     groups: dict[str, Group] = {}
     problems = []
