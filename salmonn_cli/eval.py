@@ -162,18 +162,17 @@ def eval_score(
     with a `reference` added, the server's or --ray's records).
     """
     from salmonn.eval.metrics import check_records, score
-    from salmonn.eval.run import read_predictions
+    from salmonn.eval.run import read_numbered
 
     path = Path(predictions)
     if not path.is_file():
         raise click.BadParameter(f"{path}: no such file", param_hint="PREDICTIONS")
-    records = _read_or_fail(path, read_predictions)
+    numbered = _read_or_fail(path, read_numbered)
+    records = [record for _, record in numbered]
     if not records:
         raise click.UsageError(f"{path}: no records")
-    try:
-        check_records(records, where=f"{path}: ")
-    except ConfigError as err:
-        raise click.UsageError(str(err)) from None
+    lines = [n for n, _ in numbered]
+    _read_or_fail(path, lambda p: check_records(records, where=f"{p}: ", numbers=lines))
     chosen = metric or infer_metric(records)
     summary, _ = score(
         records, chosen, normalizer=normalizer, language=language or "en", labels=labels or None

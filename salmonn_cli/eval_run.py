@@ -242,7 +242,7 @@ def _repair_tail(path: Path) -> None:
 def _table(summary: dict[str, Any], preset: Any, out_dir: Path, written: Path) -> None:
     rows = [("metric", "measured", "paper", "n", "unparsed", "failed")]
     paper = {row["score"]: row["paper"] for row in summary.get("paper") or []}
-    scores = {summary["metric"]: summary.get("score"), **(summary.get("scores") or {})}
+    scores = summary.get("scores") or {summary["metric"]: summary.get("score")}
     for name, value in scores.items():
         rows.append(
             (

@@ -167,10 +167,14 @@ def test_eval_score_bleu_with_a_summary_file(tmp_path):
 
 
 def test_eval_score_names_records_without_reference(tmp_path):
-    path = _predictions(tmp_path / "p.jsonl", [{"text": "a"}, {"text": "b", "reference": "b"}])
+    path = tmp_path / "p.jsonl"
+    rows = [{"text": "b", "reference": "b"}, {"text": "a"}, {"text": "c", "reference": None}]
+    path.write_text("\n\n".join(json.dumps(r) for r in rows) + "\n")  # blank lines between
     result = invoke(["eval", "score", path, "--metric", "wer"])
     assert result.exit_code == 2
-    assert "record 1" in result.stderr and "reference" in result.stderr
+    assert f"{path}: line 3: no 'reference'" in result.stderr
+    assert f"{path}: line 5: no 'reference'" in result.stderr
+    assert "2 bad entries" in result.stderr
     assert result.stdout == ""
 
 

@@ -72,16 +72,25 @@ def references_of(record: dict[str, Any]) -> list[str]:
     return [] if reference is None else [str(reference)]
 
 
-def check_records(records: Sequence[dict[str, Any]], where: str = "") -> None:
-    """Raise :class:`ConfigError` naming every record without a usable ``reference``."""
+def check_records(
+    records: Sequence[dict[str, Any]], where: str = "", numbers: Sequence[int] | None = None
+) -> None:
+    """Raise :class:`~.manifests.ManifestError` naming every record without a usable ``reference`` (by its line
+    number when ``numbers`` gives them, else as ``record N``)."""
+    names = (
+        [f"line {n}" for n in numbers]
+        if numbers
+        else [f"record {i + 1}" for i in range(len(records))]
+    )
     bad = [
-        f"{where}record {i}: no 'reference' to score against"
-        for i, r in enumerate(records, 1)
-        if not references_of(r) and r.get("answer") is None
+        f"{where}{name}: no 'reference' to score against"
+        for name, r in zip(names, records, strict=True)
+        if not references_of(r) and not (r.get("choices") and r.get("answer") is not None)
     ]
     if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ConfigError(bad[0] + more)
+        from .manifests import ManifestError
+
+        raise ManifestError(bad)
 
 
 def score(

@@ -127,10 +127,16 @@ def prediction(record: Any, item: Item) -> dict[str, Any]:
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """The prediction records of a JSONL file; a cut last line (a killed run) is ignored.
+    """The prediction records of a JSONL file (see :func:`read_numbered`)."""
+    return [record for _, record in read_numbered(path)]
+
+
+def read_numbered(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of each record of a JSONL file; a cut last line (a killed run) is
+    ignored.
 
     Raises:
-        ConfigError: any other line that is not a JSON object (all listed, with their numbers).
+        ManifestError: any other line that is not a JSON object (all listed, with their numbers).
     """
     if not path.is_file():
         return []
@@ -149,7 +155,7 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
         if not isinstance(data, dict):
             problems.append(f"{path}: line {number}: not a JSON object")
             continue
-        records.append(data)
+        records.append((number, data))
     if problems:
         raise ManifestError(problems)
     return records
