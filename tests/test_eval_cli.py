@@ -185,7 +185,7 @@ def test_eval_score_without_a_metric_for_unknown_tasks_asks_for_one(tmp_path):
 
 
 def test_eval_tasks_lists_the_presets_with_templates_that_exist():
-    from salmonn.templates import get_template
+    from salmonn.jobs.templates import get_template
 
     result = invoke(["eval", "tasks", "--json"])
     assert result.exit_code == 0
@@ -201,7 +201,7 @@ def test_eval_tasks_lists_the_presets_with_templates_that_exist():
 
 
 def test_task_server_and_ray_shaped_records_score_the_same(tmp_path):
-    from salmonn.records import Record, Segment
+    from salmonn import Record, Segment
 
     reference = "the quick brown fox"
     record = Record("a.wav", "transcribe", "p", "the quick brown box", [Segment(0, 1, "x")])

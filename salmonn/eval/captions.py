@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,6 @@ def caption_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[s
         raise ConfigError(
             "caption metrics need pycocoevalcap: pip install 'salmonn[eval]'"
         ) from None
-    from .metrics import library_versions
-
     if any(not r for r in refs):
         raise ConfigError("every caption record needs at least one reference")
     java = shutil.which("java") is not None
@@ -92,7 +91,7 @@ def caption_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[s
         "per_item": per_item,
         "not_computed": not_computed,
         "tokenizer": tokenizer,
-        "libraries": library_versions("pycocoevalcap"),
+        "libraries": {"pycocoevalcap": version("pycocoevalcap")},
     }
 
 

@@ -61,8 +61,8 @@ def make_item_task(item: Item, default_task: str, language: str = "en") -> Any:
         PromptError: the task does not fit the item (no question for ``ask``, unknown template ...).
     """
     from .. import TASKS, make_task
-    from ..tasks import TRANSCRIBE_LANGUAGES  # the job layer's (salmonn.jobs after the split)
-    from ..templates import get_template
+    from ..jobs.tasks import TRANSCRIBE_LANGUAGES
+    from ..jobs.templates import get_template
 
     name = item.task or default_task
     question = item.question
@@ -176,8 +176,8 @@ def done_ids(
 ) -> set[str]:
     """Ids whose earlier prediction can be kept: no error, the same audio, task, prompt and
     options (the task commands' resume key), and ``same_model(record["model"])`` when given."""
-    from ..engine import planned_resume_key
-    from ..records import resume_key
+    from ..jobs.engine import planned_resume_key
+    from ..jobs.records import resume_key
 
     done = set()
     for group in groups:
