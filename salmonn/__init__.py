@@ -53,6 +53,8 @@ _LAZY = {
     "run_task_on_ray": "cluster.runner",
     "RayOptions": "cluster.runner",
     "PRESETS": "hub.resolve",
+    "TrainExample": "train.examples",
+    "training_loss": "train.loss",
 }
 
 __all__ = [
@@ -98,3 +100,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model.stream import GenerationStream  # noqa: F401
     from .model.tiny import write_tiny_model  # noqa: F401
     from .model.work import GenerationResult, WorkItem  # noqa: F401
+    from .train.examples import TrainExample  # noqa: F401
+    from .train.loss import training_loss  # noqa: F401

@@ -213,8 +213,9 @@ def _register_helpers() -> None:
     from .eval import eval_group
     from .helpers import dev, doctor, models, prompts
     from .serve import serve
+    from .train import train
 
-    for command in (prompts, models, doctor, dev, serve, eval_group):
+    for command in (prompts, models, doctor, dev, serve, eval_group, train):
         cli.add_command(command)
 
 

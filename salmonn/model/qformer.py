@@ -23,6 +23,7 @@ from ..constants import QFORMER_HEAD_DIM, QFORMER_WINDOW_FRAMES
 from ..errors import CheckpointError
 
 LAYER_NORM_EPS = 1e-12  # BERT-base default, the original's
+DROPOUT = 0.1  # hidden and attention-probability dropout of BERT-base; active only in train mode
 _LAYER_PREFIX = "bert.encoder.layer."
 
 
@@ -99,6 +100,7 @@ class _Attention(nn.Module):
         self.key = nn.Linear(kv_width, hidden)
         self.value = nn.Linear(kv_width, hidden)
         self.heads = hidden // QFORMER_HEAD_DIM
+        self.dropout = nn.Dropout(DROPOUT)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # [N, S, H] -> [N, heads, S, 64]
         return x.view(x.shape[0], x.shape[1], self.heads, QFORMER_HEAD_DIM).transpose(1, 2)
@@ -112,7 +114,7 @@ class _Attention(nn.Module):
         # docs/original-model.md, "Prompt and LLM", precision).
         # A 4-D tensor, not a 0-dim one: 0-dim tensors do not take part in type promotion.
         scores = scores + torch.zeros(1, 1, 1, 1, dtype=torch.float32, device=scores.device)
-        probs = scores.softmax(dim=-1)
+        probs = self.dropout(scores.softmax(dim=-1))
         context = torch.matmul(probs, v)  # [N, heads, Q, 64]
         return context.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
 
@@ -124,9 +126,10 @@ class _Output(nn.Module):
         super().__init__()
         self.dense = nn.Linear(d_in, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(DROPOUT)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
 
 
 class _AttentionBlock(nn.Module):
@@ -168,6 +171,7 @@ class _Embeddings(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
         self.LayerNorm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(DROPOUT)
 
 
 class _Encoder(nn.Module):
@@ -200,7 +204,7 @@ class QFormer(nn.Module):
         Returns:
             ``[N, Q, hidden]`` last hidden state.
         """
-        h = self.bert.embeddings.LayerNorm(query)
+        h = self.bert.embeddings.dropout(self.bert.embeddings.LayerNorm(query))
         for layer in self.bert.encoder.layer:
             h = layer(h, frames)
         return h

@@ -39,6 +39,14 @@ ENCODER_LN_EPS = (
     1e-5  # ln_speech / ln_audio (torch default; see docs/original-model.md, "Q-Former and windows")
 )
 
+_TRAINED_PREFIXES = (
+    "speech_query_tokens",
+    "ln_speech.",
+    "ln_audio.",
+    "speech_Qformer.",
+    "speech_llama_proj.",
+)
+
 logger = logging.getLogger(__name__)
 
 
@@ -141,6 +149,23 @@ class SalmonnModel(GenerationMixin, nn.Module):
     def lora_scaling(self, value: float) -> None:
         for module in self._lora_layers():
             module.scaling["default"] = float(value)
+
+    def trainable_parameters(self, *, lora_only: bool = False) -> dict[str, nn.Parameter]:
+        """Unfreeze what SALMONN trains and return it, keyed like the released checkpoints.
+
+        The Q-Former, ``speech_query_tokens``, ``speech_llama_proj``, ``ln_speech``, ``ln_audio``
+        and every LoRA A/B (float32) get ``requires_grad=True``; every other parameter is frozen.
+        ``lora_only``: keep the Q-Former side frozen too (the paper's LoRA-only ablation).
+        """
+        self.requires_grad_(False)
+        chosen = {
+            name: param
+            for name, param in self.named_parameters()
+            if ".lora_" in name or (not lora_only and name.startswith(_TRAINED_PREFIXES))
+        }
+        for param in chosen.values():
+            param.requires_grad_(True)
+        return chosen
 
     def precision(self) -> contextlib.AbstractContextManager:
         """The autocast of every forward: none for float32, else ``dtype`` on the model's device."""
