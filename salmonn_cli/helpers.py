@@ -179,6 +179,13 @@ def _torch_report() -> str:
     return "; ".join(lines)
 
 
+def _auto_device() -> str:
+    """The device a run without ``--device`` takes."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _match(comps: Any) -> str:
     """Check that the components fit each other from configs and tensor shapes (no model is built)."""
     from salmonn.hub.resolve import verify_beats_file
@@ -238,8 +245,12 @@ def doctor(**flags: Any) -> None:
     kwargs = model_kwargs(settings)
     for key in (*COMPONENTS, "model", "device", "dtype", "batch_size"):
         setting = settings[key]
-        value = "-" if setting.value is None else setting.value
-        click.echo(f"  {key:<12} {value}  [{setting.origin}]")
+        value, origin = ("-" if setting.value is None else setting.value), setting.origin
+        if key == "model" and kwargs["preset"] is None:
+            value, origin = "- (no preset: all four component paths are given)", "not used"
+        elif key == "device" and setting.value is None:
+            value, origin = _auto_device(), "auto"
+        click.echo(f"  {key:<12} {value}  [{origin}]")
     from salmonn.hub.resolve import resolve_components
 
     good, comps = _check(

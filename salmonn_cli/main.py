@@ -58,6 +58,9 @@ def cli() -> None:
     Data goes to stdout (or -o), progress and messages to stderr. Exit code: 0 when every file succeeded,
     1 when one failed, 2 for usage errors. Set SALMONN_DEBUG=1 for tracebacks.
     """
+    from salmonn.model.threads import configure_threads
+
+    configure_threads()  # before torch loads: threads for the CPUs we may use, passive waits
 
 
 def _paths_arg(func: Any) -> Any:
@@ -105,11 +108,14 @@ def transcribe(language: str, **params: Any) -> None:
     "target",
     required=True,
     metavar="LANG",
-    help="Target language: zh (trained), de or ja (emergent), or another code or name (warned).",
+    help="Target language, a code or its English name: zh (trained), de or ja (emergent), or "
+    "another (warned).",
 )
 @common_options
 def translate(target: str, **params: Any) -> None:
     """Speech translation from English (English -> Chinese was trained)."""
+    if not target.strip():
+        raise click.BadParameter("empty language; give a code or a name, e.g. --to zh", param_hint="--to")
     _run(params, "translate", to=target)
 
 

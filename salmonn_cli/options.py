@@ -186,7 +186,8 @@ INPUT_OPTIONS = [
         "--channel",
         type=int,
         metavar="N",
-        help="Keep this channel only. [default: mix all channels]",
+        help="Keep this channel only, counted from 0 (0 is the first, left of stereo). "
+        "[default: mix all channels]",
     ),
 ]
 

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 MANIFEST = (
-    ".salmonn-done.jsonl"  # -o DIR/ with a non-JSON format: resume keys of the finished inputs
+    ".salmonn-done.jsonl"  # -o DIR/ with a non-JSON format: the finished inputs, one line each
 )
 JSON_FORMATS = ("json", "jsonl")
 # -o FILE without --format: the format its extension names (any other extension: jsonl)
@@ -93,11 +93,34 @@ def output_names(items: Sequence[Any], extension: str) -> list[str]:
     return names
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so no other thread sees it change)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a killed run leaves no half file."""
+    """Write ``text`` to ``path`` through a temporary file and a rename: a killed run leaves no half file.
+
+    The file gets the mode a plain ``open()`` would give it (0666 less the umask), or keeps the mode of
+    the file it replaces.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)  # mkstemp makes it 0600
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
             stream.write(text)
             stream.flush()
@@ -197,6 +220,9 @@ def done_in_dir(folder: Path, names: Sequence[str], fmt: str) -> list[Done]:
                 entry = json.loads(line)
                 # a failed input wrote no file (non-JSON formats skip error records)
                 failed = bool(entry.get("failed", entry.get("output") is None))
+                output = entry.get("output")
+                if output is not None and not (folder / output).is_file():
+                    continue  # its output file was deleted: not done
                 done.append(Done(entry["key"], entry.get("weights"), failed))
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a torn last line
@@ -204,14 +230,19 @@ def done_in_dir(folder: Path, names: Sequence[str], fmt: str) -> list[Done]:
 
 
 def add_to_manifest(folder: Path, record: Any, output: str | None) -> None:
-    """Append one finished input to ``folder``'s manifest (non-JSON formats in DIR mode)."""
+    """Append one finished input to ``folder``'s manifest (non-JSON formats in DIR mode).
+
+    Each line names the input's path and its output file (``null`` when it failed), so a user can
+    find an input's line; deleting an output file also makes ``--resume`` run its input again.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / MANIFEST
     if manifest.is_file() and manifest.stat().st_size:
         repair_jsonl_tail(manifest)
     entry = {
-        "key": record.resume_key(),
+        "path": record.path,
         "output": output,
+        "key": record.resume_key(),
         "failed": record.error is not None,
         "weights": weights_of(record.model),
     }

@@ -84,7 +84,7 @@ class _Durations:
             try:
                 duration = None if path == "-" else probe(path).duration
             except (SalmonnError, OSError):
-                duration = None
+                duration = 0.0  # it will fail: no audio to count, and the others' total holds
             if duration is None:
                 self.unknown += 1
             else:
@@ -117,6 +117,7 @@ class Reporter:
         self._durations: _Durations | None = None
         self._failed_audio = 0.0  # probed seconds of failed inputs (the engine counts none of them)
         self._last: Any = None  # the latest ProgressEvent
+        self.told_failures = False  # the done line counted the failed inputs
 
     # -- messages ----------------------------------------------------------------------------------
     def echo(self, message: str) -> None:
@@ -180,6 +181,7 @@ class Reporter:
             self._progress = None
             if exc_type is None and self._last is not None:
                 console.print(self.done_line(), markup=False, highlight=False, soft_wrap=True)
+                self.told_failures = bool(self._last.files_failed)
 
     def expect(self, paths: Sequence[str]) -> None:
         """The inputs about to run: their durations are probed for the bar's audio total and ETA."""

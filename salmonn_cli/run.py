@@ -16,7 +16,6 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
@@ -24,9 +23,9 @@ import click
 from salmonn.config import ChunkingOptions, GenerationOptions, prefetch_depth
 from salmonn.errors import AudioError, ConfigError, DeviceUnavailableError, PromptError
 
-from . import paths as outputs
 from .progress import Reporter, setup_logging
-from .settings import InputSettings, ModelSettings, OutputSettings, SettingsError, TaskSettings
+from .settings import InputSettings, ModelSettings, SettingsError, TaskSettings
+from .sinks import Sink, make_sink
 
 
 def _usage(message: str) -> click.UsageError:
@@ -101,80 +100,6 @@ def collect_inputs(settings: InputSettings, note: Callable[[str], None] | None =
     return items
 
 
-class Sink:
-    """Writes each record where ``-o`` says, flushed as soon as it arrives."""
-
-    def __init__(self, settings: OutputSettings, items: list[Any]) -> None:
-        from salmonn.jobs.writers import get_writer
-
-        self.plan = outputs.plan_output(settings.target)
-        self.fmt, self.resume = settings.fmt, settings.resume
-        self.writer_class = get_writer(self.fmt)
-        self.names = dict(
-            zip(
-                (str(i.path) for i in items),
-                outputs.output_names(items, self.writer_class.extension),
-                strict=True,
-            )
-        )
-        self.multi = len(items) > 1
-        self._stream: Any = None
-        self._writer: Any = None
-
-    def done(self) -> list[Any]:
-        """What the output already holds (:class:`paths.Done`, one per record)."""
-        if self.plan.mode == "stdout":
-            raise _usage("--resume needs -o FILE (jsonl) or -o DIR/")
-        try:
-            if self.plan.mode == "file":
-                if self.fmt != "jsonl":
-                    raise _usage(
-                        f"--resume with -o FILE needs the jsonl format, not {self.fmt} "
-                        "(a .jsonl file name or --format jsonl), or use -o DIR/"
-                    )
-                return outputs.done_in_file(self.plan.target)  # type: ignore[arg-type]
-            return outputs.done_in_dir(self.plan.target, list(self.names.values()), self.fmt)  # type: ignore[arg-type]
-        except ConfigError as err:
-            raise _usage(f"--resume: cannot read {self.plan.target}: {err}") from None
-
-    def open(self) -> None:
-        if self.plan.mode == "stdout":
-            self._writer = self.writer_class(sys.stdout, multi=self.multi)
-        elif self.plan.mode == "file":
-            target: Path = self.plan.target  # type: ignore[assignment]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            append = self.resume and target.is_file()
-            if append:
-                outputs.repair_jsonl_tail(target)
-            mode = "a" if append else "w"
-            # kept open across write() calls; close() closes it
-            self._stream = open(target, mode, encoding="utf-8", newline="")  # noqa: SIM115
-            self._writer = self.writer_class(self._stream, multi=self.multi)
-
-    def write(self, record: Any) -> None:
-        if self._writer is not None:
-            self._writer.write(record)
-            return
-        import io
-
-        folder: Path = self.plan.target  # type: ignore[assignment]
-        name = self.names[record.path]
-        buffer = io.StringIO()
-        writer = self.writer_class(buffer)
-        writer.write(record)
-        writer.close()
-        if writer.count:
-            outputs.write_atomic(folder / name, buffer.getvalue())
-        if self.fmt not in outputs.JSON_FORMATS:
-            outputs.add_to_manifest(folder, record, name if writer.count else None)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._stream is not None:
-            self._stream.close()
-
-
 @contextmanager
 def _errors_as_usage() -> Iterator[None]:
     try:
@@ -198,7 +123,8 @@ def run_task(params: dict[str, Any], task: Any, executor: Executor | None = None
             raise PromptError(str(err) + _var_hint(task)) from None
         settings = TaskSettings.from_params(params, warn=reporter.warn)
     items = collect_inputs(settings.inputs, note=reporter.info)
-    sink = Sink(settings.output, items)
+    sink = make_sink(settings.output, items)
+    sink.check()  # a location that cannot be written fails now, not after the model load
     if settings.inputs.shard is not None:
         from salmonn.jobs.engine import select_shard
 
@@ -217,14 +143,21 @@ def run_task(params: dict[str, Any], task: Any, executor: Executor | None = None
         verbose=settings.output.verbose,
         quiet=settings.output.quiet,
     )
-    failed = _write(job, executor or local_executor, sink, reporter, settings.output.fail_fast)
-    _exit_for_failures(failed, len(todo), earlier_failed, reporter)
+    failed, tried = _write(job, executor or local_executor, sink, reporter, settings.output.fail_fast)
+    _exit_for_failures(failed, tried, earlier_failed, reporter, left=len(todo) - tried)
 
 
-def _exit_for_failures(failed: int, ran: int, earlier_failed: int, reporter: Reporter) -> None:
-    """Exit 1 while any input of the run has an error record: from this run or an earlier one."""
-    if failed:
+def _exit_for_failures(
+    failed: int, ran: int, earlier_failed: int, reporter: Reporter, left: int = 0
+) -> None:
+    """Exit 1 while any input of the run has an error record: from this run or an earlier one.
+
+    ``ran`` counts the inputs tried, ``left`` those that --fail-fast left untried.
+    """
+    if failed and not reporter.told_failures:  # the bar's done line already counted them
         reporter.info(f"{failed} of {ran} inputs failed")
+    if left:
+        reporter.info(f"{left} input{'s' if left > 1 else ''} not run (--fail-fast)")
     if earlier_failed:
         s = "s" if earlier_failed > 1 else ""
         them = "them" if s else "it"
@@ -243,9 +176,12 @@ def _var_hint(task: Any) -> str:
 
     name, given = getattr(task, "template", None), getattr(task, "variables", None) or {}
     try:
-        variables = get_template(name).variables if name else ()
+        template = get_template(name) if name else None
     except PromptError:
         return ""
+    if template is None or template.kind != "audio":  # a summary template: not for --var
+        return ""
+    variables = template.variables
     missing = [v for v in variables if v not in given]
     if not missing:
         return ""
@@ -288,10 +224,12 @@ def _pending(
     return todo, earlier_failed
 
 
-def _write(job: Job, executor: Executor, sink: Sink, reporter: Reporter, fail_fast: bool) -> int:
+def _write(
+    job: Job, executor: Executor, sink: Sink, reporter: Reporter, fail_fast: bool
+) -> tuple[int, int]:
     """Run the job and write each record as it comes; one stderr line per failed input.
 
-    Returns the number of failed inputs.
+    Returns the numbers of failed and of tried inputs.
     """
     with reporter:
         reporter.expect([str(i.path) for i in job.items])  # probed while the model loads
@@ -299,9 +237,10 @@ def _write(job: Job, executor: Executor, sink: Sink, reporter: Reporter, fail_fa
         try:
             reporter.status("running")
             sink.open()
-            failed = 0
+            failed = tried = 0
             for record in records:
-                with reporter.data_output(to_stdout=sink.plan.mode == "stdout"):
+                tried += 1
+                with reporter.data_output(to_stdout=sink.to_stdout):
                     sink.write(record)
                 if record.error is not None:
                     failed += 1
@@ -309,7 +248,7 @@ def _write(job: Job, executor: Executor, sink: Sink, reporter: Reporter, fail_fa
                     if fail_fast:
                         reporter.info("stopping at the first failure (--fail-fast)")
                         break
-            return failed
+            return failed, tried
         finally:
             close = getattr(records, "close", None)
             if close is not None:

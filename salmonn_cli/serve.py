@@ -6,6 +6,9 @@ defaults); the server itself lives in :mod:`salmonn.serve`.
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from typing import Any
 
 import click
@@ -20,6 +23,7 @@ from .settings import (
     generation_options,
     sampling_without_do_sample,
 )
+from .sources import DEFAULT_MODEL
 
 API_KEY_ENV = "SALMONN_API_KEY"
 _DEFAULTS = ServeConfig()  # the one place the server's defaults are set
@@ -153,24 +157,50 @@ def serve(**params: Any) -> None:
     setup_logging(params["verbose"])
     reporter = Reporter(quiet=False)
     config, load = _build(params, reporter)
-    from salmonn.serve import run_server
+    from salmonn.serve import ListenError, run_server
 
     def ready(url: str) -> None:
-        click.echo(f"salmonn serve: ready at {url} (model {config.served_model_name!r})", err=True)
+        also = "".join(f", also answers to {a!r}" for a in config.model_aliases)
+        click.echo(
+            f"salmonn serve: ready at {url} (model {config.served_model_name!r}{also})", err=True
+        )
         if config.web_ui:
             click.echo(f"salmonn serve: web page at {url.removesuffix('/v1')}/", err=True)
 
     log_level = {0: "warning", 1: "info"}.get(params["verbose"], "debug")
-    run_server(config, load, on_ready=ready, log_level=log_level)
+    try:
+        run_server(config, load, on_ready=ready, log_level=log_level)
+    except ListenError as err:
+        if err.what == "host":
+            raise click.BadParameter(err.reason, param_hint=f"--host {err.value}") from None
+        raise click.ClickException(
+            f"--port {err.value}: {err.reason} (another server? choose another --port, or "
+            "--port 0 for any free one)"
+        ) from None
+    except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
+        _leave_now_if_loading(load, 130, "salmonn serve: interrupted")
+        raise
+    _leave_now_if_loading(load, 0, "salmonn serve: stopped")
     click.echo("salmonn serve: stopped", err=True)
+
+
+def _leave_now_if_loading(load: Any, code: int, message: str) -> None:
+    """Exit at once when the model load is still running in its thread.
+
+    The interpreter's shutdown while that thread is inside torch can abort the process (``terminate
+    called without an active exception``, exit 134); nothing is left to save, so skip the shutdown.
+    """
+    if load.started.is_set() and not load.finished.is_set():
+        click.echo(message, err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
     """The server's config and the model loader, from the flags (checked before anything loads)."""
     from salmonn.errors import ConfigError
     from salmonn.serve import DEFAULT_MODEL_NAME, ServeConfig
-
-    from .run import load_model
 
     try:
         model = ModelSettings.from_params(params, warn=reporter.warn)
@@ -179,6 +209,10 @@ def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
             host=params["host"],
             port=params["port"],
             served_model_name=params["served_model_name"] or model.preset or DEFAULT_MODEL_NAME,
+            # components given by path: README's examples name the default preset
+            model_aliases=(DEFAULT_MODEL,)
+            if not params["served_model_name"] and model.preset is None
+            else (),
             api_key=params["api_key"] or None,
             max_batch_size=params["max_batch_size"],
             batch_wait_ms=params["batch_wait_ms"],
@@ -199,10 +233,7 @@ def _build(params: dict[str, Any], reporter: Reporter) -> tuple[Any, Any]:
     if sampling:
         reporter.warn(f"{', '.join(sampling)} only matter with --do-sample (as defaults)")
 
-    def load() -> Any:
-        return load_model(model, verbose=params["verbose"], quiet=True)
-
-    return config, load
+    return config, _Loader(model, params["verbose"])
 
 
 def _names(value: str | None) -> tuple[str, ...] | None:
@@ -210,3 +241,20 @@ def _names(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+class _Loader:
+    """Loads the model (called once, in the server's load thread) and says whether it is running."""
+
+    def __init__(self, model: ModelSettings, verbose: int) -> None:
+        self.model, self.verbose = model, verbose
+        self.started, self.finished = threading.Event(), threading.Event()
+
+    def __call__(self) -> Any:
+        from .run import load_model
+
+        self.started.set()
+        try:
+            return load_model(self.model, verbose=self.verbose, quiet=True)
+        finally:
+            self.finished.set()

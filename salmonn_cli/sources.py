@@ -4,7 +4,7 @@ The model components, preset, device, dtype and batch size may come from a flag,
 variable (:data:`ENV_VARS`) or the config file, and are checked here, by the same code whatever the
 source, so a bad value is a usage error that names where it came from. The config file is
 ``$XDG_CONFIG_HOME/salmonn/config.toml`` (default ``~/.config/salmonn/config.toml``; ``SALMONN_CONFIG``
-names another file), read with :mod:`tomllib` (Python 3.11+; on 3.10 the file is skipped with a
+names another file, which must exist), read with :mod:`tomllib` (Python 3.11+; on 3.10 the file is skipped with a
 warning). Keys: ``whisper``, ``beats``, ``llm``, ``checkpoint``, ``model``, ``device``, ``dtype``,
 ``batch_size``. Relative component paths in the file are relative to the file's folder.
 """
@@ -116,6 +116,10 @@ def resolve(
     """
     env = os.environ if env is None else env
     path = config_path(env) if config_file is None else config_file
+    if config_file is None and env.get(CONFIG_ENV) and not path.is_file():
+        # named on purpose: a missing file is a mistake (as a missing SALMONN_PROMPTS_DIR is)
+        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise SettingsError(f"env {CONFIG_ENV}: {path}: {what}")
     config = read_config(path, warn)
     settings: dict[str, Setting] = {}
     for key, var in ENV_VARS.items():

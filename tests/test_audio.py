@@ -23,6 +23,7 @@ from salmonn.audio.decode import (
 from salmonn.errors import AudioDecodeError, AudioError, FFmpegNotFoundError
 
 SR = 16_000
+pytestmark = pytest.mark.ffmpeg  # run again with another ffmpeg build in CI
 
 
 def ff(*args: str) -> None:
@@ -201,6 +202,23 @@ def test_standard_input_through_a_real_pipe(media):
     assert done.stdout.split() == [str(2 * SR), "float32"]
 
 
+@pytest.mark.parametrize("how", ["pipe", "file"])
+def test_empty_standard_input_is_called_empty(tmp_path, how):
+    code = (
+        "from salmonn.audio.decode import load_audio\n"
+        "try:\n    load_audio('-')\nexcept Exception as err:\n    print(err)"
+    )
+    if how == "file":
+        (tmp_path / "empty").write_bytes(b"")
+        with open(tmp_path / "empty", "rb") as stdin:
+            done = subprocess.run([sys.executable, "-c", code], stdin=stdin, capture_output=True,
+                                  text=True, check=True)  # fmt: skip
+    else:
+        done = subprocess.run([sys.executable, "-c", code], input="", capture_output=True,
+                              text=True, check=True)  # fmt: skip
+    assert "empty input" in done.stdout and "seekable" not in done.stdout
+
+
 def test_standard_input_without_a_descriptor(media, monkeypatch):
     data = (media / "tone.flac").read_bytes()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))  # fileno() is unsupported
@@ -234,7 +252,7 @@ def test_layout_names():
 # -- bad inputs: a typed error with the path and a one-line cause ------------------------------
 
 
-def _bad_inputs(d: Path, media: Path) -> dict[str, tuple[Path, type[AudioError], str]]:
+def _bad_inputs(d: Path, media: Path) -> dict[str, tuple[Path, type[AudioError], str | None]]:
     (d / "empty.wav").write_bytes(b"")
     (d / "text.wav").write_text("this is not audio\n" * 20)
     ff("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "0", str(d / "zero.wav"))
@@ -243,12 +261,13 @@ def _bad_inputs(d: Path, media: Path) -> dict[str, tuple[Path, type[AudioError],
     m4a = (media / "tone.m4a").read_bytes()
     (d / "truncated.m4a").write_bytes(m4a[: len(m4a) // 2])
     (d / "folder.wav").mkdir()
+    # the cause is ours to word, or None where ffmpeg words it (each build in its own way)
     return {
         "empty": (d / "empty.wav", AudioDecodeError, "empty file"),
-        "text": (d / "text.wav", AudioDecodeError, "Invalid data found"),
+        "text": (d / "text.wav", AudioDecodeError, None),
         "zero-seconds": (d / "zero.wav", AudioDecodeError, "no audio samples"),
-        "truncated-wav": (d / "truncated.wav", AudioDecodeError, "corrupt input packet"),
-        "truncated-m4a": (d / "truncated.m4a", AudioDecodeError, "moov atom not found"),
+        "truncated-wav": (d / "truncated.wav", AudioDecodeError, None),
+        "truncated-m4a": (d / "truncated.m4a", AudioDecodeError, None),
         "no-audio": (media / "silent_video.mp4", AudioDecodeError, "no audio stream"),
         "directory": (d / "folder.wav", AudioError, "is a directory"),
         "missing": (d / "missing.mp3", AudioError, "no such file or directory"),
@@ -266,9 +285,12 @@ def test_bad_input_gives_typed_error(bad, kind):
     path, error_type, cause = bad[kind]
     with pytest.raises(error_type) as info:
         load_audio(path)
+    reason = info.value.reason
     assert info.value.path == str(path)
-    assert cause in info.value.reason and "\n" not in str(info.value)
-    assert str(info.value) == f"{path}: {info.value.reason}"
+    assert reason.strip() and "\n" not in str(info.value)
+    assert cause is None or cause in reason
+    assert str(info.value) == f"{path}: {reason}"
+    assert path.name not in reason and "file:" not in reason  # the path is named once
 
 
 def test_lenient_mode_decodes_past_corrupt_data_and_warns(media, tmp_path, caplog):

@@ -17,6 +17,7 @@ from salmonn.config import ChunkingOptions
 from salmonn.errors import AudioDecodeError, ConfigError
 
 SR = 16_000
+pytestmark = pytest.mark.ffmpeg  # run again with another ffmpeg build in CI
 
 
 def blocks_of(x: np.ndarray, size: int):
@@ -181,7 +182,8 @@ def test_corrupt_data_mid_file_raises_after_good_chunks(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 3 * SR - 1])  # cut mid-sample at ~3 s
     got = []
-    with pytest.raises(AudioDecodeError, match="corrupt input packet"):
+    with pytest.raises(AudioDecodeError) as info:
         for chunk in iter_chunks(path, max_seconds=1, search_seconds=0):
             got.append(chunk)
+    assert info.value.path == str(path) and info.value.reason  # ffmpeg words the cause
     assert got and not got[-1].last  # the consumer sees chunks, then the error

@@ -135,6 +135,19 @@ def test_bar_counts_audio_seconds_and_ends_with_done(clips, model_flags):
     assert re.fullmatch(r"done: 2 files, 1:12 of audio in \d+:\d\d \(\d+\.\dx real time\)", last)
 
 
+def test_a_broken_input_keeps_the_total_and_is_counted_once(clips, model_flags, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_text("this is not audio")
+    args = ["transcribe", clips["long"], broken, clips["short"], "--batch-size", "1", *FAST]
+    code, terminal, _ = run_in_pty([*args, *model_flags], stdout="pipe")
+    assert code == 1, visible(terminal)
+    text = visible(terminal)
+    # the good inputs' 72 s stay the total while the first file runs
+    assert re.search(r"0:[0-5]\d/1:12 audio\s+0/3 files", text), text[-2000:]
+    assert "done: 3 files (1 failed)" in text
+    assert "inputs failed" not in text  # said once, by the done line
+
+
 def test_verbose_logs_print_above_the_bar_without_weight_bars(clips, model_flags):
     # a 30.5 s file cut at 30 s leaves a 0.5 s tail, which is padded and logged at INFO
     code, terminal, _ = run_in_pty(

@@ -285,6 +285,7 @@ def test_missing_template_variable_suggests_var(clip):
     assert "give it with --var question=VALUE" in result.stderr
 
 
+@pytest.mark.ffmpeg
 def test_piped_mp4_that_cannot_be_demuxed_says_to_pass_the_path(model_flags, tmp_path):
     from salmonn.audio.decode import find_ffmpeg
 

@@ -251,7 +251,8 @@ def test_cli_download_then_offline_models_doctor_and_task(stub, cache, monkeypat
     import numpy as np
     import soundfile as sf
 
-    monkeypatch.setenv("SALMONN_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.delenv("SALMONN_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
     _use_hub(monkeypatch, stub.url, cache, offline=False)
     result = invoke(["models", "download", "salmonn-7b"])
     assert result.exit_code == 0, result.output
@@ -338,7 +339,8 @@ def _lose(path: Path) -> None:
 
 def test_models_doctor_and_task_run_agree(stub, cache, monkeypatch, tmp_path, tiny_paths):
     """Whatever the cache holds, `models`, `doctor` and a task run tell the same story."""
-    monkeypatch.setenv("SALMONN_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.delenv("SALMONN_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
     _use_hub(monkeypatch, stub.url, cache, offline=False)
     got = hub.download("salmonn-7b")
     _lose(got.llm / "pytorch_model-00002-of-00004.bin")
@@ -386,7 +388,7 @@ def _salmonn(args, env: dict[str, str], python_flags=()) -> subprocess.Completed
 
 
 def test_process_download_then_offline_listing(stub, cache, tmp_path):
-    env = {"HF_ENDPOINT": stub.url, "HF_HUB_CACHE": str(cache), "SALMONN_CONFIG": "/nonexistent"}
+    env = {"HF_ENDPOINT": stub.url, "HF_HUB_CACHE": str(cache), "XDG_CONFIG_HOME": "/nonexistent"}
     done = _salmonn(["models", "download", "salmonn-7b"], env)
     assert done.returncode == 0, done.stderr
     assert sorted(stub.downloads()) == sorted(NEEDED)
@@ -397,7 +399,7 @@ def test_process_download_then_offline_listing(stub, cache, tmp_path):
 def test_process_offline_answers_before_importing_torch(cache, tmp_path):
     wav = tmp_path / "a.wav"
     wav.write_bytes(b"")
-    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "SALMONN_CONFIG": "/nonexistent"}
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "XDG_CONFIG_HOME": "/nonexistent"}
     start = time.monotonic()
     run = _salmonn(["ask", wav, "who is angry?"], env, python_flags=["-X", "importtime"])
     elapsed = time.monotonic() - start
@@ -414,7 +416,7 @@ def test_process_unreachable_hub_is_quick_and_one_line(cache, tmp_path):
     wav = tmp_path / "a.wav"
     wav.write_bytes(b"")
     env = {"HF_ENDPOINT": _closed_port_url(), "HF_HUB_CACHE": str(cache)}
-    env["SALMONN_CONFIG"] = "/nonexistent"
+    env["XDG_CONFIG_HOME"] = "/nonexistent"
     start = time.monotonic()
     run = _salmonn(["ask", wav, "who is angry?"], env)
     assert time.monotonic() - start < 20 and run.returncode == 1

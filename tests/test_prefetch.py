@@ -15,6 +15,7 @@ from salmonn.audio.prefetch import FileChunk, Prefetcher
 from salmonn.errors import AudioDecodeError, AudioError, ConfigError, FFmpegNotFoundError
 
 SR = 16_000
+pytestmark = pytest.mark.ffmpeg  # run again with another ffmpeg build in CI
 
 
 @pytest.fixture(scope="module")

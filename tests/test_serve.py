@@ -666,6 +666,33 @@ def test_no_upload_left_on_disk(server):
     assert leftovers == []
 
 
+def test_verbose_json_times_are_milliseconds_and_413_gives_the_upload_size(server, tmp_path):
+    odd = tone(tmp_path / "odd.wav", 19753 / SR)  # 1.2345625 s
+    client = server.client()
+    with open(odd, "rb") as f:
+        verbose = client.audio.transcriptions.create(
+            model="salmonn", file=f, response_format="verbose_json"
+        )
+    assert verbose.duration == 1.235  # as the CLI's records say it
+    assert all(s.end == round(s.end, 3) for s in verbose.segments)
+    big = tmp_path / "big.wav"
+    big.write_bytes(os.urandom(7_300_000))  # over --max-upload-mb 5
+    with open(big, "rb") as f:
+        error = status_error(lambda: client.audio.transcriptions.create(model="salmonn", file=f))
+    assert error.status_code == 413 and "the upload is 7.3 MB" in error.body["message"]
+
+
+def test_the_preset_name_reaches_a_server_given_paths(server, audio):
+    client = server.client()
+    (card,) = client.models.list().data
+    assert card.id == "salmonn"
+    with open(audio["short"], "rb") as f:  # README's examples name the default preset
+        answer = client.audio.transcriptions.create(model="salmonn-7b", file=f)
+    assert isinstance(answer.text, str)
+    error = status_error(lambda: client.models.retrieve("gpt-4o"))
+    assert error.status_code == 404 and "it serves 'salmonn'" in error.body["message"]
+
+
 def test_sigterm_stops_cleanly(server, audio):
     """Last in the module: SIGTERM during a request; the request ends cleanly, the server exits 0."""
     outcome = {}
@@ -695,3 +722,51 @@ def test_sigterm_stops_cleanly(server, audio):
     assert "salmonn serve: stopped" in log and "Traceback" not in log
     assert re.search(r"ready at http://127\.0\.0\.1:\d+/v1", log)
     assert [p.name for p in server.tmpdir.iterdir()] == []
+
+
+# ------------------------------------------------------------------------- what a new user meets
+
+
+def test_start_up_errors_are_one_line(tiny_paths, tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SALMONN_")}
+    env.update(HF_HUB_OFFLINE="1", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    base = [sys.executable, "-m", "salmonn_cli", "serve", "--device", "cpu"]
+    paths = ["--whisper", tiny_paths.whisper, "--beats", tiny_paths.beats, "--llm", tiny_paths.llm,
+             "--checkpoint", tiny_paths.checkpoint]  # fmt: skip
+    try:
+        taken = subprocess.run([*base, *paths, "--port", str(port)], env=env, capture_output=True,
+                               text=True, timeout=120)  # fmt: skip
+    finally:
+        busy.close()
+    assert taken.returncode == 1, taken.stderr
+    assert f"Error: --port {port}: already in use" in taken.stderr and "Errno" not in taken.stderr
+    host = subprocess.run([*base, *paths, "--host", "nope.invalid", "--port", "0"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert host.returncode == 2 and "--host nope.invalid" in host.stderr
+    missing = subprocess.run([*base, "--whisper", str(tmp_path / "nope"), *paths[2:], "--port",
+                              "0"], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert missing.returncode == 1
+    assert missing.stderr.count("nope") == 1, missing.stderr  # reported once
+
+
+def test_ctrl_c_during_the_load_stops_cleanly(tiny_paths, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SALMONN_")}
+    env.update(HF_HUB_OFFLINE="1", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    args = [sys.executable, "-m", "salmonn_cli", "serve", "--device", "cpu", "--port", "0", "-v",
+            "--whisper", tiny_paths.whisper, "--beats", tiny_paths.beats, "--llm", tiny_paths.llm,
+            "--checkpoint", tiny_paths.checkpoint]  # fmt: skip
+    for delay in (0.5, 2.0, 4.0):  # before uvicorn runs, while torch loads, while the model loads
+        process = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(delay)
+            process.send_signal(signal.SIGINT)
+            _, rest = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode in (0, 130), rest  # stopped, or interrupted before it served
+        assert "terminate called" not in rest and "Traceback" not in rest

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -123,9 +124,16 @@ def channels_from_layout(layout: str) -> int | None:
     return _NAMED_LAYOUTS.get(layout.split("(")[0])
 
 
-def _ffmpeg_cause(stderr: str) -> str:
-    """The most useful line of ffmpeg's stderr: the last one that is not bookkeeping."""
+def _ffmpeg_cause(stderr: str, source: str | None = None) -> str:
+    """The most useful line of ffmpeg's stderr: the last one that is not bookkeeping.
+
+    ffmpeg starts some lines with the input's URL (``file:a.wav: Invalid data ...``); that prefix is
+    dropped, since the error names the path already.
+    """
+    url = None if source is None else _ffmpeg_url(source) + ": "
     lines = [_LOG_PREFIX_RE.sub("", line).strip() for line in stderr.splitlines()]
+    if url is not None:
+        lines = [line.removeprefix(url) for line in lines]
     if any("matches no streams" in line for line in lines):
         return "no audio stream in the file"
     useful = [line for line in lines if not _NOISE_RE.search(line)]
@@ -201,7 +209,7 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
         raise FFmpegNotFoundError(f"cannot run {cmd[0]}: {exc.strerror or exc}; {_FIX}") from exc
     stderr = done.stderr.decode("utf-8", "replace")
     if "Input #0" not in stderr:
-        raise AudioDecodeError(source, _ffmpeg_cause(stderr))
+        raise AudioDecodeError(source, _ffmpeg_cause(stderr, source))
     return _parse_probe(stderr)
 
 
@@ -236,15 +244,22 @@ def decode_command(source: str, ffmpeg_exe: str | None = None, *, strict: bool =
 
 
 def _stdin_source() -> tuple[int | BinaryIO | None, BinaryIO | None]:
-    """(Popen's stdin, a stream to copy into ffmpeg's stdin when there is no real descriptor)."""
+    """(Popen's stdin, a stream to copy into ffmpeg's stdin when there is no regular file).
+
+    A file redirected to standard input is handed to ffmpeg as is (it may seek in it); a pipe is
+    copied through, so that an empty one can be told apart from undecodable data.
+    """
     stdin = sys.stdin
     if stdin is None:
         raise AudioError(STDIN, "standard input is closed")
+    buffer = getattr(stdin, "buffer", stdin)
     try:
-        return stdin.fileno(), None
+        fd = stdin.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):
-        buffer = getattr(stdin, "buffer", stdin)
         return subprocess.PIPE, buffer  # e.g. a test runner's in-memory stdin
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd, None
+    return subprocess.PIPE, buffer
 
 
 class _FFmpegStream:
@@ -255,8 +270,10 @@ class _FFmpegStream:
         cmd = decode_command(source, strict=strict)
         stdin: int | BinaryIO | None = subprocess.DEVNULL
         self._feed_from: BinaryIO | None = None
+        self._fed = 0  # bytes copied into ffmpeg's stdin
         if source == STDIN:
             stdin, self._feed_from = _stdin_source()
+        self._stdin_fd = stdin if isinstance(stdin, int) and stdin >= 0 else None
         try:
             # its own session: a Ctrl-C in the terminal stops us, and we stop ffmpeg (close());
             # ffmpeg killed first would read as a corrupt file and mark a good input failed
@@ -290,6 +307,7 @@ class _FFmpegStream:
         assert self.proc.stdin is not None and self._feed_from is not None
         try:
             while block := self._feed_from.read(1 << 16):
+                self._fed += len(block)
                 self.proc.stdin.write(block)
         except (BrokenPipeError, ValueError, OSError):
             pass  # ffmpeg stopped reading (error or close); its exit status tells the rest
@@ -320,6 +338,15 @@ class _FFmpegStream:
             got += n
         return got
 
+    def _stdin_empty(self) -> bool:
+        """Whether standard input held no byte at all (a pipe that closed at once, an empty file)."""
+        if self._feed_from is not None:
+            return self._fed == 0
+        try:
+            return self._stdin_fd is not None and os.fstat(self._stdin_fd).st_size == 0
+        except OSError:
+            return False
+
     def failure(self) -> AudioDecodeError | None:
         """Wait for ffmpeg to exit; the error it reported, if any."""
         code = self.proc.wait()
@@ -327,10 +354,12 @@ class _FFmpegStream:
             thread.join(timeout=5)
         if code == 0:
             if self._stderr:  # lenient decoding went past errors: say so, the audio may have gaps
-                cause = _ffmpeg_cause("\n".join(self._stderr))
+                cause = _ffmpeg_cause("\n".join(self._stderr), self.source)
                 logger.warning("%s: ffmpeg reported decoding errors (%s)", self.source, cause)
             return None
-        cause = _ffmpeg_cause("\n".join(self._stderr))
+        if self.source == STDIN and self._stdin_empty():
+            return AudioDecodeError(self.source, "empty input (0 bytes on standard input)")
+        cause = _ffmpeg_cause("\n".join(self._stderr), self.source)
         if self.source == STDIN and _UNSEEKABLE_RE.search(cause):
             cause += f"; {_PASS_THE_PATH}"
         return AudioDecodeError(self.source, cause)

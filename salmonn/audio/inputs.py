@@ -78,7 +78,8 @@ def expand_inputs(
             default :data:`DEFAULT_EXTENSIONS`.
         list_file: a text file with one path (or pattern) per line, ``"-"`` for standard input;
             blank lines and lines starting with ``#`` are ignored; relative paths are relative to
-            the working directory. Its entries come after ``paths``.
+            the working directory. Its entries come after ``paths``; one that does not exist is
+            an input that fails when decoded (listed paths are data, as a folder's entries are).
         on_error: called with an :class:`AudioError` (path + one-line cause) for each missing path,
             unmatched pattern, unreadable directory or broken link named as an argument, and
             expansion goes on. Without it the first such problem is raised. (The same problems
@@ -94,8 +95,9 @@ def expand_inputs(
             raise ConfigError("standard input cannot hold both audio and the list of paths")
         args += _read_list(os.fspath(list_file), on_error)
     walker = _Walker(recursive, include_hidden, exts, on_error)
-    for arg in args:
-        walker.add_argument(arg)
+    listed = len(paths)  # arguments from here on came from the list file
+    for index, arg in enumerate(args):
+        walker.add_argument(arg, listed=index >= listed)
     return walker.items
 
 
@@ -157,7 +159,13 @@ class _Walker:
         self._seen.add(real)
         self.items.append(InputItem(path, root, relpath))
 
-    def add_argument(self, arg: str) -> None:
+    def add_argument(self, arg: str, *, listed: bool = False) -> None:
+        """Add one argument; a ``listed`` one (from a list file) that does not exist is data, as a
+        folder's entries are: one input that fails when decoded, not an error of the expansion."""
+        if listed and not os.path.exists(arg) and not (_has_magic(arg) and glob.glob(arg)):
+            if arg != STDIN:
+                self._take(arg, os.path.dirname(arg) or ".", os.path.basename(arg))
+                return
         if arg == STDIN:
             self.items.append(InputItem(STDIN, STDIN, STDIN))
         elif os.path.isdir(arg):

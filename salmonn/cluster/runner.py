@@ -145,6 +145,12 @@ _FORWARDED_ENV = (
 )
 
 
+def _worker_threads(cpus: float) -> dict[str, str]:
+    """A worker's OpenMP settings: as many threads as its CPU share (not the node's cores, nor the
+    driver's count, which a local cluster would inherit), waiting passively."""
+    return {"OMP_NUM_THREADS": str(max(1, math.ceil(cpus))), "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def run_task_on_ray(
     inputs: Sequence[Any],
     task: Any = "transcribe",
@@ -281,6 +287,7 @@ class RayTaskRun:
             count, gpus = options.placement(resources)
             _check_resources(resources, count, gpus, options.cpus_per_worker)
             env = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
+            env.update(_worker_threads(options.cpus_per_worker))
             worker = ray.remote(SalmonnWorker).options(
                 num_cpus=options.cpus_per_worker,
                 num_gpus=gpus,

@@ -55,6 +55,11 @@ LANGUAGE_NAMES = {
     "uk": "Ukrainian",
     "cs": "Czech",
 }
+_CODE_OF_NAME = {
+    name.lower(): code
+    for names in (LANGUAGE_NAMES, TRAINED_LANGUAGES, EMERGENT_LANGUAGES)
+    for code, name in names.items()
+}
 NO_SPACE_LANGUAGES = ("zh", "ja")  # chunk texts of these languages are joined without a space
 
 
@@ -201,6 +206,7 @@ def _translation(to: str | None) -> Task:
     if to is None or not to.strip():
         raise PromptError("translation needs a target language (e.g. to='zh')")
     code = to.strip().lower()
+    code = _CODE_OF_NAME.get(code, code)  # "Chinese" is "zh": the same trained prompt
     joiner = "" if code in NO_SPACE_LANGUAGES else " "
     if code in TRAINED_LANGUAGES or code in EMERGENT_LANGUAGES:
         return Task("translate", f"translate.{code}", joiner=joiner)

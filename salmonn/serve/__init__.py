@@ -14,13 +14,48 @@ Importing this package is cheap; FastAPI and uvicorn load in :func:`create_app` 
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import SalmonnError
 from .config import DEFAULT_MODEL_NAME, ServeConfig
+
+
+class ListenError(SalmonnError):
+    """The server cannot listen where it was asked: ``what`` is ``"host"`` (no such local address)
+    or ``"port"`` (in use, or not allowed); ``reason`` says why in one line."""
+
+    def __init__(self, what: str, value: object, reason: str) -> None:
+        super().__init__(f"{what} {value}: {reason}")
+        self.what, self.value, self.reason = what, value, reason
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (port 0: any free one), or :class:`ListenError`."""
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as err:
+        raise ListenError("host", host, f"not a known address ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ListenError("port", port, f"already in use on {host}") from None
+        if err.errno == errno.EADDRNOTAVAIL:
+            raise ListenError("host", host, "not an address of this machine") from None
+        raise ListenError("port", port, f"cannot listen on {host}: {err.strerror}") from None
+    return sock
 
 SERVE_PACKAGES = {
     "fastapi": "fastapi",
@@ -59,7 +94,8 @@ def run_server(
     ``config.graceful_shutdown_s`` to finish; those still running then get 503 ``shutting_down``).
 
     ``load_model()`` runs once, after the server listens; ``on_ready(url)`` is called when it has
-    loaded. A failed load stops the server and is raised here.
+    loaded. A failed load stops the server and is raised here; :class:`ListenError` when the
+    address cannot be listened on (before anything loads).
     """
     failures: list[BaseException] = []
     holder: dict[str, Any] = {}
@@ -75,11 +111,12 @@ def run_server(
         failures.append(exc)
         holder["server"].should_exit = True
 
+    sock = listen(config.host, config.port)  # before the load starts: a busy port fails at once
     app = create_app(config, load_model, on_ready=ready, on_error=failed)
     server = build_server(app, config, log_level=log_level)
     holder["server"] = server
     with _signals_end_quietly():
-        server.run()
+        server.run(sockets=[sock])
     if failures:
         raise failures[0]
 
@@ -138,6 +175,7 @@ def _url(server: Any, config: ServeConfig) -> str:
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "SERVE_EXTRA_HINT",
+    "ListenError",
     "ServeConfig",
     "build_server",
     "create_app",

@@ -17,6 +17,8 @@ class ServeConfig:
     Attributes:
         host, port: where to listen.
         served_model_name: the one model id of ``/v1/models``; requests naming another get 404.
+        model_aliases: other names requests may use for it (e.g. the preset's name when the
+            components were given by path).
         api_key: when set, ``/v1/*`` needs ``Authorization: Bearer KEY`` (``/health`` and
             ``/metrics`` stay open).
         max_batch_size: most clips (or text prompts) in one model call, across requests.
@@ -41,6 +43,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_name: str = DEFAULT_MODEL_NAME
+    model_aliases: tuple[str, ...] = ()
     api_key: str | None = None
     max_batch_size: int = 8
     batch_wait_ms: float = 10.0

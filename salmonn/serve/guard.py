@@ -126,6 +126,8 @@ class RequestGuard:
         try:
             self.check(scope["method"], path, headers)
         except APIError as err:
+            if err.status == 413:  # read what is declared first, so that the client sees the 413
+                await _drain(receive, headers, body_limit(path, self.config), self.config)
             await send_error(counted_send, err)
             self.count(label, str(err.status))
             return
@@ -169,7 +171,7 @@ class RequestGuard:
         declared = headers.get("content-length", "")
         limit = body_limit(path, self.config)
         if declared.isdigit() and int(declared) > limit:
-            raise _over_limit(path, limit, self.config)
+            raise _over_limit(path, limit, self.config, size=int(declared))
 
     def _origin_allowed(self, origin: str, host: str | None) -> bool:
         origin = origin.rstrip("/").lower()
@@ -191,23 +193,31 @@ class RequestGuard:
             )
 
 
-def _over_limit(path: str, limit: int, config: ServeConfig) -> APIError:
+def _over_limit(path: str, limit: int, config: ServeConfig, size: int | None = None) -> APIError:
+    """The 413 for a body over ``limit``; ``size``: its declared size, named when known (a body cut
+    off while arriving has no known size)."""
     if path in AUDIO:
+        what = f"is {size / 1e6:.1f} MB" if size is not None else "is"
         return too_large(
-            f"file: the upload is over the server's limit of {limit:,} bytes (--max-upload-mb "
+            f"file: the upload {what} over the server's limit of {limit:,} bytes (--max-upload-mb "
             f"{config.max_upload_mb:g} for the audio, plus room for the form)",
             "file",
         )
     if path == CHAT:
         return too_large(
-            f"the request body is over the server's limit of {limit:,} bytes for "
+            f"the request body {_size(size)}over the server's limit of {limit:,} bytes for "
             f"{path} (--max-upload-mb {config.max_upload_mb:g} of audio, as base64, plus room "
             "for the JSON)",
             code="request_too_large",
         )
     return too_large(
-        f"the request body is over {limit:,} bytes; {path} takes none", code="request_too_large"
+        f"the request body {_size(size)}over {limit:,} bytes; {path} takes none",
+        code="request_too_large",
     )
+
+
+def _size(size: int | None) -> str:
+    return f"is {size:,} bytes, " if size is not None else "is "
 
 
 class _Body:
@@ -244,6 +254,31 @@ class _Body:
         else:
             self.complete = True
         return message
+
+
+DRAIN_EXTRA_BYTES = 64 * 2**20
+"""How far past its limit a declared body is still read (and dropped) before the 413: a client that
+sends its whole body before reading the answer (most HTTP libraries) then gets the 413 instead of a
+broken connection. Larger declared bodies, and chunked ones, are cut off at once."""
+
+
+async def _drain(receive: Receive, headers: dict[str, str], limit: int, config: ServeConfig) -> None:
+    """Read and drop a body of a declared size up to ``limit + DRAIN_EXTRA_BYTES`` (nothing is kept),
+    within ``--request-timeout``."""
+    declared = headers.get("content-length", "")
+    if not declared.isdigit() or int(declared) > limit + DRAIN_EXTRA_BYTES:
+        return
+    left, deadline = int(declared), time.monotonic() + config.request_timeout
+    while left > 0:
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        left -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 async def send_error(send: Send, err: APIError) -> None:

@@ -86,10 +86,13 @@ def _too_big(size: int, max_bytes: int, param: str | None) -> Exception:
     )
 
 
-def check_size(size: int, max_bytes: int, param: str | None = None) -> None:
-    """413 when an upload of ``size`` bytes is over ``max_bytes``."""
+def check_size(
+    size: int, max_bytes: int, param: str | None = None, shown: int | None = None
+) -> None:
+    """413 when an upload of ``size`` bytes is over ``max_bytes``; the message gives ``shown``
+    bytes as the upload's size when given (e.g. the request's whole length)."""
     if size > max_bytes:
-        raise _too_big(size, max_bytes, param)
+        raise _too_big(size if shown is None else shown, max_bytes, param)
 
 
 def from_data_url(url: str, param: str, max_bytes: int) -> tuple[bytes, str]:

@@ -131,10 +131,10 @@ def check_text(body: Any) -> None:
             todo.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
-def check_model(body: dict[str, Any], served: str) -> None:
+def check_model(body: dict[str, Any], served: str, aliases: tuple[str, ...] = ()) -> None:
     """404 when the request names a model other than the served one (no name: the served one)."""
     name = body.get("model")
-    if name not in (None, "", served):
+    if name not in (None, "", served, *aliases):
         raise model_not_found(str(name), served)
 
 
@@ -156,6 +156,7 @@ def parse_chat(
     served: str,
     allowed_dir: str | None,
     max_bytes: int,
+    aliases: tuple[str, ...] = (),
 ) -> ChatRequest:
     """Check a ``/v1/chat/completions`` body. The caller must ``cleanup()`` the audio it returns.
 
@@ -165,7 +166,7 @@ def parse_chat(
     """
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
-    check_model(body, served)
+    check_model(body, served, aliases)
     _check_unsupported(body)
     options = decoding_options(body, defaults)
     stream = body.get("stream") or False

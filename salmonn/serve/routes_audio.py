@@ -107,7 +107,9 @@ async def _read_form(
     except Exception as err:  # noqa: BLE001 - a malformed body is the client's error
         raise bad_request(f"expected a multipart/form-data body with a file: {err}") from None
     try:
-        check_model({"model": _field(form, "model")}, config.served_model_name)
+        check_model(
+            {"model": _field(form, "model")}, config.served_model_name, config.model_aliases
+        )
         fmt = _field(form, "response_format", "json") or "json"
         if fmt not in RESPONSE_FORMATS:
             raise bad_request(
@@ -163,6 +165,10 @@ async def _read_form(
     return prepared, raw
 
 
+def _ms(seconds: float) -> float:
+    return round(float(seconds), 3)
+
+
 def _audio_response(answer: Answer, fmt: str, task_name: str, language: str) -> Response:
     from ..jobs.writers import get_writer
 
@@ -172,14 +178,14 @@ def _audio_response(answer: Answer, fmt: str, task_name: str, language: str) -> 
         return JSONResponse({"text": answer.text})
     if fmt == "verbose_json":
         segments = [
-            {"id": i, "start": s.start, "end": s.end, "text": s.text}
+            {"id": i, "start": _ms(s.start), "end": _ms(s.end), "text": s.text}  # ms, as the CLI
             for i, s in enumerate(record.segments)
         ]
         return JSONResponse(
             {
                 "task": "transcribe" if task_name == "transcribe" else "translate",
                 "language": language,
-                "duration": record.duration,
+                "duration": None if record.duration is None else _ms(record.duration),
                 "text": answer.text,
                 "segments": segments,
             }

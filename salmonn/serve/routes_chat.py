@@ -64,6 +64,7 @@ def install(app: FastAPI, state: ServerState) -> None:
                 served=name,
                 allowed_dir=config.allowed_local_media_path,
                 max_bytes=config.max_upload_bytes,
+                aliases=config.model_aliases,
             )
             ticket.hold(parsed.audio)
             task = None if parsed.audio is None else make_task("prompt", text=parsed.instruction)

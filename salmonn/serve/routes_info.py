@@ -58,5 +58,5 @@ def install(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models/{model_id:path}", openapi_extra=schema.MODEL)
     async def model(model_id: str) -> dict[str, Any]:
-        check_model({"model": model_id}, name)
+        check_model({"model": model_id}, name, state.config.model_aliases)
         return model_card()

@@ -63,9 +63,10 @@ class ServerState:
             model = self.load_model()
             self.service = Service(model, self.config, on_batch=self.metrics.observe_batch)
         except BaseException as exc:  # noqa: BLE001 - reported to the runner, which stops the server
-            logger.error("the model could not be loaded: %s", exc)
             if self.on_error is not None:
-                self.on_error(exc)
+                self.on_error(exc)  # the runner reports it (once)
+            else:
+                logger.error("the model could not be loaded: %s", exc)
             return
         if self.on_ready is not None:
             self.on_ready()
