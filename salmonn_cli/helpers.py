@@ -213,6 +213,30 @@ def _auto_batch(comps: Any, kwargs: dict[str, Any]) -> str:
     return describe_components(comps, kwargs.get("device"), kwargs.get("dtype"))
 
 
+def _fits(comps: Any, kwargs: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the model, at the dtype a run would take, fits the memory it loads into."""
+    from salmonn.constants import DTYPE_ALIASES
+    from salmonn.model.devices import resolve_device
+    from salmonn.model.footprint import (
+        available_memory,
+        cpu_default_dtype,
+        estimate,
+        fit_report,
+    )
+
+    device = resolve_device(kwargs.get("device"))
+    dtype = kwargs.get("dtype")
+    if dtype is None:
+        dtype = cpu_default_dtype(comps, exact=False) if device.type == "cpu" else "float16"
+    dtype = str(dtype).lower().removeprefix("torch.")
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
+    problem = fit_report(comps, dtype, device.type)
+    if problem is not None:
+        return False, problem
+    where = "" if device.type != "cpu" else f" of {(available_memory() or 0) / 2**30:.1f} GiB available"
+    return True, f"{estimate(comps, dtype).describe()}{where}"
+
+
 @click.command()
 @click.option(
     "--model", metavar="PRESET", help="Preset to check. [default: as for the task commands]"
@@ -270,6 +294,11 @@ def doctor(**flags: Any) -> None:
             good, line = _check("auto batch", lambda: _auto_batch(comps, kwargs))
             if good:
                 click.echo(f"  {'auto batch':<12} {line}")
+            good, result = _check("fits", lambda: _fits(comps, kwargs))
+            if good:
+                fits, line = result
+                ok &= fits
+                click.echo(f"  {'fits':<12} {'ok   ' if fits else 'NO   '} {line}")
     if not ok:
         sys.exit(1)
 

@@ -7,6 +7,7 @@ them and checks the checkpoint against them.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -14,9 +15,12 @@ import torch
 from ..constants import DEFAULT_LORA_SCALING
 from ..model.checkpoint import build_model
 from ..model.devices import resolve_device, resolve_dtype
+from ..model.footprint import cpu_default_dtype, fit_report
 from ..model.llm import quantization_config
 from ..model.salmonn_model import SalmonnModel
 from .resolve import PRESETS, resolve_components
+
+log = logging.getLogger(__name__)
 
 
 def load_model(
@@ -39,7 +43,8 @@ def load_model(
         whisper, beats, llm, checkpoint: component paths; explicit paths win over the preset's.
         preset: ``"salmonn-13b"`` or ``"salmonn-7b"`` (see ``salmonn.PRESETS``).
         device: ``None`` -> CUDA when available, else CPU.
-        dtype: LLM weight / autocast dtype; ``None`` -> float16 on CUDA, float32 on CPU.
+        dtype: LLM weight / autocast dtype; ``None`` -> float16 on CUDA; on CPU float32 where the
+            model fits the available memory (or ``exact``), else bfloat16 (a log line says so).
         lora_scaling: LoRA alpha / r at inference; ``None`` -> the preset's, else 4.0.
         load_in_8bit, load_in_4bit: quantize the LLM with bitsandbytes (CUDA only).
         exact: generate with the original's arithmetic and shapes by default (``model.exact``;
@@ -53,6 +58,12 @@ def load_model(
     dt = resolve_dtype(dtype, dev)
     quantization_config(load_in_8bit, load_in_4bit, dev, dt)  # fail before resolving anything
     comps = resolve_components(preset, whisper, beats, llm, checkpoint)
+    if dev.type == "cpu" and not (load_in_8bit or load_in_4bit):
+        if dtype is None:  # the CPU default: float32 where it fits, else bfloat16
+            dt = resolve_dtype(cpu_default_dtype(comps, exact=exact), dev)
+        problem = fit_report(comps, str(dt).removeprefix("torch."), dev.type)
+        if problem is not None:
+            log.warning("%s", problem)
     if lora_scaling is None:
         spec = PRESETS.get(comps.preset) if comps.preset else None
         lora_scaling = float(getattr(spec, "lora_scaling", DEFAULT_LORA_SCALING))
