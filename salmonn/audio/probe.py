@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from ..constants import STDIN
 from ..errors import AudioDecodeError, AudioError, FFmpegNotFoundError
 
-logger = logging.getLogger(__name__)
 
 FFMPEG_ENV = "SALMONN_FFMPEG"
 PROBE_TIMEOUT_S = 60.0
