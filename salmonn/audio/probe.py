@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from ..constants import STDIN
 from ..errors import AudioDecodeError, AudioError, FFmpegNotFoundError
 
-
 FFMPEG_ENV = "SALMONN_FFMPEG"
 PROBE_TIMEOUT_S = 60.0
 _FIX = (
