@@ -215,8 +215,7 @@ def _auto_batch(comps: Any, kwargs: dict[str, Any]) -> str:
 
 def _fits(comps: Any, kwargs: dict[str, Any]) -> tuple[bool, str]:
     """Whether the model, at the dtype a run would take, fits the memory it loads into."""
-    from salmonn.constants import DTYPE_ALIASES
-    from salmonn.model.devices import resolve_device
+    from salmonn.model.devices import resolve_device, resolve_dtype
     from salmonn.model.footprint import (
         available_memory,
         cpu_default_dtype,
@@ -225,11 +224,10 @@ def _fits(comps: Any, kwargs: dict[str, Any]) -> tuple[bool, str]:
     )
 
     device = resolve_device(kwargs.get("device"))
-    dtype = kwargs.get("dtype")
-    if dtype is None:
-        dtype = cpu_default_dtype(comps, exact=False) if device.type == "cpu" else "float16"
-    dtype = str(dtype).lower().removeprefix("torch.")
-    dtype = DTYPE_ALIASES.get(dtype, dtype)
+    if kwargs.get("dtype") is None and device.type == "cpu":
+        dtype = cpu_default_dtype(comps, exact=False)
+    else:
+        dtype = str(resolve_dtype(kwargs.get("dtype"), device)).removeprefix("torch.")
     problem = fit_report(comps, dtype, device.type)
     if problem is not None:
         return False, problem
