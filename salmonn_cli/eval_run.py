@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from salmonn.errors import ConfigError, PromptError
 from .eval import _read_or_fail, echo_table, infer_metric, judge_summary
 from .progress import Reporter, setup_logging
 from .ray_executor import ray_executor
-from .run import Job, load_model
+from .run import Job, LocalExecutor
 from .settings import SettingsError, TaskSettings
 
 _NO_INPUT_FLAGS = {
@@ -101,7 +100,7 @@ def run_eval(params: dict[str, Any]) -> None:
     if done:
         reporter.info(f"resume: {len(done)} of {len(items)} items already done")
     failed = _run_groups(
-        groups, done, settings, executor or _LocalExecutor(), predictions_path, reporter
+        groups, done, settings, executor or LocalExecutor(), predictions_path, reporter
     )
     latest = plan_run.latest_by_id(plan_run.read_predictions(predictions_path))
     records = [latest[i.id] for i in items if i.id in latest]
@@ -158,28 +157,6 @@ def _score(
         if judge[0]:
             summary["judge"] = judge_summary(records, judge[0], judge[1])
     return summary, plan_run.attach_outcomes(records, outcomes)
-
-
-class _LocalExecutor:
-    """The local executor of the task commands, with the model loaded once for every task group."""
-
-    def __init__(self) -> None:
-        self.model: Any = None
-
-    def __call__(self, job: Job, reporter: Reporter) -> Iterator[Any]:
-        from salmonn import process
-
-        if self.model is None:
-            self.model = load_model(job.model, verbose=job.verbose, quiet=job.quiet)
-        return process(
-            self.model,
-            job.items,
-            job.spec,
-            chunking=job.chunking,
-            generation=job.generation,
-            batch_size=job.batch_size,
-            on_progress=reporter,
-        )
 
 
 def _run_groups(

@@ -256,29 +256,42 @@ def _write(
             sink.close()
 
 
-def local_executor(job: Job, reporter: Reporter) -> Iterator[Any]:
-    """Run ``job`` in this process: decoding starts at once and overlaps the model load."""
-    from salmonn.audio.prefetch import Prefetcher
-    from salmonn.jobs.engine import process
+class LocalExecutor:
+    """Runs jobs in this process; decoding of a job's inputs starts at once and overlaps the model
+    load. The model is loaded by the first job and kept for the next ones (``salmonn eval run``
+    runs one job per prompt group over one model)."""
 
-    paths = [str(i.path) for i in job.items]
-    chunks = Prefetcher(paths, job.chunking, max_chunks=prefetch_depth(job.batch_size))
-    try:
-        model = load_model(job.model, verbose=job.verbose, quiet=job.quiet)
-    except BaseException:
-        chunks.close()
-        raise
-    records = process(
-        model,
-        job.items,
-        job.spec,
-        chunking=job.chunking,
-        generation=job.generation,
-        batch_size=job.batch_size,
-        on_progress=reporter,
-        chunks=chunks,
-    )
-    return _Closing(records, chunks.close)
+    def __init__(self) -> None:
+        self.model: Any = None
+
+    def __call__(self, job: Job, reporter: Reporter) -> Iterator[Any]:
+        from salmonn.audio.prefetch import Prefetcher
+        from salmonn.jobs.engine import process
+
+        paths = [str(i.path) for i in job.items]
+        chunks = Prefetcher(paths, job.chunking, max_chunks=prefetch_depth(job.batch_size))
+        try:
+            if self.model is None:
+                self.model = load_model(job.model, verbose=job.verbose, quiet=job.quiet)
+        except BaseException:
+            chunks.close()
+            raise
+        records = process(
+            self.model,
+            job.items,
+            job.spec,
+            chunking=job.chunking,
+            generation=job.generation,
+            batch_size=job.batch_size,
+            on_progress=reporter,
+            chunks=chunks,
+        )
+        return _Closing(records, chunks.close)
+
+
+def local_executor(job: Job, reporter: Reporter) -> Iterator[Any]:
+    """Run ``job`` in this process (a :class:`LocalExecutor` of its own)."""
+    return LocalExecutor()(job, reporter)
 
 
 class _Closing:
