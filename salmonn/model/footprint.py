@@ -13,6 +13,7 @@ run is not killed by the kernel in the middle of the load.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -85,14 +86,35 @@ class Footprint:
 
 def estimate(comps: Any, dtype: str) -> Footprint:
     """The footprint of resolved components (``whisper``, ``beats``, ``llm``, ``checkpoint`` paths)."""
-    llm_config = json.loads((Path(comps.llm) / "config.json").read_text(encoding="utf-8"))
-    whisper_config = json.loads((Path(comps.whisper) / "config.json").read_text(encoding="utf-8"))
-    return Footprint(
-        dtype,
-        whisper=4 * whisper_encoder_parameters(whisper_config),
-        beats=_tensor_bytes_float32(comps.beats, "model"),
-        llm=DTYPE_BYTES[dtype] * llm_parameters(llm_config),
-        checkpoint=_tensor_bytes_float32(comps.checkpoint, "model"),
+    paths = tuple(str(getattr(comps, name)) for name in ("whisper", "beats", "llm", "checkpoint"))
+    whisper, beats, llm_params, checkpoint = _sizes(paths, tuple(map(_stamp, paths)))
+    return Footprint(dtype, whisper, beats, DTYPE_BYTES[dtype] * llm_params, checkpoint)
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    """Size and modification time of ``path`` (of its ``config.json`` for a folder): a changed
+    file is read again."""
+    target = Path(path) / "config.json" if os.path.isdir(path) else Path(path)
+    try:
+        info = target.stat()
+    except OSError:
+        return (-1, -1)
+    return (info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sizes(paths: tuple[str, ...], stamps: tuple[tuple[int, int], ...]) -> tuple[int, int, int, int]:
+    """float32 bytes of Whisper, BEATs and the checkpoint, and the LLM's parameter count, read once
+    per set of files (a load asks for several dtypes)."""
+    del stamps  # part of the cache key only
+    whisper, beats, llm, checkpoint = map(Path, paths)
+    llm_config = json.loads((llm / "config.json").read_text(encoding="utf-8"))
+    whisper_config = json.loads((whisper / "config.json").read_text(encoding="utf-8"))
+    return (
+        4 * whisper_encoder_parameters(whisper_config),
+        _tensor_bytes_float32(beats, "model"),
+        llm_parameters(llm_config),
+        _tensor_bytes_float32(checkpoint, "model"),
     )
 
 
