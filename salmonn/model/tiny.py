@@ -81,7 +81,7 @@ class TinyModelPaths:
 _NORM_WEIGHT = re.compile(r"(norm|ln_speech|ln_audio)\.weight$", re.IGNORECASE)
 
 
-def _draw(
+def draw(
     gen: torch.Generator, name: str, shape: Sequence[int], std: float | None = None
 ) -> torch.Tensor:
     """A random float32 tensor for parameter ``name``, chosen so that it is never a no-op.
@@ -108,7 +108,7 @@ def _randomise(
             if skip and re.search(skip, name):
                 continue
             std = next((s for pattern, s in stds.items() if re.search(pattern, name)), None)
-            param.copy_(_draw(gen, name, param.shape, std))
+            param.copy_(draw(gen, name, param.shape, std))
 
 
 def _save_quietly(model: Any, folder: Path, **kwargs: Any) -> None:
@@ -159,6 +159,11 @@ def _write_whisper(folder: Path, gen: torch.Generator, d_model: int) -> None:
     # embed_positions keeps its sinusoidal table, as in the released checkpoints.
     _randomise(model, gen, {}, skip=r"embed_positions")
     _save_quietly(model, folder)
+    write_whisper_preprocessor(folder)
+
+
+def write_whisper_preprocessor(folder: Path) -> None:
+    """The ``preprocessor_config.json`` of the released Whisper folders (80 mels, 30 s windows)."""
     _write_json(
         folder / "preprocessor_config.json",
         {
@@ -216,7 +221,7 @@ def tokenizer_corpus() -> list[str]:
     return [part for line in lines for part in line.split("\n")]
 
 
-def _write_tokenizer(folder: Path, vocab_size: int) -> int:
+def write_tokenizer(folder: Path, vocab_size: int) -> int:
     """Train a LLaMA-like BPE SentencePiece model and write the LLaMA tokenizer files."""
     import sentencepiece as spm
 
@@ -274,7 +279,7 @@ def _write_llm(
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = _write_tokenizer(folder, vocab_size)
+    vocab = write_tokenizer(folder, vocab_size)
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -317,7 +322,7 @@ def beats_cfg(d_model: int, layers: int = 2) -> dict[str, Any]:
     return formats.beats_cfg(d_model, layers, embed_dim=32, ffn_dim=2 * d_model)
 
 
-def _beats_state(gen: torch.Generator, cfg: dict[str, Any]) -> OrderedDict[str, torch.Tensor]:
+def draw_beats_state(gen: torch.Generator, cfg: dict[str, Any]) -> OrderedDict[str, torch.Tensor]:
     """Random BEATs weights; every layer carries the same relative-position table (layer 0's, shared)."""
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
     table: torch.Tensor | None = None
@@ -326,14 +331,14 @@ def _beats_state(gen: torch.Generator, cfg: dict[str, Any]) -> OrderedDict[str, 
             table = 0.5 * torch.randn(shape, generator=gen) if table is None else table
             state[name] = table.clone()
         else:
-            state[name] = _draw(gen, name, shape)
+            state[name] = draw(gen, name, shape)
     return state
 
 
 # ------------------------------------------------------------------------------------------ salmonn
 
 
-def _salmonn_state(
+def draw_salmonn_state(
     gen: torch.Generator,
     shapes: Iterable[tuple[str, tuple[int, ...]]],
     llm_config: Any,
@@ -344,7 +349,7 @@ def _salmonn_state(
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
     for name, shape in shapes:
         std = 1.0 if name == "speech_query_tokens" else 0.1 if "lora_B" in name else None
-        state[name] = _draw(gen, name, shape, std)
+        state[name] = draw(gen, name, shape, std)
     state["speech_Qformer.bert.embeddings.position_ids"] = torch.arange(
         QFORMER_POSITIONS
     ).unsqueeze(0)
@@ -407,11 +412,11 @@ def write_tiny_model(
         _write_whisper(Path(paths.whisper), gen, whisper_d)
         llm_config = _write_llm(Path(paths.llm), gen, llm_hidden, llm_layers, vocab_size)
     cfg = beats_cfg(beats_d)
-    beats_state = _beats_state(gen, cfg)
+    beats_state = draw_beats_state(gen, cfg)
     labels = {i: f"/m/tiny{i:03d}" for i in range(cfg["predictor_class"])}
     torch.save({"cfg": cfg, "model": beats_state, "label_dict": labels}, paths.beats)
     shapes = salmonn_shapes(whisper_d, beats_d, qformer_hidden, llm_hidden, llm_layers)
-    model_state = _salmonn_state(gen, shapes, llm_config, beats_state, cfg["encoder_layers"])
+    model_state = draw_salmonn_state(gen, shapes, llm_config, beats_state, cfg["encoder_layers"])
     torch.save(
         {"model": model_state, **training_extras(model_state, len(shapes))}, paths.checkpoint
     )
