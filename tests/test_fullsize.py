@@ -119,6 +119,8 @@ def test_bench_real_size_small_end_to_end(small_model):
     assert report["embedding_rows"] == 32001 and report["dtype"] == "bfloat16"
     assert report["load_s"] > 0 and report["after_load"]["anon_gib"] > 0
     assert report["after_load"]["file_gib"] >= 0 and report["bandwidth_gbs"] > 0
+    assert 0 < report["load_anon_peak_gib"] <= report["after_load"]["peak_gib"]
+    assert set(report["kernel_gbs"]) == {"1", "4"} and min(report["kernel_gbs"].values()) > 0
     assert set(report["steps"]) == {"1", "4"}
     assert all(s["prefill_s"] > 0 for s in report["steps"].values())
     agreement = report["encoder_agreement"]
