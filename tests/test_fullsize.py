@@ -122,7 +122,7 @@ def test_bench_real_size_small_end_to_end(small_model):
     assert 0 < report["load_anon_peak_gib"] <= report["after_load"]["peak_gib"]
     assert set(report["kernel_gbs"]) == {"1", "4"} and min(report["kernel_gbs"].values()) > 0
     assert set(report["steps"]) == {"1", "4"}
-    assert all(s["prefill_s"] > 0 for s in report["steps"].values())
+    assert all(s["prefill_s"] > 0 and s["step_ms"] > 0 for s in report["steps"].values())
     agreement = report["encoder_agreement"]
     # bfloat16 keeps 8 bits of mantissa: the audio vectors move by well under 10 %.
     assert 0 < agreement["relative_l2"] < 0.1 and agreement["min_cosine"] > 0.99
