@@ -130,3 +130,15 @@ def test_load_model_on_cpu_takes_bfloat16_when_float32_does_not_fit(
     assert any("as bfloat16" in r.getMessage() for r in caplog.records)
     assert load_model(*paths, device="cpu", exact=True).dtype == torch.float32
 
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_float16_on_cpu_points_to_bfloat16(tiny_paths, caplog, dtype):
+    from salmonn import load_model
+
+    p = tiny_paths
+    with caplog.at_level(logging.WARNING, logger="salmonn"):
+        model = load_model(p.whisper, p.beats, p.llm, p.checkpoint, device="cpu", dtype=dtype)
+    assert model.dtype == getattr(torch, dtype)
+    said = [r.getMessage() for r in caplog.records if "float16 on a CPU" in r.getMessage()]
+    assert len(said) == (dtype == "float16") and all("--dtype bfloat16" in s for s in said)

@@ -64,6 +64,12 @@ def load_model(
         problem = fit_report(comps, str(dt).removeprefix("torch."), dev.type)
         if problem is not None:
             log.warning("%s", problem)
+        if dt == torch.float16:
+            log.warning(
+                "float16 on a CPU: encoding and the prompt run several times slower than with "
+                "bfloat16 unless the CPU has float16 matrix units; --dtype bfloat16 takes the "
+                "same memory"
+            )
     if lora_scaling is None:
         spec = PRESETS.get(comps.preset) if comps.preset else None
         lora_scaling = float(getattr(spec, "lora_scaling", DEFAULT_LORA_SCALING))
