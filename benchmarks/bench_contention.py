@@ -72,7 +72,9 @@ def _neighbours(count: int, ffmpeg_file: Path | None) -> list[subprocess.Popen]:
             "    subprocess.run([sys.argv[1], '-nostdin', '-v', 'quiet', '-i', sys.argv[2], '-ar',"
             " '16000', '-ac', '1', '-f', 'f32le', '-y', '/dev/null'])\n"
         )
-        procs.append(subprocess.Popen([sys.executable, "-c", loop, find_ffmpeg(), str(ffmpeg_file)]))
+        procs.append(
+            subprocess.Popen([sys.executable, "-c", loop, find_ffmpeg(), str(ffmpeg_file)])
+        )
     time.sleep(0.5)
     return procs
 
@@ -132,7 +134,9 @@ def main() -> None:
         print(f"load average before: {os.getloadavg()[0]:.2f}; {cores} cores")
         results = {c: _run(c, args.repeats, wav) for c in ("torch default", "salmonn")}
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    print(f"{'scenario':<28}" + "".join(f"{c + f' ({t} thr)':>26}" for c, (t, _) in results.items()))
+    print(
+        f"{'scenario':<28}" + "".join(f"{c + f' ({t} thr)':>26}" for c, (t, _) in results.items())
+    )
     for i, (name, busy, _) in enumerate(SCENARIOS):
         cells = []
         for threads, times in results.values():

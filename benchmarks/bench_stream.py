@@ -96,7 +96,9 @@ def _streamed(client: Any, clip: str, extra: dict[str, Any]) -> dict[str, Any]:
 
 def _whole(client: Any, clip: str, extra: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
-    answer = client.chat.completions.create(model="bench", messages=_messages(clip), extra_body=extra)
+    answer = client.chat.completions.create(
+        model="bench", messages=_messages(clip), extra_body=extra
+    )
     return {"total_s": time.perf_counter() - start, "text": answer.choices[0].message.content}
 
 
@@ -122,7 +124,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if rows["streamed"][-1]["text"] != rows["whole"][-1]["text"]:
                 raise SystemExit(f"request {i}: the streamed answer differs from the whole one")
         with ThreadPoolExecutor(args.concurrency) as pool:
-            together = list(pool.map(lambda c: _streamed(client, c, greedy), clips[: args.concurrency]))
+            together = list(
+                pool.map(lambda c: _streamed(client, c, greedy), clips[: args.concurrency])
+            )
         result: dict[str, Any] = {
             "requests": args.requests,
             "new_tokens": args.new_tokens,

@@ -56,7 +56,10 @@ def _original_loss(model, examples) -> torch.Tensor:
         model.embed_tokens, audio, _pieces(model, examples, 300), tok.bos_id, tok.pad_id
     )
     out = model.llama_model(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels,
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        labels=labels,
         use_cache=False,
     )
     return out.loss
@@ -162,24 +165,42 @@ def main() -> None:
     if args.peak:
         print(json.dumps(_peak(args.batch_sizes[0], args.peak, args.seconds)))
         return
-    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min), "
-          f"torch threads {torch.get_num_threads()}, device cpu")
+    print(
+        f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min), "
+        f"torch threads {torch.get_num_threads()}, device cpu"
+    )
     for batch_size in args.batch_sizes:
         rates = _timings(batch_size, args.steps, args.seconds)
         for mode, rate in rates.items():
             done = subprocess.run(
-                [sys.executable, __file__, "--peak", mode, "--batch-sizes", str(batch_size),
-                 "--seconds", str(args.seconds)],
-                capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--peak",
+                    mode,
+                    "--batch-sizes",
+                    str(batch_size),
+                    "--seconds",
+                    str(args.seconds),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             peak = json.loads(done.stdout.splitlines()[-1])
-            print(f"batch {batch_size:2d}  {mode:12s} {rate:7.3f} examples/s  "
-                  f"peak RSS {peak:7.0f} MiB", flush=True)
-        print(f"batch {batch_size:2d}  default e2+ / original: "
-              f"{rates['default e2+'] / rates['original']:.2f}x, "
-              f"/ exact: {rates['default e2+'] / rates['exact']:.2f}x, "
-              f"default e1 / original: {rates['default e1'] / rates['original']:.2f}x  "
-              f"(load {os.getloadavg()[0]:.2f})", flush=True)
+            print(
+                f"batch {batch_size:2d}  {mode:12s} {rate:7.3f} examples/s  "
+                f"peak RSS {peak:7.0f} MiB",
+                flush=True,
+            )
+        print(
+            f"batch {batch_size:2d}  default e2+ / original: "
+            f"{rates['default e2+'] / rates['original']:.2f}x, "
+            f"/ exact: {rates['default e2+'] / rates['exact']:.2f}x, "
+            f"default e1 / original: {rates['default e1'] / rates['original']:.2f}x  "
+            f"(load {os.getloadavg()[0]:.2f})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from .constants import MIN_SECONDS, WINDOW_SECONDS
 from .errors import ConfigError
 
 DEFAULT_BATCH_SIZE = 4  # chunks per model call, taken across files
-AUTO_BATCH_SIZE = "auto"  # the largest batch that fits the device (salmonn.model.capacity); CPU: the default
+AUTO_BATCH_SIZE = (
+    "auto"  # the largest batch that fits the device (salmonn.model.capacity); CPU: the default
+)
 
 
 def check_batch_size(value: Any) -> Any:

@@ -231,7 +231,9 @@ def _fits(comps: Any, kwargs: dict[str, Any]) -> tuple[bool, str]:
     problem = fit_report(comps, dtype, device.type)
     if problem is not None:
         return False, problem
-    where = "" if device.type != "cpu" else f" of {(available_memory() or 0) / 2**30:.1f} GiB available"
+    where = (
+        "" if device.type != "cpu" else f" of {(available_memory() or 0) / 2**30:.1f} GiB available"
+    )
     return True, f"{estimate(comps, dtype).describe()}{where}"
 
 

@@ -115,7 +115,9 @@ def transcribe(language: str, **params: Any) -> None:
 def translate(target: str, **params: Any) -> None:
     """Speech translation from English (English -> Chinese was trained)."""
     if not target.strip():
-        raise click.BadParameter("empty language; give a code or a name, e.g. --to zh", param_hint="--to")
+        raise click.BadParameter(
+            "empty language; give a code or a name, e.g. --to zh", param_hint="--to"
+        )
     _run(params, "translate", to=target)
 
 

@@ -164,7 +164,10 @@ class _WarningsTo(logging.Handler):
     its INFO and DEBUG lines (with ``-v``: "Ray worker ready ...") go on to the ``salmonn``
     logger's handlers, as every other module's."""
 
-    LOGGERS = ("salmonn.cluster.runner", "salmonn.cluster.pool")  # the modules that warn about the cluster
+    LOGGERS = (
+        "salmonn.cluster.runner",
+        "salmonn.cluster.pool",
+    )  # the modules that warn about the cluster
 
     def __init__(self, reporter: Any) -> None:
         super().__init__(logging.NOTSET)

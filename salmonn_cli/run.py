@@ -143,7 +143,9 @@ def run_task(params: dict[str, Any], task: Any, executor: Executor | None = None
         verbose=settings.output.verbose,
         quiet=settings.output.quiet,
     )
-    failed, tried = _write(job, executor or local_executor, sink, reporter, settings.output.fail_fast)
+    failed, tried = _write(
+        job, executor or local_executor, sink, reporter, settings.output.fail_fast
+    )
     _exit_for_failures(failed, tried, earlier_failed, reporter, left=len(todo) - tried)
 
 

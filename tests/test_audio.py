@@ -195,7 +195,9 @@ def test_closing_the_stream_stops_ffmpeg(media):
 
 
 def test_standard_input_through_a_real_pipe(media):
-    code = "from salmonn.audio.decode import load_audio; a = load_audio('-'); print(len(a), a.dtype)"
+    code = (
+        "from salmonn.audio.decode import load_audio; a = load_audio('-'); print(len(a), a.dtype)"
+    )
     with open(media / "tone.flac", "rb") as stdin:
         done = subprocess.run([sys.executable, "-c", code], stdin=stdin, capture_output=True,
                               text=True, check=True)  # fmt: skip

@@ -304,7 +304,9 @@ def _old_attention(attn, x, position_bias):
     q = attn.q_proj(x) * attn.scaling
     q = q * (1 / 32.0)
     k, v = attn.k_proj(x), attn.v_proj(x)
-    q, k, v = (t.view(bsz, n, heads, hd).transpose(1, 2).reshape(bsz * heads, n, hd) for t in (q, k, v))
+    q, k, v = (
+        t.view(bsz, n, heads, hd).transpose(1, 2).reshape(bsz * heads, n, hd) for t in (q, k, v)
+    )
     scores = torch.bmm(q, k.transpose(1, 2))
     scores = (scores - scores.max(dim=-1, keepdim=True)[0]) * 32.0
     query = q.view(bsz, heads, n, hd) * 32.0 / attn.scaling

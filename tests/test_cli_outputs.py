@@ -33,7 +33,9 @@ NO_WEIGHTS = ["--whisper", "/nonexistent/w", "--beats", "/nonexistent/b.pt",
 @pytest.mark.parametrize("target", ["afile.txt/x.jsonl", "afile.txt/", "afile.txt/sub/x.srt"])
 def test_output_under_a_file_is_a_usage_error_before_the_load(clips, tmp_path, target):
     (tmp_path / "afile.txt").write_text("not a folder\n")
-    result = invoke(["transcribe", clips / "day1", "-o", f"{tmp_path}/{target}", *FAST, *NO_WEIGHTS])
+    result = invoke(
+        ["transcribe", clips / "day1", "-o", f"{tmp_path}/{target}", *FAST, *NO_WEIGHTS]
+    )
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("Error:")]

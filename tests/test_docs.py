@@ -26,7 +26,9 @@ SECTIONS = [
 
 def _sources() -> list[Path]:
     folders = ("salmonn", "salmonn_cli", "tests", "benchmarks", "docs")
-    files = [p for folder in folders for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md")]
+    files = [
+        p for folder in folders for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md")
+    ]
     return [*files, ROOT / "README.md"]
 
 
@@ -43,14 +45,18 @@ def test_every_pointer_to_the_doc_names_a_section():
         text = re.sub(r"\n\s*#\s*", " ", path.read_text(encoding="utf-8"))
         for name in pointer.findall(text):
             found += 1
-            assert name in SECTIONS, f"{path.relative_to(ROOT)} points to a missing section {name!r}"
+            assert name in SECTIONS, (
+                f"{path.relative_to(ROOT)} points to a missing section {name!r}"
+            )
     assert found >= 10  # the code does point there
 
 
 def test_the_repository_cites_no_outside_document():
     """Facts about the original model live in docs/original-model.md, not in a document outside the
     repository: no section-sign citations, no appendix or revision labels of one."""
-    banned = re.compile(r"spec §|§\s?\d|\bAppendix [A-Z]\b|\bApp\. [A-Z]\b|\bR2[34]\b|shared/SALMONN|\bspec key\b|\.\./shared\b|(?<![\w.])/shared/")
+    banned = re.compile(
+        r"spec §|§\s?\d|\bAppendix [A-Z]\b|\bApp\. [A-Z]\b|\bR2[34]\b|shared/SALMONN|\bspec key\b|\.\./shared\b|(?<![\w.])/shared/"
+    )
     hits = []
     prompts = sorted((ROOT / "prompts").glob("*.json"))
     for path in [*_sources(), *prompts, ROOT / ".ci" / "run", ROOT / "pyproject.toml"]:
@@ -100,7 +106,11 @@ def _broken_links(page: Path, root: Path = ROOT) -> list[str]:
         if not dest.exists():
             broken.append(f"{page.relative_to(root)}: {target} (no such file)")
             continue
-        if anchor and dest.suffix == ".md" and anchor not in _anchors(dest.read_text(encoding="utf-8")):
+        if (
+            anchor
+            and dest.suffix == ".md"
+            and anchor not in _anchors(dest.read_text(encoding="utf-8"))
+        ):
             broken.append(f"{page.relative_to(root)}: {target} (no heading #{anchor} in {name})")
     return broken
 
@@ -119,7 +129,8 @@ def test_every_relative_link_leads_to_a_file_and_heading():
 def test_the_link_check_finds_a_broken_file_and_a_broken_anchor(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.md").write_text(
-        "# A page\n\n## Model selection: `--model`\n\n## Model selection: `--model`\n", encoding="utf-8"
+        "# A page\n\n## Model selection: `--model`\n\n## Model selection: `--model`\n",
+        encoding="utf-8",
     )
     page = tmp_path / "README.md"
     page.write_text(
@@ -183,7 +194,9 @@ def test_documented_python_names_exist():
     for name in API_PAGES:
         text = (ROOT / name).read_text(encoding="utf-8")
         names.update(re.findall(r"(?<![\w/.-])salmonn(?:\.[A-Za-z_]\w*)+", text))
-        for module, imported in re.findall(r"^from (salmonn[\w.]*) import ([\w, ]+)$", text, re.MULTILINE):
+        for module, imported in re.findall(
+            r"^from (salmonn[\w.]*) import ([\w, ]+)$", text, re.MULTILINE
+        ):
             names.update(f"{module}.{name.strip()}" for name in imported.split(","))
     names = {n.rstrip(".") for n in names if not n.endswith(".pth")} - {"salmonn.prompt_data"}
     assert {"salmonn.run_task", "salmonn.load_model", "salmonn.jobs.templates.render"} <= names

@@ -131,7 +131,6 @@ def test_load_model_on_cpu_takes_bfloat16_when_float32_does_not_fit(
     assert load_model(*paths, device="cpu", exact=True).dtype == torch.float32
 
 
-
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_float16_on_cpu_points_to_bfloat16(tiny_paths, caplog, dtype):
     from salmonn import load_model

@@ -382,7 +382,9 @@ class _ScriptedLM(torch.nn.Module):
                 for row, mrow in zip(values, mask, strict=True)
             ]
         rows = (
-            [a + b for a, b in zip(cache.rows, values, strict=True)] if cache is not None else values
+            [a + b for a, b in zip(cache.rows, values, strict=True)]
+            if cache is not None
+            else values
         )
         logits = torch.stack([self._logits(tuple(r)) for r in rows])[:, None]
         return types.SimpleNamespace(logits=logits, cache=_ListCache(rows) if use_cache else None)

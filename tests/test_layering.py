@@ -131,7 +131,9 @@ def test_imports_run_downward():
         for dep in deps:
             if name == "salmonn":  # the public facade re-exports from every row
                 continue
-            if dep == "salmonn":  # the top row may use the public names; below it, the defining module
+            if (
+                dep == "salmonn"
+            ):  # the top row may use the public names; below it, the defining module
                 if row != TOP:
                     wrong.append(f"{name} -> the salmonn facade (import the defining module)")
                 continue

@@ -396,7 +396,9 @@ def test_stream_sends_tokens_as_they_are_decoded(
         assert result.text == content
     deltas = expected_deltas(tiny_paths, result.token_ids, strip=audio_or_text == "audio")
     assert deltas >= 5 and len(result.token_ids) == 16  # the check below means something
-    assert len(parts) == deltas, parts  # a delta for every token that adds text, whatever the timing
+    assert len(parts) == deltas, (
+        parts
+    )  # a delta for every token that adds text, whatever the timing
 
 
 def test_concurrent_streams_each_equal_their_answer(server, audio):

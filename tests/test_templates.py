@@ -143,7 +143,9 @@ def test_cli_templates_match_spec(name, key):
 
 def test_builtins_complete_and_consistent():
     templates = load_templates()
-    assert len([n for n in templates if n.startswith("eval.")]) == 25  # all of the original's evaluation prompts
+    assert (
+        len([n for n in templates if n.startswith("eval.")]) == 25
+    )  # all of the original's evaluation prompts
     assert render(templates["ask"], question="Who speaks?") == S + "Who speaks?"
     assert render(templates["eval.QA"], question="Who?") == S + "Who?"
     assert render(templates["eval.slot_filling"], slot="date") == (

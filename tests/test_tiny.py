@@ -224,7 +224,9 @@ def test_checkpoint_has_exact_spec_keys(tiny_paths):
     ids = state["speech_Qformer.bert.embeddings.position_ids"]
     assert ids.dtype == torch.int64 and torch.equal(ids[0], torch.arange(512))
     floats = [v for k, v in state.items() if not k.endswith("position_ids")]
-    assert all(v.dtype == torch.float32 for v in floats)  # no fp16 in the released files ("Checkpoints")
+    assert all(
+        v.dtype == torch.float32 for v in floats
+    )  # no fp16 in the released files ("Checkpoints")
     head_dim = LLM_D // 4
     inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     got = state["llama_model.base_model.model.model.layers.1.self_attn.rotary_emb.inv_freq"]

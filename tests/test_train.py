@@ -49,7 +49,9 @@ def test_trainable_parameters_are_the_released_keys(tiny_model, tiny_paths):
     assert any(".lora_A." in k for k in params) and "speech_query_tokens" in params
     assert all(p.dtype == torch.float32 and p.requires_grad for p in params.values())
     frozen = [n for n, p in tiny_model.named_parameters() if n not in params]
-    assert frozen and not any(p.requires_grad for n, p in tiny_model.named_parameters() if n in frozen)
+    assert frozen and not any(
+        p.requires_grad for n, p in tiny_model.named_parameters() if n in frozen
+    )
     lora = tiny_model.trainable_parameters(lora_only=True)
     assert lora and all(".lora_" in k for k in lora)
     assert not tiny_model.speech_llama_proj.weight.requires_grad
@@ -152,8 +154,12 @@ def _reference_exact_loss(model, examples, max_text_tokens=300):
         head = table[[tok.bos_id, *before]]
         embeds.append(torch.cat([head, audio[i], table[after], table[target]]))
         prompt_len = 1 + len(before) + audio.shape[1] + a_len
-        masks.append([1] * (prompt_len - a_len + len(afters[i])) + [0] * (a_len - len(afters[i]))
-                     + [1] * len(targets[i]) + [0] * (t_len - len(targets[i])))
+        masks.append(
+            [1] * (prompt_len - a_len + len(afters[i]))
+            + [0] * (a_len - len(afters[i]))
+            + [1] * len(targets[i])
+            + [0] * (t_len - len(targets[i]))
+        )
         labels.append([-100] * prompt_len + [t if t != tok.pad_id else -100 for t in target])
     length = embeds[0].shape[0]
     out = model.llama_model(
@@ -232,17 +238,40 @@ def test_data_formats_and_every_bad_line(tmp_path):
     assert data.lines[1].example(1, 2) == data.lines[1].example(1, 2)  # seeded per epoch
     # the original's annotation file and salmonn's own records
     annotation = tmp_path / "ann.json"
-    annotation.write_text(json.dumps({"annotation": [
-        {"path": str(good), "text": "hello"}, {"path": str(good), "text": "x", "task": "QA"}
-    ]}), encoding="utf-8")
+    annotation.write_text(
+        json.dumps(
+            {
+                "annotation": [
+                    {"path": str(good), "text": "hello"},
+                    {"path": str(good), "text": "x", "task": "QA"},
+                ]
+            }
+        ),
+        encoding="utf-8",
+    )
     ann = read_data(annotation)
-    assert not ann.bad and ann.lines[0].prompts[0].endswith("Can you transcribe the speech into a written format?")
+    assert not ann.bad and ann.lines[0].prompts[0].endswith(
+        "Can you transcribe the speech into a written format?"
+    )
     records = tmp_path / "stories.jsonl"
-    records.write_text(json.dumps({"path": str(good), "task": "story", "prompt": PROMPT,
-                                   "text": "Once upon a time.", "error": None,
-                                   "schema_version": 1}) + "\n", encoding="utf-8")
+    records.write_text(
+        json.dumps(
+            {
+                "path": str(good),
+                "task": "story",
+                "prompt": PROMPT,
+                "text": "Once upon a time.",
+                "error": None,
+                "schema_version": 1,
+            }
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     rec = read_data(records)
-    assert rec.lines[0].example(0, 0) == salmonn.TrainExample(str(good), PROMPT, "Once upon a time.")
+    assert rec.lines[0].example(0, 0) == salmonn.TrainExample(
+        str(good), PROMPT, "Once upon a time."
+    )
 
 
 def _data(tmp_path, count=4):
@@ -317,17 +346,26 @@ def test_a_run_without_checkpoint_starts_from_the_original_initialisation(tiny_p
 
 def test_lora_only_and_gradient_checkpointing(tiny_model, tiny_paths, tmp_path):
     data = _data(tmp_path, count=2)
-    plain, plain_grads = _run(tiny_model, tiny_paths, data, tmp_path / "a", batch_size=2,
-                              max_steps=1)
+    plain, plain_grads = _run(
+        tiny_model, tiny_paths, data, tmp_path / "a", batch_size=2, max_steps=1
+    )
     try:
-        ckpt, ckpt_grads = _run(tiny_model, tiny_paths, data, tmp_path / "b", batch_size=2,
-                                max_steps=1, gradient_checkpointing=True)
+        ckpt, ckpt_grads = _run(
+            tiny_model,
+            tiny_paths,
+            data,
+            tmp_path / "b",
+            batch_size=2,
+            max_steps=1,
+            gradient_checkpointing=True,
+        )
     finally:
         tiny_model.llama_model.get_base_model().gradient_checkpointing_disable()
     for key in plain_grads[0]:  # recomputing activations gives the same gradients
         torch.testing.assert_close(plain_grads[0][key], ckpt_grads[0][key], rtol=1e-4, atol=1e-8)
-    lora, lora_grads = _run(tiny_model, tiny_paths, data, tmp_path / "c", batch_size=2,
-                            max_steps=1, lora_only=True)
+    lora, lora_grads = _run(
+        tiny_model, tiny_paths, data, tmp_path / "c", batch_size=2, max_steps=1, lora_only=True
+    )
     start = read_checkpoint(tiny_paths.checkpoint)
     assert set(lora) == set(plain)  # the saved file still holds every tensor
     assert set(lora_grads[0]) == {k for k in plain if ".lora_" in k}

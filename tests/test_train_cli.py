@@ -49,9 +49,27 @@ def _subprocess_env() -> dict[str, str]:
 
 def test_it_learns_and_prompt_answers_with_the_targets(data_file, model_flags, tmp_path):
     out = tmp_path / "run"
-    args = ["train", data_file, "-o", out, *model_flags, "--max-steps", "60", "--batch-size", "3",
-            "--lr", "1e-2", "--min-lr", "1e-2", "--cache-encoder-outputs",
-            "--eval-data", data_file, "--eval-every", "60", *FAST]
+    args = [
+        "train",
+        data_file,
+        "-o",
+        out,
+        *model_flags,
+        "--max-steps",
+        "60",
+        "--batch-size",
+        "3",
+        "--lr",
+        "1e-2",
+        "--min-lr",
+        "1e-2",
+        "--cache-encoder-outputs",
+        "--eval-data",
+        data_file,
+        "--eval-every",
+        "60",
+        *FAST,
+    ]
     result = invoke(args)
     assert result.exit_code == 0, result.output
     metrics = _metrics(out)
@@ -64,8 +82,20 @@ def test_it_learns_and_prompt_answers_with_the_targets(data_file, model_flags, t
     assert (out / "salmonn.pth").is_file() and (out / "checkpoint-60" / "salmonn.pth").is_file()
     flags = [*model_flags[:-1], str(out / "salmonn.pth")]  # --checkpoint: the trained weights
     clips = [str(data_file.parent / f"clip{i}.wav") for i in range(3)]
-    answered = invoke(["prompt", *clips, "--text", "Describe the audio.", "--num-beams", "1",
-                       *flags, "-q", "-f", "jsonl"])
+    answered = invoke(
+        [
+            "prompt",
+            *clips,
+            "--text",
+            "Describe the audio.",
+            "--num-beams",
+            "1",
+            *flags,
+            "-q",
+            "-f",
+            "jsonl",
+        ]
+    )
     assert answered.exit_code == 0, answered.output
     assert [r["text"] for r in jsonl(answered.stdout)] == TARGETS
 
@@ -77,10 +107,26 @@ def test_two_processes_under_torchrun_equal_one_process(data_file, model_flags, 
     assert result.exit_code == 0, result.output
     two = tmp_path / "two"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--standalone", "-m", "salmonn_cli", "train", *map(str, common), "-o", str(two),
-         "--batch-size", "1"],
-        env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--standalone",
+            "-m",
+            "salmonn_cli",
+            "train",
+            *map(str, common),
+            "-o",
+            str(two),
+            "--batch-size",
+            "1",
+        ],
+        env=_subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         process_group=0,  # its workers with it: a timeout stops them all
     )
     try:
@@ -101,8 +147,23 @@ def test_two_processes_under_torchrun_equal_one_process(data_file, model_flags, 
 
 
 def test_resume_after_kill_9_equals_the_uninterrupted_run(data_file, model_flags, tmp_path):
-    common = [data_file, *model_flags, "--max-steps", "6", "--batch-size", "2", "--lr", "1e-3",
-              "--warmup-steps", "2", "--dropout", "0.1", "--save-every", "1", "-q"]
+    common = [
+        data_file,
+        *model_flags,
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "2",
+        "--dropout",
+        "0.1",
+        "--save-every",
+        "1",
+        "-q",
+    ]
     whole = tmp_path / "whole"
     result = invoke(["train", *common, "-o", whole])
     assert result.exit_code == 0, result.output
@@ -110,14 +171,24 @@ def test_resume_after_kill_9_equals_the_uninterrupted_run(data_file, model_flags
     command = [sys.executable, "-m", "salmonn_cli", "train", *map(str, common), "-o", str(cut)]
     proc = subprocess.Popen(command, env=_subprocess_env(), stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: (cut / "checkpoint-3").is_dir(), 180, "checkpoint-3",
-                   alive=lambda: proc.poll() is None)
+        wait_until(
+            lambda: (cut / "checkpoint-3").is_dir(),
+            180,
+            "checkpoint-3",
+            alive=lambda: proc.poll() is None,
+        )
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(30)
     assert not (cut / "salmonn.pth").exists()
-    resumed = subprocess.run([*command, "--resume"], env=_subprocess_env(), capture_output=True,
-                             text=True, timeout=300, check=False)
+    resumed = subprocess.run(
+        [*command, "--resume"],
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = _weights(whole / "salmonn.pth"), _weights(cut / "salmonn.pth")
     for key in a:
@@ -129,12 +200,29 @@ def test_resume_after_kill_9_equals_the_uninterrupted_run(data_file, model_flags
 
 def test_ctrl_c_exits_130_and_leaves_only_complete_checkpoints(data_file, model_flags, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "salmonn_cli", "train", str(data_file), "-o", str(out),
-               *model_flags, "--max-steps", "500", "--save-every", "1", *FAST]
+    command = [
+        sys.executable,
+        "-m",
+        "salmonn_cli",
+        "train",
+        str(data_file),
+        "-o",
+        str(out),
+        *model_flags,
+        "--max-steps",
+        "500",
+        "--save-every",
+        "1",
+        *FAST,
+    ]
     proc = subprocess.Popen(command, env=_subprocess_env(), stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: (out / "checkpoint-2").is_dir(), 180, "checkpoint-2",
-                   alive=lambda: proc.poll() is None)
+        wait_until(
+            lambda: (out / "checkpoint-2").is_dir(),
+            180,
+            "checkpoint-2",
+            alive=lambda: proc.poll() is None,
+        )
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -145,7 +233,10 @@ def test_ctrl_c_exits_130_and_leaves_only_complete_checkpoints(data_file, model_
     assert not (out / "salmonn.pth").exists()
     for folder in out.glob("checkpoint-*"):
         assert {p.name for p in folder.iterdir()} == {
-            "salmonn.pth", "optimizer.pt", "rng.pt", "trainer_state.json"
+            "salmonn.pth",
+            "optimizer.pt",
+            "rng.pt",
+            "trainer_state.json",
         }
         read_checkpoint(folder / "salmonn.pth")
     again = invoke(["train", data_file, "-o", out, *model_flags, "--max-steps", "1", *FAST])
@@ -156,18 +247,38 @@ def test_bad_lines_are_listed_before_any_step(data_file, model_flags, tmp_path):
     bad = tmp_path / "bad.jsonl"
     good = json.loads(data_file.read_text("utf-8").splitlines()[0])
     good["audio"] = str(data_file.parent / good["audio"])
-    rows = [good, {**good, "audio": str(tmp_path / "gone.wav")}, {"audio": good["audio"]},
-            {**good, "prompt": None, "task": "no_such_task"}]
+    rows = [
+        good,
+        {**good, "audio": str(tmp_path / "gone.wav")},
+        {"audio": good["audio"]},
+        {**good, "prompt": None, "task": "no_such_task"},
+    ]
     bad.write_text("\n".join(map(json.dumps, rows)) + "\n", encoding="utf-8")
     out = tmp_path / "run"
     result = invoke(["train", bad, "-o", out, *model_flags, "--max-steps", "1", *FAST])
     assert result.exit_code == 1
     assert "3 bad line(s)" in result.output
     for number, word in ((2, "gone.wav"), (3, "target"), (4, "no_such_task")):
-        assert any(f"line {number}:" in line and word in line for line in result.output.splitlines())
+        assert any(
+            f"line {number}:" in line and word in line for line in result.output.splitlines()
+        )
     assert not out.exists() or not list(out.iterdir())
-    skipped = invoke(["train", bad, "-o", out, *model_flags, "--max-steps", "1", "--skip-bad",
-                      "--warmup-steps", "0", "--dropout", "0"])
+    skipped = invoke(
+        [
+            "train",
+            bad,
+            "-o",
+            out,
+            *model_flags,
+            "--max-steps",
+            "1",
+            "--skip-bad",
+            "--warmup-steps",
+            "0",
+            "--dropout",
+            "0",
+        ]
+    )
     assert skipped.exit_code == 0, skipped.output
     assert "skipped 3 bad line(s)" in skipped.output
     assert os.path.isfile(out / "salmonn.pth")

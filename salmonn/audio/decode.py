@@ -58,6 +58,7 @@ __all__ = [
     "stream_audio",
 ]
 
+
 def decode_command(source: str, ffmpeg_exe: str | None = None, *, strict: bool = True) -> list[str]:
     """The ffmpeg argument list that decodes ``source``'s first audio stream to a 16 kHz float32 WAV
     on stdout, every channel kept (interleaved). ``strict`` adds ``-xerror``: corrupt data is an

@@ -1,2 +1,1 @@
-"""Running a task on a Ray cluster: model replicas on the workers, records streamed back to one driver.
-"""
+"""Running a task on a Ray cluster: model replicas on the workers, records streamed back to one driver."""

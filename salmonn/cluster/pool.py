@@ -180,11 +180,7 @@ class Dispatcher:
             first = self.pending.popleft()
             batch = [first]
             if first.attempts == 0:  # a file whose worker died before goes alone
-                while (
-                    len(batch) < limit
-                    and self.pending
-                    and self.pending[0].attempts == 0
-                ):
+                while len(batch) < limit and self.pending and self.pending[0].attempts == 0:
                     batch.append(self.pending.popleft())
             args = (
                 [(i.index, i.remote) for i in batch],

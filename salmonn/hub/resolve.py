@@ -323,6 +323,7 @@ def download(preset: str | Preset, *, cache_dir: str | Path | None = None) -> Re
 
 # -------------------------------------------------------------------------------------------- beats
 
+
 def verify_beats_file(path: str | Path) -> BeatsFileInfo:
     """Check that ``path`` is a BEATs checkpoint (:func:`salmonn.model.encoders.beats_file.read_beats_file`:
     every key and shape of the model its ``cfg`` describes; no model is built).

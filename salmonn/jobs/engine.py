@@ -50,7 +50,6 @@ decode in smaller batches, each step costing about as much as a full one), short
 or a job's patience."""
 
 
-
 def select_shard(items: Sequence[Any], shard: int, count: int) -> list[Any]:
     """The ``shard``-th of ``count`` deterministic slices (1-based): items whose index % count == shard-1.
 

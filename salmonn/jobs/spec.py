@@ -20,6 +20,7 @@ from .records import Record, Segment
 
 JOIN_MODES = ("concat", "summary")
 
+
 class EngineModel(Protocol):
     """What the engine needs of a model (``SalmonnModel`` or a test double).
 

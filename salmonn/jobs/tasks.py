@@ -103,7 +103,9 @@ class Task:
         templates = load_templates(user_dir)
         if self.text is not None:
             escaped = audio_instruction(self.text).replace("{", "{{").replace("}", "}}")
-            template = parse_template(self.name, escaped, source="raw text", summary="summary.prompt")
+            template = parse_template(
+                self.name, escaped, source="raw text", summary="summary.prompt"
+            )
         else:
             name = self.template or ""
             template = templates[name] if name in templates else get_template(name, user_dir)
@@ -248,7 +250,9 @@ def run_task(
 
     if isinstance(task, Task):
         if task_args:
-            raise PromptError(f"pass task arguments to make_task, not with a Task: {sorted(task_args)}")
+            raise PromptError(
+                f"pass task arguments to make_task, not with a Task: {sorted(task_args)}"
+            )
         chosen = task
     else:
         chosen = make_task(task, **task_args)

@@ -103,7 +103,9 @@ def _stamp(path: str) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=8)
-def _sizes(paths: tuple[str, ...], stamps: tuple[tuple[int, int], ...]) -> tuple[int, int, int, int]:
+def _sizes(
+    paths: tuple[str, ...], stamps: tuple[tuple[int, int], ...]
+) -> tuple[int, int, int, int]:
     """float32 bytes of Whisper, BEATs and the checkpoint, and the LLM's parameter count, read once
     per set of files (a load asks for several dtypes)."""
     del stamps  # part of the cache key only
@@ -151,7 +153,9 @@ def cpu_default_dtype(comps: Any, *, exact: bool, available: int | None = None) 
     return "bfloat16"
 
 
-def fit_report(comps: Any, dtype: str, device_type: str, available: int | None = None) -> str | None:
+def fit_report(
+    comps: Any, dtype: str, device_type: str, available: int | None = None
+) -> str | None:
     """``None`` when the model fits the memory it loads into (CPU: the system's available memory),
     else one line saying what does not fit and what would."""
     if device_type != "cpu":

@@ -195,7 +195,9 @@ class LlamaStepper:
 
     def held_bytes(self) -> int:
         """Bytes of the key/value buffers allocated now (prompt and generated parts)."""
-        return sum(t.numel() * t.element_size() for t in (self.prefix, self.generated) if t is not None)
+        return sum(
+            t.numel() * t.element_size() for t in (self.prefix, self.generated) if t is not None
+        )
 
     # -- rows leave / reorder --------------------------------------------------------------------
     def select(self, rows: Tensor, items: Tensor) -> None:
@@ -291,4 +293,3 @@ def _layer_kv(cache: Any, index: int) -> tuple[Tensor, Tensor]:
         return layers[index].keys, layers[index].values
     keys, values = cache[index][:2]
     return keys, values
-

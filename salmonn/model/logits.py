@@ -43,7 +43,6 @@ def draw(probs: Tensor, count: int, items: list[Any]) -> Tensor:
     )
 
 
-
 def repetition_penalty(scores: Tensor, ids: Tensor, penalty: float) -> Tensor:
     """4.28 RepetitionPenaltyLogitsProcessor: scores [N, V], ids [N, T] (dummy BOS included).
 

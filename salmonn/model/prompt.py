@@ -24,7 +24,6 @@ def audio_instruction(text: str) -> str:
     return text if count == 1 else SPEECH_PREFIX + text.strip()
 
 
-
 def wrap_prompt(user_text: str) -> str:
     """The full LLM prompt (see docs/original-model.md, "Prompt and LLM").
 

@@ -60,7 +60,9 @@ EOS_ROW_GAIN = 2.4  # lm_head EOS row scale: about half the tiny generations sto
 def eval_prompts() -> tuple[str, ...]:
     """The 25 evaluation prompts of the original, from ``prompts/eval.json``, with the original's
     anonymous ``{}`` slots (the tokenizer corpus must cover them)."""
-    data = json.loads(resources.files("salmonn.prompt_data").joinpath("eval.json").read_text("utf-8"))
+    data = json.loads(
+        resources.files("salmonn.prompt_data").joinpath("eval.json").read_text("utf-8")
+    )
     return tuple(re.sub(r"\{\w+\}", "{}", t["text"]) for t in data["templates"].values())
 
 

@@ -15,7 +15,9 @@ from typing import Any
 from ..errors import CheckpointError
 
 
-def load_torch_file(path: str | Path, error: str = "{path}: unreadable weight file ({reason})") -> Any:
+def load_torch_file(
+    path: str | Path, error: str = "{path}: unreadable weight file ({reason})"
+) -> Any:
     """Unpickle ``path`` with ``weights_only=True``, tensors on the CPU.
 
     Args:
@@ -33,7 +35,9 @@ def load_torch_file(path: str | Path, error: str = "{path}: unreadable weight fi
     if not path.is_file():
         raise CheckpointError(error.format(path=path, reason="no such file"))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        return torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
     except Exception as exc:
         lines = str(exc).strip().splitlines()
         reason = lines[0] if lines else type(exc).__name__

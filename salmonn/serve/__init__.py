@@ -38,9 +38,7 @@ class ListenError(SalmonnError):
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` (port 0: any free one), or :class:`ListenError`."""
     try:
-        infos = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
         raise ListenError("host", host, f"not a known address ({err.strerror})") from None
     family, kind, proto, _, address = infos[0]
@@ -56,6 +54,7 @@ def listen(host: str, port: int) -> socket.socket:
             raise ListenError("host", host, "not an address of this machine") from None
         raise ListenError("port", port, f"cannot listen on {host}: {err.strerror}") from None
     return sock
+
 
 SERVE_PACKAGES = {
     "fastapi": "fastapi",

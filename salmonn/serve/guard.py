@@ -262,7 +262,9 @@ sends its whole body before reading the answer (most HTTP libraries) then gets t
 broken connection. Larger declared bodies, and chunked ones, are cut off at once."""
 
 
-async def _drain(receive: Receive, headers: dict[str, str], limit: int, config: ServeConfig) -> None:
+async def _drain(
+    receive: Receive, headers: dict[str, str], limit: int, config: ServeConfig
+) -> None:
     """Read and drop a body of a declared size up to ``limit + DRAIN_EXTRA_BYTES`` (nothing is kept),
     within ``--request-timeout``."""
     declared = headers.get("content-length", "")

@@ -36,7 +36,9 @@ def reduce_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
     return mask.reshape(mask.shape[0], length, -1).all(-1)
 
 
-def _attention(attn: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None, pad: torch.Tensor):
+def _attention(
+    attn: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None, pad: torch.Tensor
+):
     """``BeatsAttention``'s reference steps with padded keys set to -inf before the position bias."""
     bsz, n, dim = x.shape
     heads, hd = attn.num_heads, attn.head_dim

@@ -208,7 +208,8 @@ class Trainer:
         epoch, position = divmod(self.step, self.steps_per_epoch)
         order = epoch_order(len(self.data.lines), epoch, cfg.seed, self.global_batch)
         batch = self._examples(
-            self.data.lines, order[position * self.global_batch : (position + 1) * self.global_batch],
+            self.data.lines,
+            order[position * self.global_batch : (position + 1) * self.global_batch],
             epoch,
         )
         tokens = self._target_tokens(batch)
@@ -280,8 +281,15 @@ class Trainer:
     def log(self, info: StepInfo) -> None:
         """Append ``info`` to metrics.jsonl (and TensorBoard), on rank 0."""
         if self.dist.main:
-            self.metrics.write(info.step, info.split, info.loss, info.lr, info.examples_per_s,
-                               info.accuracy, info.extra)
+            self.metrics.write(
+                info.step,
+                info.split,
+                info.loss,
+                info.lr,
+                info.examples_per_s,
+                info.accuracy,
+                info.extra,
+            )
 
     def trainer_state(self) -> dict[str, Any]:
         return {
@@ -378,9 +386,7 @@ def train(
     """
     dist = dist or Dist()
     seed_everything(config.seed, dist.rank)
-    trainer = Trainer(
-        model, data, config, out_dir, eval_data=eval_data, dist=dist, on_step=on_step
-    )
+    trainer = Trainer(model, data, config, out_dir, eval_data=eval_data, dist=dist, on_step=on_step)
     if resume:
         trainer.resume()
     return trainer.run()

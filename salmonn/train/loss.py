@@ -108,7 +108,9 @@ def audio_embeddings(model: Any, whisper: torch.Tensor, beats: list[torch.Tensor
     rows = []
     for item in beats:
         normed = model.ln_audio(item)[:frames]
-        rows.append(torch.cat([normed, normed.new_zeros(frames - normed.shape[0], normed.shape[1])]))
+        rows.append(
+            torch.cat([normed, normed.new_zeros(frames - normed.shape[0], normed.shape[1])])
+        )
     fused = torch.cat([speech, torch.stack(rows)], dim=-1)
     windows = split_windows(fused)
     query = model.speech_query_tokens.expand(windows.shape[0], -1, -1)

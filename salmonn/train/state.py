@@ -33,7 +33,9 @@ WEIGHTS_FILE = "salmonn.pth"
 
 def released_format(params: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """``{"model": {key: float32 CPU tensor}}``, keys sorted: the released checkpoints' layout."""
-    return {"model": {k: params[k].detach().to("cpu", torch.float32).clone() for k in sorted(params)}}
+    return {
+        "model": {k: params[k].detach().to("cpu", torch.float32).clone() for k in sorted(params)}
+    }
 
 
 def save_weights(path: str | Path, params: Mapping[str, torch.Tensor]) -> None:
