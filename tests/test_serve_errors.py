@@ -93,12 +93,12 @@ def errors_500(base_url: str) -> float:
 
 
 def break_encoder(monkeypatch, model, exc: type[Exception]) -> None:
-    """The model's audio encoder raises ``exc`` (a bug deep in the model)."""
+    """The model's Whisper encoder raises ``exc`` (a bug deep in the model)."""
 
     def broken(*args, **kwargs):
         raise exc(f"the encoder broke: {SECRET}")
 
-    monkeypatch.setattr(model, "_encode", broken)
+    monkeypatch.setattr(model.speech_encoder, "forward", broken)
 
 
 def assert_logged(caplog, exc: type[Exception]) -> None:
