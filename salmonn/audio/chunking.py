@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,7 @@ class Chunk:
 
 def iter_chunks(
     source: str | os.PathLike[str], options: ChunkingOptions | None = None, **overrides: Any
-) -> Iterator[Chunk]:
+) -> Generator[Chunk, None, None]:
     """Decode ``source`` (a path or ``"-"`` for standard input) and yield its chunks in order.
 
     ``overrides`` replace fields of ``options`` (see :class:`ChunkingOptions`), e.g.

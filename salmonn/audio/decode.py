@@ -22,7 +22,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, cast
 
 import ffmpeg
 import numpy as np
@@ -80,7 +80,8 @@ def _stdin_source() -> tuple[int | BinaryIO | None, BinaryIO | None]:
     stdin = sys.stdin
     if stdin is None:
         raise AudioError(STDIN, "standard input is closed")
-    buffer = getattr(stdin, "buffer", stdin)
+    # the text stream's binary buffer; a stand-in stdin without one is taken to read bytes itself
+    buffer = cast(BinaryIO, getattr(stdin, "buffer", stdin))
     try:
         fd = stdin.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):

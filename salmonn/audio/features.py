@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import overload
 
 import numpy as np
 import torch
@@ -173,6 +174,12 @@ def beats_n_tokens(n_samples: int) -> int:
     One vector per 16x16 fbank patch, time-major: 8 frequency patches per 16 frames.
     """
     return (beats_n_frames(n_samples) // BEATS_PATCH) * (BEATS_MEL_BINS // BEATS_PATCH)
+
+
+@overload
+def _kaldi_mel(hz: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _kaldi_mel(hz: float) -> float: ...
 
 
 def _kaldi_mel(hz: torch.Tensor | float) -> torch.Tensor | float:

@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..constants import STDIN
 from ..errors import AudioError, ConfigError
@@ -181,7 +182,9 @@ class _Walker:
 
     def _add_glob(self, pattern: str) -> None:
         root = _glob_root(pattern)
-        hidden = {"include_hidden": self.include_hidden} if sys.version_info >= (3, 11) else {}
+        hidden: dict[str, Any] = (
+            {"include_hidden": self.include_hidden} if sys.version_info >= (3, 11) else {}
+        )
         matches = glob.glob(pattern, recursive=True, **hidden)
         if not matches:
             _report(

@@ -100,7 +100,7 @@ def judge_records(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Rate every record; the summary and one outcome (``rating``, ``judge_error``) per record."""
     total, unparsed, errors = 0, 0, 0
-    outcomes = []
+    outcomes: list[dict[str, Any]] = []
     for record in records:
         reference = record.get("reference")
         reference = " / ".join(reference) if isinstance(reference, list) else str(reference or "")

@@ -105,12 +105,12 @@ def detect_format(path: Path) -> str:
         return "jsonl"
     if isinstance(document, dict):
         return "salmonn" if "annotation" in document else "jsonl"
-    first = document[0] if document and isinstance(document[0], dict) else {}
-    if "audio_id" in first:
+    first_item = document[0] if document and isinstance(document[0], dict) else {}
+    if "audio_id" in first_item:
         return "mmau"
-    if "answer_gt" in first or "choice_a" in first:
+    if "answer_gt" in first_item or "choice_a" in first_item:
         return "air-bench"
-    return "mmau" if "choices" in first else "salmonn"
+    return "mmau" if "choices" in first_item else "salmonn"
 
 
 def read_manifest(path: str | os.PathLike[str], fmt: str = "auto") -> Manifest:

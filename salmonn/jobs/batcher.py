@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from ..errors import error_line
 
@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 Answer = Callable[[Sequence[Any]], list[str]]
 """Answers a batch of waves: one text per wave, in order (raises when the model fails)."""
+
+_ChunkKey = tuple[Hashable, Hashable]
+"""A chunk's key in :class:`StreamBatcher`'s stream: ``(file, key)``."""
 
 
 class DecodeStream(Protocol):
@@ -174,8 +177,8 @@ class StreamBatcher:
     def __init__(self, stream: DecodeStream, prompt: str, answer: Answer, batch_size: int) -> None:
         self.stream, self.prompt = stream, prompt
         self.answer, self.batch_size = answer, batch_size
-        self._inflight: dict[tuple[Hashable, Hashable], _Pending] = {}
-        self._seconds: dict[tuple[Hashable, Hashable], float] = {}
+        self._inflight: dict[_ChunkKey, _Pending] = {}
+        self._seconds: dict[_ChunkKey, float] = {}
 
     @property
     def full(self) -> bool:
@@ -222,7 +225,8 @@ class StreamBatcher:
             return []
         start = time.perf_counter()
         try:
-            finished = self.stream.step()
+            # the stream hands back the keys that add() gave it: (file, key) pairs
+            finished = cast("list[tuple[_ChunkKey, Any]]", self.stream.step())
         except Exception as exc:  # noqa: BLE001 - the chunks in flight are retried alone
             logger.warning(
                 "decoding %d chunks failed (%s); retrying one by one",
@@ -231,7 +235,8 @@ class StreamBatcher:
             )
             return self._one_by_one()
         elapsed = time.perf_counter() - start
-        sharing = set(self.stream.running_keys) | {pair for pair, _ in finished}
+        running = cast("set[_ChunkKey]", self.stream.running_keys)
+        sharing = set(running) | {pair for pair, _ in finished}
         for pair in sharing:
             self._seconds[pair] = self._seconds.get(pair, 0.0) + elapsed / len(sharing)
         answers: list[ChunkAnswer] = []

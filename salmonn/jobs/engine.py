@@ -24,7 +24,7 @@ library never prints: progress goes to the ``on_progress`` callback. Resuming is
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..config import (
@@ -113,7 +113,7 @@ def process(
     batch_size: int | str = DEFAULT_BATCH_SIZE,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     chunks: Iterable[Any] | None = None,
-) -> Iterator[Record]:
+) -> Generator[Record, None, None]:
     """Run ``spec`` over ``items`` and yield one :class:`Record` per input, in input order.
 
     Args:
@@ -141,6 +141,7 @@ def process(
             batch_size = model.auto_batch_size(generation)
         else:
             batch_size = DEFAULT_BATCH_SIZE
+    assert isinstance(batch_size, int)  # check_batch_size: an int unless "auto", resolved above
     progress = ProgressReporter(len(items), on_progress)
     progress.report("start")
     if not items:

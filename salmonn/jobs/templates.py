@@ -136,7 +136,7 @@ def render(template: PromptTemplate, **variables: str) -> str:
     return "".join(variables[value] if is_var else value for is_var, value in parts)
 
 
-def load_templates(user_dir: str | Path | None = None) -> dict[str, PromptTemplate]:
+def load_templates(user_dir: str | os.PathLike[str] | None = None) -> dict[str, PromptTemplate]:
     """Built-in templates, extended or overridden by the ``*.json`` files of the user folder.
 
     ``user_dir`` ``None`` means :func:`user_prompt_dir` (which may be none). A user template with
@@ -185,7 +185,7 @@ def _builtin_templates() -> dict[str, PromptTemplate]:
     return templates
 
 
-def get_template(name: str, user_dir: str | Path | None = None) -> PromptTemplate:
+def get_template(name: str, user_dir: str | os.PathLike[str] | None = None) -> PromptTemplate:
     """The template called ``name``; unknown: :class:`PromptError` naming close ones."""
     templates = load_templates(user_dir)
     if name in templates:

@@ -84,7 +84,8 @@ def _install_handlers(app: FastAPI, state: ServerState) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        err = APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers is not None else None
+        err = APIError(exc.status_code, str(exc.detail), code=code, headers=headers)
         return _error_response(err)
 
     @app.exception_handler(ClientDisconnect)

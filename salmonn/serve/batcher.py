@@ -348,8 +348,10 @@ class RequestModel:
         self._batcher.close_request(self._request)
 
     @property
-    def context_length(self) -> int | None:
-        return getattr(self._model, "context_length", None)
+    def context_length(self) -> int:
+        # only the summary pass reads it, which needs a number: a model without one raises
+        # AttributeError here (getattr(model, "context_length", None) still gives None)
+        return self._model.context_length
 
     def count_tokens(self, text: str) -> int:
         return int(self._model.count_tokens(text))

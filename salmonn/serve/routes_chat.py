@@ -136,7 +136,8 @@ async def _chat_events(
             while (ids := await feed.next()) is not None:
                 if text := deltas.update(ids):
                     yield _sse(chat_chunk(cid, created, name, {"content": text}))
-        await asyncio.wait({future, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        racing: set[asyncio.Future[Any]] = {future, cancelled}
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
         error = ticket.error()
         if error is not None and not (future.done() and future.exception() is None):
             finished = True

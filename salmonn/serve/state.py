@@ -132,7 +132,7 @@ class ServerState:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, work)
         future.add_done_callback(retrieve)
-        waits = {future, asyncio.ensure_future(ticket.wait_cancelled())}
+        waits: set[asyncio.Future[Any]] = {future, asyncio.ensure_future(ticket.wait_cancelled())}
         if receive is not None:
             waits.add(asyncio.ensure_future(self.watch_disconnect(ticket, receive)))
         try:

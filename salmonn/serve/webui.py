@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 
 def _read(name: str) -> bytes:
-    return files(__package__).joinpath("web", name).read_bytes()
+    return files(__package__).joinpath("web").joinpath(name).read_bytes()
 
 
 def task_prompts() -> dict[str, str]:
