@@ -9,6 +9,7 @@ other devices ``auto`` is :data:`~salmonn.config.DEFAULT_BATCH_SIZE`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,9 @@ class LlmShape:
     def from_config(cls, config: Any, dtype: torch.dtype) -> LlmShape:
         import torch
 
-        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        get: Callable[..., Any] = (
+            config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        )
         return cls(
             layers=int(get("num_hidden_layers")),
             hidden=int(get("hidden_size")),

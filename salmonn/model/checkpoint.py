@@ -98,16 +98,16 @@ class CheckpointLayout:
             raise CheckpointError(
                 f"{path}: no {PROJ_KEY} in the checkpoint; is it a SALMONN checkpoint?"
             )
-        lora = {k: v for k, v in state.items() if _LORA.match(k)}
+        lora = [(m, v) for k, v in state.items() if (m := _LORA.match(k)) is not None]
         if not lora:
             raise CheckpointError(
                 f"{path}: the checkpoint has no LoRA weights (llama_model.base_model.model.model."
                 "layers.N.self_attn.q_proj.lora_A.default.weight); is it a SALMONN checkpoint?"
             )
-        ranks = {v.shape[0] for k, v in lora.items() if _LORA.match(k).group(2) == "A"}
+        ranks = {v.shape[0] for m, v in lora if m.group(2) == "A"}
         if len(ranks) != 1:
             raise CheckpointError(f"{path}: LoRA A matrices have different ranks {sorted(ranks)}")
-        layers = max(int(_LORA.match(k).group(1)) for k in lora) + 1
+        layers = max(int(m.group(1)) for m, _ in lora) + 1
         return cls(qformer, int(state[PROJ_KEY].shape[0]), ranks.pop(), layers)
 
 
@@ -172,7 +172,7 @@ def apply_checkpoint(
     model: SalmonnModel, state: Mapping[str, torch.Tensor], path: str | Path = ""
 ) -> None:
     """Copy the checkpoint into ``model`` after checking key coverage and shapes both ways."""
-    own = dict(model.named_parameters())
+    own: dict[str, torch.Tensor] = dict(model.named_parameters())
     own.update(model.named_buffers())
     unexpected, wrong_shape, loaded = [], [], {}
     for key, value in state.items():

@@ -24,6 +24,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -180,7 +181,8 @@ def _extend_tokenizer(folder: Path, vocab: int) -> None:
     from sentencepiece import sentencepiece_model_pb2
 
     path = folder / "tokenizer.model"
-    proto = sentencepiece_model_pb2.ModelProto()
+    # protobuf's builder makes the message classes at import: no stub can name them
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]
     proto.ParseFromString(path.read_bytes())
     score = min(piece.score for piece in proto.pieces) - 1.0
     n = 0
@@ -213,8 +215,9 @@ def _write_llm(folder: Path, gen: torch.Generator, sizes: Sizes) -> object:
     folder.mkdir(parents=True, exist_ok=True)
     write_tokenizer(folder, 600)
     _extend_tokenizer(folder, sizes.vocab)
+    shapes: dict[str, Any] = sizes.llm_config()  # int fields of LlamaConfig, by name
     config = LlamaConfig(
-        **sizes.llm_config(),
+        **shapes,
         num_key_value_heads=sizes.llm_heads,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,

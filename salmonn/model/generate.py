@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,14 @@ from ..errors import ConfigError
 from .llm import base_model
 from .stream import GenerationStream
 from .work import GenerationResult, Wave, WorkItem, as_list
+
+if TYPE_CHECKING:
+    import contextlib
+
+    import numpy as np
+
+    from .llm import PromptTokenizer
+    from .work import AudioStages
 
 
 @dataclass
@@ -42,6 +50,27 @@ class GenerationMixin:
     """Generation over the model's stages; mixed into ``SalmonnModel`` (which provides
     ``_waves``, ``_encode``, ``build_inputs``, ``_left_pad``, ``_text_row``, ``_audio_row``,
     ``precision``, ``encoder_attention``, ``tokenizer``, ``llama_model``, ``exact``)."""
+
+    if TYPE_CHECKING:  # what SalmonnModel provides (see there)
+        exact: bool
+        tokenizer: PromptTokenizer
+        llama_model: Any
+        _device: torch.device
+        _dtype: torch.dtype
+
+        def precision(self) -> contextlib.AbstractContextManager: ...
+        def encoder_attention(self, exact: bool) -> contextlib.AbstractContextManager: ...
+        @staticmethod
+        def _waves(waves: Sequence[Wave] | Wave) -> list[np.ndarray]: ...
+        def _encode(self, waves: list[np.ndarray], stages: AudioStages | None) -> torch.Tensor: ...
+        def build_inputs(
+            self, audio: torch.Tensor, prompts: Sequence[str]
+        ) -> tuple[torch.Tensor, torch.Tensor]: ...
+        @staticmethod
+        def _left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]: ...
+        def _text_row(self, text: str) -> torch.Tensor: ...
+        def _audio_row(self, audio: torch.Tensor, prompt: str) -> torch.Tensor: ...
+        def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor: ...
 
     # ---- generation ------------------------------------------------------------------------------
     def generate(

@@ -86,7 +86,7 @@ def generate_ids(
         answer finished, and have ``max_new_tokens`` ids without EOS when it ran to the limit.
     """
     _check_inputs(inputs_embeds, attention_mask)
-    kwargs = {"eos_token_id": eos_token_id, "bos_token_id": bos_token_id}
+    kwargs: dict[str, Any] = {"eos_token_id": eos_token_id, "bos_token_id": bos_token_id}
     if exact:
         results = []
         for b in range(inputs_embeds.shape[0]):  # the original: one item per generate call

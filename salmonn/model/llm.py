@@ -19,12 +19,15 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +176,10 @@ def quantization_config(
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype)
 
 
-def add_pad_row(model: nn.Module, vocab_size: int) -> None:
+def add_pad_row(model: PreTrainedModel, vocab_size: int) -> None:
     """Resize the input embeddings and lm_head to ``vocab_size`` rows; new rows are exactly zero."""
-    old = model.get_input_embeddings().weight.shape[0]
+    # transformers types get_input_embeddings() as any nn.Module; a causal LM's is an nn.Embedding
+    old = cast(nn.Embedding, model.get_input_embeddings()).weight.shape[0]
     if old == vocab_size:
         return
     if old != vocab_size - 1:
@@ -185,7 +189,7 @@ def add_pad_row(model: nn.Module, vocab_size: int) -> None:
     model.resize_token_embeddings(vocab_size, mean_resizing=False)
     if vocab_size > old:
         with torch.no_grad():
-            model.get_input_embeddings().weight[old:].zero_()
+            cast(nn.Embedding, model.get_input_embeddings()).weight[old:].zero_()
             model.get_output_embeddings().weight[old:].zero_()
 
 
@@ -200,7 +204,9 @@ def wrap_lora(lm: nn.Module, rank: int, scaling: float) -> nn.Module:
     config = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=rank,
-        lora_alpha=rank * scaling,
+        # peft annotates lora_alpha as int; it only divides it by r, and a float alpha is what gives
+        # the scalings that are not whole numbers
+        lora_alpha=rank * scaling,  # type: ignore[arg-type]
         lora_dropout=LORA_DROPOUT,
         target_modules=list(LORA_TARGETS),
         inference_mode=True,
@@ -247,7 +253,8 @@ def load_llm(
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot load the LLM from {path}: {err}".splitlines()[0]) from None
     if quant is None and device.type != "cuda":
-        lm.to(device)
+        # transformers wraps PreTrainedModel.to with @wraps(nn.Module.to), which mypy types unbound
+        lm.to(device)  # type: ignore[arg-type]
     lm.requires_grad_(False)
     add_pad_row(lm, tokenizer.vocab_size + 1)
     peft_model = wrap_lora(lm, lora_rank, lora_scaling)

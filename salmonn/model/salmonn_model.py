@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,11 @@ from .llm import PromptTokenizer, attention_implementation
 from .prompt import split_prompt, text_prompt
 from .qformer import QFormer, QFormerConfig, split_windows
 from .work import AudioStages, Wave, prepare_wave
+
+if TYPE_CHECKING:
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from .encoders.beats import Beats
 
 ENCODER_LN_EPS = (
     1e-5  # ln_speech / ln_audio (torch default; see docs/original-model.md, "Q-Former and windows")
@@ -67,10 +72,10 @@ class SalmonnModel(GenerationMixin, nn.Module):
 
     def __init__(
         self,
-        speech_encoder: nn.Module,
-        beats: nn.Module,
+        speech_encoder: WhisperEncoder,
+        beats: Beats,
         qformer_config: QFormerConfig,
-        llama_model: nn.Module,
+        llama_model: Any,
         tokenizer: PromptTokenizer,
         *,
         device: torch.device,
@@ -85,7 +90,7 @@ class SalmonnModel(GenerationMixin, nn.Module):
         cfg = qformer_config
         self.speech_encoder = speech_encoder
         self.beats = beats
-        f32 = {"device": device, "dtype": torch.float32}
+        f32: dict[str, Any] = {"device": device, "dtype": torch.float32}
         self.ln_speech = nn.LayerNorm(whisper_width, eps=ENCODER_LN_EPS, **f32)
         self.ln_audio = nn.LayerNorm(beats_width, eps=ENCODER_LN_EPS, **f32)
         self.speech_query_tokens = nn.Parameter(
@@ -132,7 +137,7 @@ class SalmonnModel(GenerationMixin, nn.Module):
         """LLM input length of the text-only prompt for ``text`` (BOS and chat template included)."""
         return 1 + len(self.tokenizer.encode(text_prompt(text)))
 
-    def _lora_layers(self) -> list[nn.Module]:
+    def _lora_layers(self) -> list[Any]:  # peft's LoRA layers: ``scaling`` is a dict by adapter
         return [
             module
             for module in self.llama_model.modules()

@@ -25,10 +25,10 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
     cgroup v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``.
     """
     try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota == "max":
+        max_quota, max_period = (root / "cpu.max").read_text().split()[:2]
+        if max_quota == "max":
             return None
-        return int(quota) / int(period)
+        return int(max_quota) / int(max_period)
     except (OSError, ValueError):
         pass
     try:

@@ -16,7 +16,8 @@ See docs/original-model.md, "Training".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from ..audio.features import beats_fbank
 from ..errors import ConfigError
-from ..model.encoders.beats import _SCORE_SCALE
+from ..model.encoders.beats import _SCORE_SCALE, Beats, BeatsAttention, BeatsLayer
 
 
 def reduce_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -36,9 +37,7 @@ def reduce_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
     return mask.reshape(mask.shape[0], length, -1).all(-1)
 
 
-def _attention(
-    attn: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None, pad: torch.Tensor
-):
+def _attention(attn: BeatsAttention, x: torch.Tensor, bias: torch.Tensor | None, pad: torch.Tensor):
     """``BeatsAttention``'s reference steps with padded keys set to -inf before the position bias."""
     bsz, n, dim = x.shape
     heads, hd = attn.num_heads, attn.head_dim
@@ -59,7 +58,7 @@ def _attention(
     return attn.out_proj(out.transpose(1, 2).reshape(bsz, n, dim))
 
 
-def padded_beats(beats: torch.nn.Module, waves: Sequence[np.ndarray]) -> torch.Tensor:
+def padded_beats(beats: Beats, waves: Sequence[np.ndarray]) -> torch.Tensor:
     """BEATs features of a batch as the original's collater and BEATs compute them.
 
     Args:
@@ -87,7 +86,7 @@ def padded_beats(beats: torch.nn.Module, waves: Sequence[np.ndarray]) -> torch.T
     conv = encoder.pos_conv[0](x.transpose(1, 2))[:, :, :-1]
     x = encoder.layer_norm(x + F.gelu(conv).transpose(1, 2))
     bias = encoder.position_bias(x.shape[1])
-    for layer in encoder.layers:
+    for layer in cast(Iterable[BeatsLayer], encoder.layers):
         x = layer.self_attn_layer_norm(x * layer.alpha + _attention(layer.self_attn, x, bias, pad))
         hidden = layer.fc1(x)
         hidden = F.gelu(hidden.float()).type_as(hidden)

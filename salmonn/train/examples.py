@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -107,6 +107,12 @@ def task_prompts(task: str, question: str | None, *, strict: bool = True) -> tup
     return choices
 
 
+@overload
+def _text(entry: dict[str, Any], key: str, *, required: Literal[True] = ...) -> str: ...
+@overload
+def _text(entry: dict[str, Any], key: str, *, required: bool) -> str | None: ...
+
+
 def _text(entry: dict[str, Any], key: str, *, required: bool = True) -> str | None:
     value = entry.get(key)
     if value is None:
@@ -132,19 +138,21 @@ def _from_entry(entry: Any, folder: Path, *, annotation: bool) -> tuple[str, str
         raise ConfigError(f"expected a JSON object, got {type(entry).__name__}")
     if annotation:  # the original's {"path", "text", "task", "Q"}
         audio, target = _text(entry, "path"), _text(entry, "text")
-        task = _text(entry, "task", required=False) or DEFAULT_TASK
-        return audio, target, task_prompts(task, _text(entry, "Q", required=False), strict=False)
+        task_name = _text(entry, "task", required=False) or DEFAULT_TASK
+        question = _text(entry, "Q", required=False)
+        return audio, target, task_prompts(task_name, question, strict=False)
     if "schema_version" in entry and "path" in entry:  # a record that salmonn wrote
         if entry.get("error"):
             raise ConfigError(f"the record failed: {entry['error']}")
-        audio, target, prompt = _text(entry, "path"), _text(entry, "text"), _text(entry, "prompt")
-        return audio, target, (audio_instruction(prompt),)
+        audio, target, written = _text(entry, "path"), _text(entry, "text"), _text(entry, "prompt")
+        return audio, target, (audio_instruction(written),)
     audio, target = _text(entry, "audio"), _text(entry, "target")
     prompt, task = _text(entry, "prompt", required=False), _text(entry, "task", required=False)
     if (prompt is None) == (task is None):
         raise ConfigError("give exactly one of 'prompt' and 'task'")
     if prompt is not None:
         return audio, target, (audio_instruction(prompt),)
+    assert task is not None  # exactly one of the two, checked above
     return audio, target, task_prompts(task, _text(entry, "question", required=False))
 
 

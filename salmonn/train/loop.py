@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -31,6 +31,11 @@ from .loss import batch_loss
 from .metrics import MetricsLog
 from .optim import make_optimizer
 from .schedule import Schedule
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ..model.salmonn_model import SalmonnModel
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ class StepInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def set_dropout(model: torch.nn.Module, p: float) -> None:
+def set_dropout(model: SalmonnModel, p: float) -> None:
     """Dropout probability of the Q-Former and the LoRA inputs (active in ``model.train()``)."""
     modules = [*model.speech_Qformer.modules(), *model.llama_model.modules()]
     for module in modules:
@@ -222,7 +227,12 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             start = (micro * dist.world + dist.rank) * b
             last = micro == cfg.grad_accum - 1
-            sync = contextlib.nullcontext() if last or dist.world == 1 else self.module.no_sync()
+            # several processes: distributed.wrap gave a DistributedDataParallel
+            sync = (
+                contextlib.nullcontext()
+                if last or dist.world == 1
+                else cast("DistributedDataParallel", self.module).no_sync()
+            )
             with sync:
                 total, _, _ = self.module(batch[start : start + b])
                 scaled = total * (dist.world / tokens)

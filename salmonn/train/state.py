@@ -17,7 +17,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -51,7 +51,9 @@ def save_weights(path: str | Path, params: Mapping[str, torch.Tensor]) -> None:
 
 def rng_state() -> dict[str, Any]:
     """This process's random generators (Python, NumPy, torch CPU and CUDA)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # legacy=True (the default) gives MT19937's tuple; numpy's stub types the call as the dict form
+    legacy_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    kind, keys, pos, has_gauss, gauss = legacy_state
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],

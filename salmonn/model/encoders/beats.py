@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -207,12 +208,13 @@ class BeatsEncoder(nn.Module):
         self.pos_conv = nn.ModuleList([_WeightNormConv1d(dim, cfg.conv_pos, cfg.conv_pos_groups)])
         self.layer_norm = nn.LayerNorm(dim)
         rel = cfg.relative_position_embedding
-        self.layers = nn.ModuleList(
-            [BeatsLayer(cfg, owns_bias_table=rel and i == 0) for i in range(cfg.encoder_layers)]
-        )
+        layers = [
+            BeatsLayer(cfg, owns_bias_table=rel and i == 0) for i in range(cfg.encoder_layers)
+        ]
+        self.layers = nn.ModuleList(layers)
         if rel:  # one table, shared: state_dict repeats it under every layer's name (as upstream)
-            table = self.layers[0].self_attn.relative_attention_bias
-            for layer in self.layers[1:]:
+            table = layers[0].self_attn.relative_attention_bias
+            for layer in layers[1:]:
                 layer.self_attn.relative_attention_bias = table
 
     def position_bias(self, n: int) -> torch.Tensor | None:
@@ -227,7 +229,7 @@ class BeatsEncoder(nn.Module):
             return None
         offsets = torch.arange(1 - n, n, dtype=torch.long)  # key - query: 1-n .. n-1
         buckets = relative_position_buckets(offsets, self.cfg.num_buckets, self.cfg.max_distance)
-        table = self.layers[0].self_attn.relative_attention_bias
+        table = cast(BeatsLayer, self.layers[0]).self_attn.relative_attention_bias
         values = table(buckets.to(table.weight.device)).T.contiguous()  # [H, 2N - 1]
         # windows[h, a, j] = values[h, a + j] is the offset j - (n - 1 - a): row a is query n-1-a
         return values.unfold(1, n, 1).flip(1)  # a copy, [H, N, N], query-major

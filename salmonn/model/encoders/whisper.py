@@ -179,6 +179,7 @@ def load_whisper_encoder(
         raise CheckpointError(
             f"{folder}: Whisper encoder weights do not fit its config.json: {detail}"
         ) from exc
-    encoder = encoder.to(device=device, dtype=dtype)
+    # transformers wraps PreTrainedModel.to with @wraps(nn.Module.to), which mypy types unbound
+    encoder = encoder.to(device=device, dtype=dtype)  # type: ignore[call-arg]
     encoder.requires_grad_(False)
     return encoder.eval()
