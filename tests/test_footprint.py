@@ -72,6 +72,30 @@ def seven_b(tiny_paths, tmp_path):
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("component", "text", "said"),
+    [
+        ("llm", json.dumps({**LLAMA_7B, "hidden_size": None}), "not a whole number"),
+        (
+            "llm",
+            json.dumps({k: v for k, v in LLAMA_7B.items() if k != "vocab_size"}),
+            "'vocab_size'",
+        ),
+        ("whisper", "{not json", "not a readable JSON config"),
+        ("whisper", "[1, 2]", "not a JSON object"),
+    ],
+)
+def test_a_broken_config_is_a_one_line_checkpoint_error(seven_b, component, text, said):
+    from salmonn.errors import CheckpointError
+
+    path = Path(getattr(seven_b, component)) / "config.json"
+    path.write_text(text)
+    with pytest.raises(CheckpointError) as info:
+        estimate(seven_b, "bfloat16")
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and said in message and "\n" not in message
+
+
 def test_estimate_of_a_7b(seven_b):
     full, half = estimate(seven_b, "float32"), estimate(seven_b, "bfloat16")
     assert full.llm == 4 * 6_738_415_616 and half.llm == 2 * 6_738_415_616

@@ -17,9 +17,12 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +113,29 @@ def _sizes(
     per set of files (a load asks for several dtypes)."""
     del stamps  # part of the cache key only
     whisper, beats, llm, checkpoint = map(Path, paths)
-    llm_config = json.loads((llm / "config.json").read_text(encoding="utf-8"))
-    whisper_config = json.loads((whisper / "config.json").read_text(encoding="utf-8"))
     return (
-        4 * whisper_encoder_parameters(whisper_config),
+        4 * _from_config(whisper / "config.json", whisper_encoder_parameters),
         _tensor_bytes_float32(beats, "model"),
-        llm_parameters(llm_config),
+        _from_config(llm / "config.json", llm_parameters),
         _tensor_bytes_float32(checkpoint, "model"),
     )
+
+
+def _from_config(path: Path, count: Callable[[dict[str, Any]], int]) -> int:
+    """``count(config)`` for the ``config.json`` at ``path``; a file that cannot give it is a
+    :class:`CheckpointError` naming the file and the field."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON config ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    try:
+        return count(config)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: no {exc.args[0]!r} field") from exc
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: a size field is not a whole number ({exc})") from exc
 
 
 def available_memory() -> int | None:
