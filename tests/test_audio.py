@@ -228,6 +228,12 @@ def test_standard_input_without_a_descriptor(media, monkeypatch):
     np.testing.assert_array_equal(audio, load_audio(media / "tone.flac"))
 
 
+def test_standard_input_of_text_only_is_an_audio_error(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("not audio"))  # no .buffer, no bytes
+    with pytest.raises(AudioError, match="text stream"):
+        load_audio("-")
+
+
 def test_probe_refuses_stdin():
     with pytest.raises(AudioError, match="standard input cannot be probed"):
         probe("-")

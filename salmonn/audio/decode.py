@@ -80,7 +80,10 @@ def _stdin_source() -> tuple[int | BinaryIO | None, BinaryIO | None]:
     stdin = sys.stdin
     if stdin is None:
         raise AudioError(STDIN, "standard input is closed")
-    # the text stream's binary buffer; a stand-in stdin without one is taken to read bytes itself
+    # the text stream's binary buffer; a stand-in stdin without one is taken to read bytes itself,
+    # unless it is a text stream (io.StringIO): audio is bytes
+    if not hasattr(stdin, "buffer") and isinstance(stdin, io.TextIOBase):
+        raise AudioError(STDIN, "standard input is a text stream without bytes to decode")
     buffer = cast(BinaryIO, getattr(stdin, "buffer", stdin))
     try:
         fd = stdin.fileno()
