@@ -30,16 +30,16 @@ import numpy as np
 from ..constants import SAMPLE_RATE, STDIN
 from ..errors import AudioDecodeError, AudioError, FFmpegNotFoundError
 from .probe import (
-    _FIX,
-    _PASS_THE_PATH,
-    _UNSEEKABLE_RE,
     FFMPEG_ENV,
+    FFMPEG_FIX,
+    PASS_THE_PATH,
     PROBE_TIMEOUT_S,
+    UNSEEKABLE_RE,
     AudioInfo,
-    _check_source,
-    _ffmpeg_cause,
-    _ffmpeg_url,
     channels_from_layout,
+    check_source,
+    ffmpeg_cause,
+    ffmpeg_url,
     find_ffmpeg,
     probe,
 )
@@ -64,7 +64,7 @@ def decode_command(source: str, ffmpeg_exe: str | None = None, *, strict: bool =
     on stdout, every channel kept (interleaved). ``strict`` adds ``-xerror``: corrupt data is an
     error instead of a silent gap (a wav cut mid-sample otherwise exits 0).
     """
-    stream = ffmpeg.input(_ffmpeg_url(source))["a:0"]
+    stream = ffmpeg.input(ffmpeg_url(source))["a:0"]
     out = stream.output("pipe:1", format="wav", acodec="pcm_f32le", ar=SAMPLE_RATE)
     flags = ["-nostdin", "-hide_banner", "-nostats", "-loglevel", "error"]
     out = out.global_args(*flags, *(["-xerror"] if strict else []))
@@ -119,7 +119,7 @@ class _FFmpegStream:
             )
         except OSError as exc:
             raise FFmpegNotFoundError(
-                f"cannot run {cmd[0]}: {exc.strerror or exc}; {_FIX}"
+                f"cannot run {cmd[0]}: {exc.strerror or exc}; {FFMPEG_FIX}"
             ) from exc
         self._stderr: deque[str] = deque(maxlen=40)
         self._threads = [threading.Thread(target=self._drain, daemon=True)]
@@ -186,14 +186,14 @@ class _FFmpegStream:
             thread.join(timeout=5)
         if code == 0:
             if self._stderr:  # lenient decoding went past errors: say so, the audio may have gaps
-                cause = _ffmpeg_cause("\n".join(self._stderr), self.source)
+                cause = ffmpeg_cause("\n".join(self._stderr), self.source)
                 logger.warning("%s: ffmpeg reported decoding errors (%s)", self.source, cause)
             return None
         if self.source == STDIN and self._stdin_empty():
             return AudioDecodeError(self.source, "empty input (0 bytes on standard input)")
-        cause = _ffmpeg_cause("\n".join(self._stderr), self.source)
-        if self.source == STDIN and _UNSEEKABLE_RE.search(cause):
-            cause += f"; {_PASS_THE_PATH}"
+        cause = ffmpeg_cause("\n".join(self._stderr), self.source)
+        if self.source == STDIN and UNSEEKABLE_RE.search(cause):
+            cause += f"; {PASS_THE_PATH}"
         return AudioDecodeError(self.source, cause)
 
     def close(self) -> None:
@@ -253,7 +253,7 @@ def stream_audio(
     Closing the generator early stops ffmpeg.
     """
     src = os.fspath(source)
-    _check_source(src)
+    check_source(src)
     proc = _FFmpegStream(src, strict)
     try:
         channels = _read_wav_header(proc)

@@ -19,7 +19,7 @@ from ..errors import AudioDecodeError, AudioError, FFmpegNotFoundError
 
 FFMPEG_ENV = "SALMONN_FFMPEG"
 PROBE_TIMEOUT_S = 60.0
-_FIX = (
+FFMPEG_FIX = (
     f"install ffmpeg on PATH, run `pip install imageio-ffmpeg`, or set {FFMPEG_ENV}=/path/to/ffmpeg"
 )
 
@@ -48,7 +48,7 @@ def find_ffmpeg(override: str | None = None) -> str:
 
         return str(imageio_ffmpeg.get_ffmpeg_exe())
     except (ImportError, RuntimeError) as exc:
-        raise FFmpegNotFoundError(f"ffmpeg not found: {_FIX}") from exc
+        raise FFmpegNotFoundError(f"ffmpeg not found: {FFMPEG_FIX}") from exc
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,8 @@ _NOISE_RE = re.compile(
 
 
 # what ffmpeg says when a container (mp4/m4a/mov with its index at the end) cannot be read from a pipe
-_UNSEEKABLE_RE = re.compile(r"demux|moov atom|Invalid data found|seek", re.IGNORECASE)
-_PASS_THE_PATH = (
+UNSEEKABLE_RE = re.compile(r"demux|moov atom|Invalid data found|seek", re.IGNORECASE)
+PASS_THE_PATH = (
     "formats such as mp4, m4a or mov need a seekable file: pass the file's path instead of "
     "piping it to standard input"
 )
@@ -106,13 +106,13 @@ def channels_from_layout(layout: str) -> int | None:
     return _NAMED_LAYOUTS.get(layout.split("(")[0])
 
 
-def _ffmpeg_cause(stderr: str, source: str | None = None) -> str:
+def ffmpeg_cause(stderr: str, source: str | None = None) -> str:
     """The most useful line of ffmpeg's stderr: the last one that is not bookkeeping.
 
     ffmpeg starts some lines with the input's URL (``file:a.wav: Invalid data ...``); that prefix is
     dropped, since the error names the path already.
     """
-    url = None if source is None else _ffmpeg_url(source) + ": "
+    url = None if source is None else ffmpeg_url(source) + ": "
     lines = [_LOG_PREFIX_RE.sub("", line).strip() for line in stderr.splitlines()]
     if url is not None:
         lines = [line.removeprefix(url) for line in lines]
@@ -130,12 +130,12 @@ def _ffmpeg_cause(stderr: str, source: str | None = None) -> str:
     return cause
 
 
-def _ffmpeg_url(source: str) -> str:
+def ffmpeg_url(source: str) -> str:
     # "file:" stops names that start with "-" or hold ":" being read as options or protocols.
     return "pipe:0" if source == STDIN else "file:" + source
 
 
-def _check_source(source: str) -> None:
+def check_source(source: str) -> None:
     """Fail early, with a clear cause, on paths ffmpeg would only describe vaguely."""
     if source == STDIN:
         return
@@ -173,8 +173,8 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
     source = os.fspath(path)
     if source == STDIN:
         raise AudioError(source, "standard input cannot be probed; decode it with iter_chunks('-')")
-    _check_source(source)
-    cmd = [find_ffmpeg(), "-hide_banner", "-nostdin", "-i", _ffmpeg_url(source)]
+    check_source(source)
+    cmd = [find_ffmpeg(), "-hide_banner", "-nostdin", "-i", ffmpeg_url(source)]
     try:
         done = subprocess.run(
             cmd,
@@ -188,10 +188,12 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
             source, f"ffmpeg did not answer within {PROBE_TIMEOUT_S:.0f} s"
         ) from exc
     except OSError as exc:
-        raise FFmpegNotFoundError(f"cannot run {cmd[0]}: {exc.strerror or exc}; {_FIX}") from exc
+        raise FFmpegNotFoundError(
+            f"cannot run {cmd[0]}: {exc.strerror or exc}; {FFMPEG_FIX}"
+        ) from exc
     stderr = done.stderr.decode("utf-8", "replace")
     if "Input #0" not in stderr:
-        raise AudioDecodeError(source, _ffmpeg_cause(stderr, source))
+        raise AudioDecodeError(source, ffmpeg_cause(stderr, source))
     return _parse_probe(stderr)
 
 
