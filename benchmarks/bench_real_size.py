@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -261,6 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = [sys.executable, __file__, str(args.folder), "--child", "--dtype", args.dtype]
     command += ["--tokens", str(args.tokens), "--batches", *map(str, args.batches)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode == -signal.SIGKILL:
+        raise SystemExit(
+            "measuring was killed (SIGKILL): most likely out of memory; "
+            "`salmonn doctor --whisper ... --llm ...` says what fits"
+        )
     if done.returncode != 0:
         raise SystemExit(f"measuring failed ({done.returncode}): {done.stderr.strip()[-3000:]}")
     report.update(json.loads(done.stdout.strip().splitlines()[-1]))
