@@ -157,12 +157,17 @@ def _ffmpeg_version() -> str:
 
 
 def _memory() -> str:
+    """Memory a new process can have now (as the ``fits`` line counts it: droppable page cache
+    included) and the machine's total, in GiB like the ``fits`` line."""
+    from salmonn.model.footprint import available_memory
+
     try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        avail = os.sysconf("SC_AVPHYS_PAGES")
-        return f"{_size(avail * size)} free of {_size(pages * size)}"
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return "unknown"
+    avail = available_memory()
+    have = "unknown" if avail is None else f"{avail / 2**30:.1f} GiB"
+    return f"{have} available of {total / 2**30:.1f} GiB"
 
 
 def _torch_report() -> str:

@@ -137,6 +137,8 @@ def test_doctor_says_whether_the_model_fits(tiny_paths, monkeypatch, tmp_path):
     tight = invoke(flags)
     assert tight.exit_code == 1
     assert re.search(r"fits +NO +the model needs .* but 0\.1 GiB is available", tight.stdout)
+    # the memory line counts memory as the fits line does (MemAvailable), in the same unit
+    assert re.search(r"memory +ok +0\.1 GiB available of [\d.]+ GiB", tight.stdout)
 
 
 def test_load_model_on_cpu_takes_bfloat16_when_float32_does_not_fit(
