@@ -770,5 +770,8 @@ def test_ctrl_c_during_the_load_stops_cleanly(tiny_paths, tmp_path):
         finally:
             if process.poll() is None:
                 process.kill()
-        assert process.returncode in (0, 130), rest  # stopped, or interrupted before it served
+        # stopped, or interrupted before it served; -SIGINT: the interpreter ends itself with the
+        # signal when the Ctrl-C landed in code that an extension ran through PyRun_String (torch's
+        # import); a shell reports 130 for that as well
+        assert process.returncode in (0, 130, -signal.SIGINT), rest
         assert "terminate called" not in rest and "Traceback" not in rest

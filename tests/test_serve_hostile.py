@@ -574,3 +574,23 @@ def test_connections_are_kept_unless_a_body_is_left_unread(live):
     reply = read_all(sock).lower()
     sock.close()
     assert reply.startswith("http/1.1 413") and "connection: close" in reply
+
+
+def test_a_signal_before_uvicorn_takes_over_stops_the_server():
+    """Between ``run_server`` entering and uvicorn installing its own handlers (event loop and app
+    set-up), a Ctrl-C must ask the server to stop, not vanish (the server then ran on for good)."""
+    import signal
+
+    from salmonn.serve import ServeConfig, build_server, create_app, signals_stop
+
+    config = ServeConfig(port=0)
+    app = create_app(config, lambda: None)
+    server = build_server(app, config)
+    before = signal.getsignal(signal.SIGINT)
+    with signals_stop(server):
+        assert not server.should_exit
+        signal.raise_signal(signal.SIGINT)  # handled here, in the main thread
+        assert server.should_exit
+        assert app.state.salmonn.closing  # new requests get 503 from now on
+        signal.raise_signal(signal.SIGINT)  # uvicorn's re-raise after its shutdown: ends nothing
+    assert signal.getsignal(signal.SIGINT) is before

@@ -114,7 +114,7 @@ def run_server(
     app = create_app(config, load_model, on_ready=ready, on_error=failed)
     server = build_server(app, config, log_level=log_level)
     holder["server"] = server
-    with _signals_end_quietly():
+    with signals_stop(server):
         server.run(sockets=[sock])
     if failures:
         raise failures[0]
@@ -146,16 +146,28 @@ def build_server(app: Any, config: ServeConfig, *, log_level: str = "warning") -
     )
 
 
-class _signals_end_quietly:
-    """uvicorn re-raises the SIGINT/SIGTERM that stopped it once it has shut down; with the default
-    handlers that kills the process (exit -15) after a clean stop. Installed here as no-ops, those
-    re-raised signals end nothing, and the command exits 0."""
+class signals_stop:
+    """SIGINT/SIGTERM handlers for the life of ``server.run``: each asks ``server`` to stop
+    (``handle_exit``).
+
+    uvicorn installs its own handlers only once its event loop runs; a Ctrl-C before that (while
+    the loop and the app are set up) would otherwise be lost, or kill the process mid-start. uvicorn
+    also re-raises the signal that stopped it once it has shut down: that lands here too and ends
+    nothing, so a clean stop exits 0.
+    """
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.saved: dict[int, Any] = {}
 
     def __enter__(self) -> None:
-        self.saved = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.saved[sig] = signal.signal(sig, lambda *_: None)
+                self.saved[sig] = signal.signal(sig, self._stop)
+
+    def _stop(self, sig: int, frame: Any) -> None:
+        if not self.server.should_exit:
+            self.server.handle_exit(sig, frame)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.saved.items():
