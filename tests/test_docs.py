@@ -51,21 +51,45 @@ def test_every_pointer_to_the_doc_names_a_section():
     assert found >= 10  # the code does point there
 
 
+def _outside_references(path: Path, line: str, names: set[str]) -> list[str]:
+    """What ``line`` of ``path`` points at outside the repository: a Markdown file that no folder of
+    the repository holds, or a ``../`` path that leaves it or leads nowhere."""
+    found = [m for m in MD_FILE.findall(line) if m.rsplit("/", 1)[-1] not in names]
+    for rel in UP_PATH.findall(line):
+        target = (path.parent / rel).resolve()
+        if not (target.is_relative_to(ROOT) and target.exists()):
+            found.append(rel)
+    return found
+
+
+MD_FILE = re.compile(r"(?<![\w/.-])((?:\.\.?/)*[\w./-]*?[\w-]+\.md)\b")
+UP_PATH = re.compile(r"(?<![\w.])((?:\.\./)+[\w./-]+)")
+
+
 def test_the_repository_cites_no_outside_document():
     """Facts about the original model live in docs/original-model.md, not in a document outside the
-    repository: no section-sign citations, no appendix or revision labels of one."""
-    banned = re.compile(
-        r"spec §|§\s?\d|\bAppendix [A-Z]\b|\bApp\. [A-Z]\b|\bR2[34]\b|shared/SALMONN|\bspec key\b|\.\./shared\b|(?<![\w.])/shared/"
-    )
+    repository: every Markdown file named exists here, every ``../`` path stays inside, and there
+    are no section-sign citations or appendix or revision labels of one."""
+    banned = re.compile(r"spec §|§\s?\d|\bAppendix [A-Z]\b|\bApp\. [A-Z]\b|\bR2[34]\b|\bspec key\b")
+    names = {p.name for p in ROOT.rglob("*.md") if ".venv" not in p.parts}
     hits = []
     prompts = sorted((ROOT / "prompts").glob("*.json"))
     for path in [*_sources(), *prompts, ROOT / ".ci" / "run", ROOT / "pyproject.toml"]:
         if path.name == "test_docs.py":
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if banned.search(line):
+            outside = _outside_references(path, line, names)
+            if banned.search(line) or outside:
                 hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not hits, "\n".join(hits)
+
+
+def test_outside_references_are_found(tmp_path):
+    doc = ROOT / "docs" / "cli.md"
+    names = {"README.md", "cli.md"}
+    assert _outside_references(doc, "see [the README](../README.md#install)", names) == []
+    assert _outside_references(doc, "as NOTES_ELSEWHERE.md says", names) == ["NOTES_ELSEWHERE.md"]
+    assert _outside_references(doc, "read ../../notes/x.txt", names) == ["../../notes/x.txt"]
 
 
 # --- README is a front door; every relative link in the docs leads somewhere ---------------------------
