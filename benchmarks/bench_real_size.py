@@ -148,10 +148,10 @@ def child(root: str, dtype: str, tokens: int, batches: Sequence[int]) -> dict[st
     from salmonn.config import GenerationOptions
     from salmonn.hub.resolve import resolve_components
     from salmonn.model.footprint import estimate
-    from salmonn.model.fullsize import paths_of
     from salmonn.model.llm import base_model
+    from salmonn.model.tiny import TinyModelPaths
 
-    paths = paths_of(root)
+    paths = TinyModelPaths.under(root)
     comps = resolve_components(None, paths.whisper, paths.beats, paths.llm, paths.checkpoint)
     report: dict[str, Any] = {"dtype": dtype, "threads": torch.get_num_threads()}
     report["estimate_gib"] = estimate(comps, dtype).total / 2**30

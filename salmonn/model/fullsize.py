@@ -101,18 +101,6 @@ SMALL = Sizes(
 )
 
 
-def paths_of(root: str | Path) -> TinyModelPaths:
-    """Where :func:`write_random_model` puts each component under ``root``."""
-    root = Path(root).expanduser().absolute()
-    return TinyModelPaths(
-        root=str(root),
-        whisper=str(root / "whisper"),
-        beats=str(root / "beats.pt"),
-        llm=str(root / "llm"),
-        checkpoint=str(root / "salmonn.pth"),
-    )
-
-
 def written_sizes(root: str | Path) -> Sizes | None:
     """The sizes a finished :func:`write_random_model` left in ``root``; None if it did not finish."""
     marker = Path(root) / SIZES_FILE
@@ -257,7 +245,7 @@ def write_random_model(
     Deterministic in ``seed``. A file ``random-model.json`` is written last: a folder without it
     holds an unfinished write and is written again.
     """
-    paths = paths_of(out_dir)
+    paths = TinyModelPaths.under(out_dir)
     root = Path(paths.root)
     root.mkdir(parents=True, exist_ok=True)
     (root / SIZES_FILE).unlink(missing_ok=True)

@@ -76,6 +76,18 @@ class TinyModelPaths:
     llm: str  # HF LLaMA folder with tokenizer.model
     checkpoint: str  # SALMONN .pth file
 
+    @classmethod
+    def under(cls, root: str | Path) -> TinyModelPaths:
+        """The file names a written model uses under ``root`` (absolute)."""
+        root = Path(root).expanduser().absolute()
+        return cls(
+            root=str(root),
+            whisper=str(root / "whisper"),
+            beats=str(root / "beats.pt"),
+            llm=str(root / "llm"),
+            checkpoint=str(root / "salmonn.pth"),
+        )
+
 
 # ------------------------------------------------------------------------------------------ weights
 
@@ -399,15 +411,8 @@ def write_tiny_model(
         raise ConfigError(
             f"llm_hidden must be a multiple of 8 and whisper_d even, got {llm_hidden}, {whisper_d}"
         )
-    root = Path(out_dir).expanduser().absolute()
-    root.mkdir(parents=True, exist_ok=True)
-    paths = TinyModelPaths(
-        root=str(root),
-        whisper=str(root / "whisper"),
-        beats=str(root / "beats.pt"),
-        llm=str(root / "llm"),
-        checkpoint=str(root / "salmonn.pth"),
-    )
+    paths = TinyModelPaths.under(out_dir)
+    Path(paths.root).mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # module constructors draw from the global RNG
         torch.manual_seed(seed)
